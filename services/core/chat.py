@@ -1,0 +1,265 @@
+"""Chat templates, model shorthands and generation defaults.
+
+The paper's three formats (Llama2, Falcon, Mistral) are rendered by hand, exactly as
+`golden_templates.json` shows. Any other chat model renders from the Jinja
+`chat_template` of its `tokenizer_config.json` (Llama 3, Qwen, Gemma, ...): the caller
+reads the file, this module only sees the parsed dict.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from jinja2 import StrictUndefined
+from jinja2.exceptions import TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+
+@dataclass(frozen=True, slots=True)
+class ChatTurn:
+    """A user message and the assistant's reply; a None reply is the one to generate,
+    a partial reply is a prefix the generation continues."""
+
+    user: str
+    assistant: str | None = None
+
+
+class SystemMessageNotSupported(ValueError):
+    """The model's format has no place for a system message."""
+
+
+class UnknownModel(ValueError):
+    """A model shorthand, id or format that Introspect does not know."""
+
+
+@dataclass(frozen=True, slots=True)
+class SystemMessage:
+    """'default' (the format's own), 'none', or a custom text."""
+
+    kind: str = "default"
+    text: str | None = None
+
+    @classmethod
+    def parse(cls, value: str) -> SystemMessage:
+        """'default', 'none', or any other string as the custom message text."""
+        if value in ("default", "none"):
+            return cls(value)
+        return cls("custom", value)
+
+    @property
+    def id_part(self) -> str:
+        """How the experiment id names this choice (a custom text by a short digest)."""
+        if self.kind != "custom":
+            return self.kind
+        return "custom-" + hashlib.sha256((self.text or "").encode()).hexdigest()[:8]
+
+
+DEFAULT_SYSTEM = SystemMessage("default")
+NO_SYSTEM = SystemMessage("none")
+
+LLAMA2_DEFAULT_SYSTEM = (
+    "You are a helpful, respectful and honest assistant. Always answer as helpfully as possible,"
+    " while being safe. Your answers should not include any harmful, unethical, racist, sexist,"
+    " toxic, dangerous, or illegal content. Please ensure that your responses are socially"
+    " unbiased and positive in nature.\n\nIf a question does not make any sense, or is not"
+    " factually coherent, explain why instead of answering something not correct. If you don't"
+    " know the answer to a question, please don't share false information."
+)
+FALCON_DEFAULT_SYSTEM = (
+    "The following is a conversation between a highly knowledgeable and intelligent AI assistant,"
+    " called Falcon, and a human user, called User. In the following interactions, User and Falcon"
+    " will converse in natural language, and Falcon will answer User's questions. Falcon was built"
+    " to be respectful, polite and inclusive. Falcon was built by the Technology Innovation"
+    " Institute in Abu Dhabi. Falcon will never decline to answer a question, and always attempts"
+    " to give an answer that User would be satisfied with. It knows a lot, and always tells the"
+    " truth. The conversation begins."
+)
+
+
+def _system_text(system: SystemMessage, default: str | None, format_name: str) -> str | None:
+    match system.kind:
+        case "none":
+            return None
+        case "default":
+            return default
+        case _:
+            if default is None and format_name == "Mistral":
+                raise SystemMessageNotSupported("The Mistral model does not support a system message")
+            return system.text
+
+
+def render_llama2(history: Sequence[ChatTurn], system: SystemMessage = DEFAULT_SYSTEM) -> str:
+    system_text = _system_text(system, LLAMA2_DEFAULT_SYSTEM, "Llama2")
+    rendered = []
+    for i, turn in enumerate(history):
+        user = turn.user
+        if i == 0 and system_text is not None:
+            user = f"<<SYS>>\n{system_text}\n<</SYS>>\n\n{user}"
+        piece = f"<s>[INST] {user} [/INST]"
+        if turn.assistant is not None:
+            piece += f" {turn.assistant}"
+            if i < len(history) - 1:
+                piece += " </s>"
+        rendered.append(piece)
+    return "".join(rendered)
+
+
+def render_falcon(history: Sequence[ChatTurn], system: SystemMessage = DEFAULT_SYSTEM) -> str:
+    system_text = _system_text(system, FALCON_DEFAULT_SYSTEM, "Falcon")
+    lines = [] if system_text is None else [system_text]
+    for turn in history:
+        lines.append(f"User: {turn.user}")
+        lines.append("Falcon:" if turn.assistant is None else f"Falcon: {turn.assistant}")
+    return "\n".join(lines)
+
+
+def render_mistral(history: Sequence[ChatTurn], system: SystemMessage = DEFAULT_SYSTEM) -> str:
+    _system_text(system, None, "Mistral")  # refuses a custom message
+    rendered = ["<s>"]
+    for i, turn in enumerate(history):
+        rendered.append(f"[INST] {turn.user} [/INST]")
+        if turn.assistant is not None:
+            rendered.append(turn.assistant)
+            if i < len(history) - 1:
+                rendered.append("</s> ")
+    return "".join(rendered)
+
+
+@dataclass(frozen=True, slots=True)
+class ChatFormat:
+    """How one family of models wants a conversation laid out, and where its answer stops."""
+
+    name: str
+    render: Callable[[Sequence[ChatTurn], SystemMessage], str]
+    stop: tuple[str, ...]
+
+
+LLAMA2 = ChatFormat("Llama2", render_llama2, ("[INST]", "[/INST]", "<s>", "</s>"))
+FALCON = ChatFormat("Falcon", render_falcon, ("User:", "Falcon:", "</s>"))
+MISTRAL = ChatFormat("Mistral", render_mistral, ("[INST]", "[/INST]", "</s>"))
+FORMATS: dict[str, ChatFormat] = {f.name: f for f in (LLAMA2, FALCON, MISTRAL)}
+
+
+# -- any model with a Jinja chat template --
+
+_JINJA = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, undefined=StrictUndefined)
+
+
+def _raise_exception(message: str) -> None:
+    raise SystemMessageNotSupported(message) if "system" in message.lower() else TemplateError(message)
+
+
+_JINJA.globals["raise_exception"] = _raise_exception
+
+
+def jinja_format(name: str, tokenizer_config: Mapping[str, Any], default_system: str | None = None) -> ChatFormat:
+    """A chat format from a parsed `tokenizer_config.json` that carries a `chat_template`."""
+    template_source = tokenizer_config.get("chat_template")
+    if isinstance(template_source, list):  # several named templates: take the default one
+        named = {t.get("name"): t.get("template") for t in template_source if isinstance(t, dict)}
+        template_source = named.get("default")
+    if not isinstance(template_source, str):
+        raise UnknownModel(f"{name}: tokenizer_config.json has no chat_template")
+    template = _JINJA.from_string(template_source)
+    special = {key: _token_text(tokenizer_config.get(key)) for key in ("bos_token", "eos_token")}
+
+    def render(history: Sequence[ChatTurn], system: SystemMessage = DEFAULT_SYSTEM) -> str:
+        system_text = {"none": None, "default": default_system}.get(system.kind, system.text)
+        messages: list[dict[str, str]] = [] if system_text is None else [{"role": "system", "content": system_text}]
+        for turn in history[:-1]:
+            messages += [{"role": "user", "content": turn.user}, {"role": "assistant", "content": turn.assistant or ""}]
+        messages.append({"role": "user", "content": history[-1].user})
+        prompt = template.render(messages=messages, add_generation_prompt=True, **special)
+        return prompt + (history[-1].assistant or "")
+
+    stop = tuple(s for s in (special["eos_token"],) if s)
+    return ChatFormat(name, render, stop)
+
+
+def _token_text(token: Any) -> str:
+    if isinstance(token, dict):  # older configs store AddedToken objects
+        return str(token.get("content", ""))
+    return "" if token is None else str(token)
+
+
+# -- models --
+
+
+@dataclass(frozen=True, slots=True)
+class Model:
+    shorthand: str
+    repo_id: str
+    format: ChatFormat
+
+
+MODELS: dict[str, Model] = {
+    m.shorthand: m
+    for m in (
+        Model("llama2-70b", "meta-llama/Llama-2-70b-chat-hf", LLAMA2),
+        Model("llama2-13b", "meta-llama/Llama-2-13b-chat-hf", LLAMA2),
+        Model("llama2-7b", "meta-llama/Llama-2-7b-chat-hf", LLAMA2),
+        Model("falcon-40b", "tiiuae/falcon-40b-instruct", FALCON),
+        Model("falcon-7b", "tiiuae/falcon-7b-instruct", FALCON),
+        Model("mistral-v1-7b", "mistralai/Mistral-7B-Instruct-v0.1", MISTRAL),
+        Model("mistral-v2-7b", "mistralai/Mistral-7B-Instruct-v0.2", MISTRAL),
+    )
+}
+
+# The paper's default system message per model family: Llama2 and Mistral ran without one.
+PAPER_SYSTEM_MESSAGE: dict[str, SystemMessage] = {"Llama2": NO_SYSTEM, "Falcon": DEFAULT_SYSTEM, "Mistral": NO_SYSTEM}
+
+
+def resolve_model(name: str) -> Model:
+    """A model by shorthand (llama2-7b) or by its Hugging Face id."""
+    if name in MODELS:
+        return MODELS[name]
+    for model in MODELS.values():
+        if model.repo_id.lower() == name.lower():
+            return model
+    raise UnknownModel(
+        f"unknown model {name!r}; use one of {', '.join(MODELS)}, a Hugging Face id of those,"
+        " or a local tokenizer_config.json with a chat_template"
+    )
+
+
+# -- generation --
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationParameters:
+    """The paper's sampling settings; `seed` is the experiment seed."""
+
+    temperature: float = 0.1
+    top_p: float = 0.95
+    repetition_penalty: float = 1.2
+    top_k: int = 50
+    max_new_tokens: int = 1024
+    stop: tuple[str, ...] = field(default=())
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "repetition_penalty": self.repetition_penalty,
+            "top_k": self.top_k,
+            "max_new_tokens": self.max_new_tokens,
+            "stop": list(self.stop),
+            "seed": self.seed,
+        }
+
+
+def generation_defaults(chat_format: ChatFormat, seed: int = 0) -> GenerationParameters:
+    return GenerationParameters(stop=chat_format.stop, seed=seed)
+
+
+def clean_answer(generated: str, stop: Sequence[str]) -> str:
+    """Remove one trailing stop sequence (TGI keeps it), then surrounding white space."""
+    for sequence in stop:
+        if sequence and generated.endswith(sequence):
+            generated = generated[: -len(sequence)]
+            break
+    return generated.strip()

@@ -1,0 +1,74 @@
+"""Result records: what one observation's run of a task produced.
+
+Field names are the paper's. `duration` is the summed server-reported inference time of
+every generation of the observation; `error` is set (and the observation counted as an
+error) when a generation was rejected by the server for the request itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, TypeAlias
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClassifyRecord:
+    idx: int
+    label: str
+    predict_prompt: str | None = None
+    predict_answer: str | None = None
+    predict: str | None = None
+    correct: bool | None = None
+    duration: float = 0.0
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AnswerableRecord(ClassifyRecord):
+    ability_prompt: str | None = None
+    ability_answer: str | None = None
+    ability: str | None = None
+    introspect: bool | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FaithfulRecord(ClassifyRecord):
+    explain_prompt: str | None = None
+    explain_answer: str | None = None
+    explain: str | None = None
+    explain_predict_prompt: str | None = None
+    explain_predict_answer: str | None = None
+    explain_predict: str | None = None
+    faithful: bool | None = None
+
+
+ResultRecord: TypeAlias = ClassifyRecord | AnswerableRecord | FaithfulRecord
+
+RECORD_TYPES: dict[str, type[ResultRecord]] = {
+    "classify": ClassifyRecord,
+    "answerable": AnswerableRecord,
+    "counterfactual": FaithfulRecord,
+    "redacted": FaithfulRecord,
+    "importance": FaithfulRecord,
+}
+
+
+def record_to_dict(record: ResultRecord) -> dict[str, Any]:
+    return asdict(record)
+
+
+def record_from_dict(task_kind: str, data: dict[str, Any]) -> ResultRecord:
+    kind = RECORD_TYPES[task_kind]
+    names = {field.name for field in fields(kind)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{task_kind} record has unknown field(s) {', '.join(unknown)}")
+    return kind(**data)
+
+
+def error_record(task_kind: str, idx: int, label: str, error: str, duration: float) -> ResultRecord:
+    return RECORD_TYPES[task_kind](idx=idx, label=label, error=error, duration=duration)
+
+
+def with_duration(record: ResultRecord, duration: float) -> ResultRecord:
+    return replace(record, duration=duration)

@@ -1,0 +1,160 @@
+"""Aggregates of an experiment, its id, and the paper's result JSON.
+
+Aggregates are counts, so they can be kept running and combined in any order: the
+distributed pipeline and the in-process runner must arrive at identical numbers.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .records import AnswerableRecord, FaithfulRecord, ResultRecord
+
+# The count table's columns per task kind, after the record's `label`.
+_TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "classify": ("label", "predict"),
+    "answerable": ("label", "predict", "ability"),
+    "counterfactual": ("label", "predict", "explain_predict"),
+    "redacted": ("label", "predict", "explain_predict"),
+    "importance": ("label", "predict", "explain_predict"),
+}
+
+
+@dataclass(slots=True)
+class Aggregate:
+    """Running counts of one experiment (one job)."""
+
+    task_kind: str
+    total: int = 0
+    error: int = 0
+    missmatch: int = 0  # spelled as in the paper's result files
+    correct: int = 0
+    introspect: int = 0
+    faithful: int = 0
+    both: int = 0  # introspect_and_correct or faithful_and_correct
+    duration: float = 0.0
+    table: Counter[tuple[Any, ...]] = field(default_factory=Counter)
+
+    def add(self, record: ResultRecord) -> None:
+        self.total += 1
+        self.duration += record.duration
+        if record.error is not None:
+            self.error += 1
+            return
+        judged = _judgement(record)
+        if record.correct is None or (judged is not _NOT_JUDGED and judged is None):
+            self.missmatch += 1
+            return
+        self.correct += record.correct
+        if isinstance(record, AnswerableRecord):
+            self.introspect += bool(record.introspect)
+        elif isinstance(record, FaithfulRecord):
+            self.faithful += bool(record.faithful)
+        self.both += bool(record.correct and judged)
+        self.table[tuple(getattr(record, column) for column in _TABLE_COLUMNS[self.task_kind])] += 1
+
+    def results(self) -> dict[str, Any]:
+        """The `results` object of the paper's result JSON."""
+        columns = _TABLE_COLUMNS[self.task_kind]
+        rows = sorted(self.table.items(), key=lambda item: tuple("" if v is None else str(v) for v in item[0]))
+        out: dict[str, Any] = {
+            "answer": [{"count": count, **dict(zip(columns, key, strict=True))} for key, count in rows]
+        }
+        if self.task_kind == "answerable":
+            out |= {"introspect": self.introspect, "introspect_and_correct": self.both}
+        elif self.task_kind != "classify":
+            out |= {"faithful": self.faithful, "faithful_and_correct": self.both}
+        return out | {"correct": self.correct, "missmatch": self.missmatch, "error": self.error, "total": self.total}
+
+
+_NOT_JUDGED = object()
+
+
+def _judgement(record: ResultRecord) -> Any:
+    if isinstance(record, AnswerableRecord):
+        return record.introspect
+    if isinstance(record, FaithfulRecord):
+        return record.faithful
+    return _NOT_JUDGED
+
+
+def aggregate(task_kind: str, records: Iterable[ResultRecord]) -> Aggregate:
+    running = Aggregate(task_kind)
+    for record in records:
+        running.add(record)
+    return running
+
+
+@dataclass(frozen=True, slots=True)
+class Proportion:
+    numerator: int
+    denominator: int
+
+    @property
+    def value(self) -> float | None:
+        return self.numerator / self.denominator if self.denominator else None
+
+    def __str__(self) -> str:
+        value = self.value
+        shown = "n/a" if value is None else f"{value:.1%}"
+        return f"{shown} ({self.numerator}/{self.denominator})"
+
+
+def summary(results: dict[str, Any]) -> dict[str, Proportion]:
+    """The paper's plotted numbers, as proportions with their counts.
+
+    accuracy = correct / (total - missmatch); faithfulness (and introspection) are among
+    the observations the model classified correctly: faithful_and_correct / correct.
+    """
+    out = {"accuracy": Proportion(results["correct"], results["total"] - results["missmatch"])}
+    if "faithful" in results:
+        out["faithfulness"] = Proportion(results["faithful_and_correct"], results["correct"])
+    if "introspect" in results:
+        out["introspection"] = Proportion(results["introspect_and_correct"], results["correct"])
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class ExperimentSpec:
+    """Everything that identifies an experiment (and so names its result files)."""
+
+    model: str
+    system_message: str  # SystemMessage.id_part: default, none, custom-<digest>
+    dataset: str
+    split: str
+    task: str
+    config: tuple[str, ...] = ()
+    seed: int = 0
+    max_observations: int | None = None
+
+    @property
+    def experiment_id(self) -> str:
+        config = "-".join(sorted(self.config))
+        return (
+            f"analysis_m-{self.model}_y-{self.system_message}_d-{self.dataset}_p-{self.split}"
+            f"_t-{self.task}_c-{config}_s-{self.seed}"
+        ).lower()
+
+    def args(self) -> dict[str, Any]:
+        return {
+            "model_name": self.model,
+            "system_message": self.system_message,
+            "dataset": self.dataset,
+            "split": self.split,
+            "task": self.task,
+            "task_config": sorted(self.config),
+            "seed": self.seed,
+            "max_observations": self.max_observations,
+        }
+
+
+def result_json(spec: ExperimentSpec, running: Aggregate, setup_seconds: float) -> dict[str, Any]:
+    """The paper's result file: args, aggregates, and durations (setup, summed inference)."""
+    return {
+        "args": spec.args(),
+        "results": running.results(),
+        "durations": {"setup": setup_seconds, "eval": running.duration},
+    }

@@ -1,0 +1,220 @@
+"""Loading dataset splits with Hugging Face `datasets`: from the Hub, from a local mirror
+of a dataset's raw files, or from a user's own JSONL/CSV/Parquet file.
+
+A local mirror is a folder laid out like the source (`<dir>/<hub id>/<split>.jsonl`,
+and the bAbI archive as `<dir>/babi/tasks_1-20_v1-2.tar.gz`); it runs the same loading
+code as the Hub, which is how the tests and offline machines use it.
+"""
+
+from __future__ import annotations
+
+import os
+import tarfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+from .core.datasets import (
+    BABI_ARCHIVE_URL,
+    BABI_TASK_FILES,
+    DatasetDefinition,
+    UnknownDataset,
+    parse_babi,
+    resolve_dataset,
+)
+from .core.observations import (
+    DATASET_CATEGORIES,
+    InvalidObservation,
+    Observation,
+    observation_from_dict,
+)
+
+# Introspect shows its own progress; the per-file bars of `datasets` are noise beside it.
+datasets.disable_progress_bars()
+
+# Where local mirrors live when no folder is given (e.g. on a machine without the Hub).
+MIRROR_ENV = "INTROSPECT_DATASETS_DIR"
+
+# The raw schema of each Hub source, needed to read a mirror's JSON with the same label names.
+_SOURCE_FEATURES: dict[tuple[str, str | None], datasets.Features] = {
+    ("stanfordnlp/imdb", "plain_text"): datasets.Features(
+        {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])}
+    ),
+    ("glue", "sst2"): datasets.Features(
+        {
+            "sentence": datasets.Value("string"),
+            "label": datasets.ClassLabel(names=["negative", "positive"]),
+            "idx": datasets.Value("int32"),
+        }
+    ),
+    ("glue", "rte"): datasets.Features(
+        {
+            "sentence1": datasets.Value("string"),
+            "sentence2": datasets.Value("string"),
+            "label": datasets.ClassLabel(names=["entailment", "not_entailment"]),
+            "idx": datasets.Value("int32"),
+        }
+    ),
+    ("sagnikrayc/mctest", None): datasets.Features(
+        {
+            "idx": datasets.Value("string"),
+            "question": datasets.Value("string"),
+            "story": datasets.Value("string"),
+            "properties": {"author": datasets.Value("string"), "work_time": datasets.Value("string")},
+            "answer_options": {key: datasets.Value("string") for key in "ABCD"},
+            "answer": datasets.Value("string"),
+        }
+    ),
+}
+
+
+Mirror = str | os.PathLike[str] | None
+
+
+class DatasetLoadError(RuntimeError):
+    """A dataset could not be read (missing file, no network, bad schema)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LocalFileDataset:
+    """A user's own data: one JSONL, CSV or Parquet file, its columns mapped onto the
+    observation fields of a declared category (e.g. {"text": "review", "label": "stars"}),
+    labels optionally renamed (e.g. {"1": "negative", "5": "positive"})."""
+
+    path: Path
+    category: str
+    columns: Mapping[str, str] = field(default_factory=dict)
+    label_map: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+    def file_format(self) -> str:
+        suffix = self.path.suffix.lower()
+        formats = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+        if suffix not in formats:
+            raise DatasetLoadError(f"{self.path}: unsupported file type {suffix!r}; use .jsonl, .csv or .parquet")
+        return formats[suffix]
+
+
+def load_split(
+    dataset: str | LocalFileDataset,
+    split: str,
+    seed: int = 0,
+    mirror: Mirror = None,
+) -> list[Observation]:
+    """The observations of one split, `idx` assigned in source order, then shuffled by `seed`."""
+    if isinstance(dataset, LocalFileDataset):
+        table = _load_local_file(dataset)
+        restructure = _local_restructure(dataset)
+    else:
+        definition = resolve_dataset(dataset)
+        table = _load_source(definition, definition.split_selection(split), mirror or os.environ.get(MIRROR_ENV))
+        restructure = definition.restructure
+    label_names = _label_names(table)
+    observations = []
+    for idx, row in enumerate(table):
+        if label_names is not None:
+            row = {**row, "label": label_names[row["label"]]}
+        observations.append(restructure(row, idx))
+    return shuffled(observations, seed)
+
+
+def shuffled(observations: list[Observation], seed: int) -> list[Observation]:
+    """The seeded order of the paper (`datasets.Dataset.shuffle`); it changes nothing but order."""
+    order = datasets.Dataset.from_dict({"i": list(range(len(observations)))}).shuffle(seed=seed)["i"]
+    return [observations[i] for i in order]
+
+
+def _label_names(table: datasets.Dataset) -> list[str] | None:
+    feature = table.features.get("label")
+    return list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
+
+
+def _load_source(definition: DatasetDefinition, selection: str, mirror: Mirror) -> datasets.Dataset:
+    if definition.source == "babi":
+        return _load_babi(definition, selection, mirror)
+    try:
+        if mirror is None:
+            return datasets.load_dataset(definition.source, definition.source_config, split=selection)
+        folder = Path(mirror) / definition.source / (definition.source_config or "default")
+        files = {path.stem: str(path) for path in sorted(folder.glob("*.jsonl"))}
+        if not files:
+            raise DatasetLoadError(f"no mirror of {definition.name} in {folder} (expected <split>.jsonl files)")
+        features = _SOURCE_FEATURES[(definition.source, definition.source_config)]
+        return datasets.load_dataset("json", data_files=files, features=features, split=selection)
+    except DatasetLoadError:
+        raise
+    except Exception as error:  # the Hub, the network or the files: all end the same way
+        raise DatasetLoadError(f"could not load {definition.name} ({definition.source}): {error}") from error
+
+
+def _load_babi(definition: DatasetDefinition, selection: str, mirror: Mirror) -> datasets.Dataset:
+    """bAbI comes as one archive of text files; parse the task's train or test file."""
+    if mirror is not None:
+        archive = Path(mirror) / "babi" / "tasks_1-20_v1-2.tar.gz"
+    else:
+        try:
+            archive = Path(datasets.DownloadManager().download(BABI_ARCHIVE_URL))
+        except Exception as error:
+            raise DatasetLoadError(f"could not download the bAbI archive: {error}") from error
+    if not archive.is_file():
+        raise DatasetLoadError(f"no bAbI archive at {archive}")
+
+    tables: dict[str, datasets.Dataset] = {}
+    with tarfile.open(archive, "r:gz") as tar:
+        for raw_split in ("train", "test"):
+            member = BABI_TASK_FILES[definition.source_config or ""].format(split=raw_split)
+            try:
+                handle = tar.extractfile(member)
+            except KeyError:
+                handle = None
+            if handle is None:
+                raise DatasetLoadError(f"{archive} has no file {member}")
+            rows = parse_babi(handle.read().decode("utf-8").splitlines())
+            tables[raw_split] = datasets.Dataset.from_list(rows)
+
+    # The same split arithmetic as the Hub datasets ("train[:80%]"), by `datasets` itself.
+    instruction = datasets.ReadInstruction.from_spec(selection)
+    bounds = instruction.to_absolute({name: len(table) for name, table in tables.items()})
+    pieces = [tables[b.splitname].select(range(b.from_ or 0, b.to)) for b in bounds]
+    return datasets.concatenate_datasets(pieces) if len(pieces) > 1 else pieces[0]
+
+
+def _load_local_file(dataset: LocalFileDataset) -> datasets.Dataset:
+    if dataset.category not in DATASET_CATEGORIES:
+        raise UnknownDataset(f"unknown category {dataset.category!r}; use one of {', '.join(DATASET_CATEGORIES)}")
+    if not dataset.path.is_file():
+        raise DatasetLoadError(f"no such file: {dataset.path}")
+    try:
+        return datasets.load_dataset(dataset.file_format(), data_files=str(dataset.path), split="train")
+    except Exception as error:
+        raise DatasetLoadError(f"could not read {dataset.path}: {error}") from error
+
+
+def _local_restructure(dataset: LocalFileDataset):  # type: ignore[no-untyped-def]
+    def restructure(row: Mapping[str, Any], idx: int) -> Observation:
+        data: dict[str, Any] = {}
+        for name, column in {**_identity_columns(dataset.category), **dataset.columns}.items():
+            if column not in row:
+                raise InvalidObservation(f"{dataset.path}: row {idx} has no column {column!r} (for {name})")
+            data[name] = row[column]
+        label = str(data["label"])
+        data["label"] = dataset.label_map.get(label, label)
+        data["idx"] = idx
+        return observation_from_dict(dataset.category, data)
+
+    return restructure
+
+
+def _identity_columns(category: str) -> dict[str, str]:
+    names = {
+        "sentiment": ("text", "label"),
+        "entailment": ("paragraph", "hypothesis", "label"),
+        "multi-choice": ("paragraph", "question", "choices", "label"),
+    }[category]
+    return {name: name for name in names}

@@ -1,0 +1,13 @@
+"""The stand-in model: deterministic answers for tests, benchmarks and the demo."""
+
+from __future__ import annotations
+
+from ..core.chat import GenerationParameters
+from .answers import STANDIN_NAME, standin_answer
+
+__all__ = ["STANDIN_NAME", "complete_in_process", "standin_answer"]
+
+
+async def complete_in_process(prompt: str, parameters: GenerationParameters) -> tuple[str, float]:
+    """The stand-in as a completion backend without a server: (answer, zero seconds)."""
+    return standin_answer(prompt), 0.0
