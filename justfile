@@ -10,7 +10,7 @@ setup:
 
 # run every test, with line coverage of the protocol core
 test *ARGS:
-    {{python}} -m pytest --cov=services.core --cov-report=term-missing:skip-covered {{ARGS}}
+    {{python}} -m pytest --cov=services.core --cov-report=term-missing:skip-covered --cov-fail-under=90 {{ARGS}}
 
 # ruff: lint and formatting check
 lint:

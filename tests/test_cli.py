@@ -1,0 +1,90 @@
+"""The `introspect` command: the in-process experiment, and one-line errors for mistakes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from services.cli import main
+
+from .conftest import DATASET_MIRROR
+
+
+def test_evaluate_prints_results_and_writes_the_paper_json_and_records(tmp_path, capsys) -> None:
+    code = main(
+        ["evaluate", "--dataset", "RTE", "--task", "importance", "--config", "m-removed", "--limit", "8",
+         "--mirror", str(DATASET_MIRROR), "--out", str(tmp_path)]
+    )  # fmt: skip
+    assert code == 0
+    out = capsys.readouterr()
+    assert "stand-in" in out.err
+    experiment = "analysis_m-llama2-7b_y-none_d-rte_p-test_t-importance_c-m-removed_s-0"
+    result = json.loads((tmp_path / f"{experiment}.json").read_text())
+    assert result["args"]["task_config"] == ["m-removed"]
+    assert result["results"]["total"] == 8
+    assert f"total  {result['results']['total']}" in out.out and "faithfulness" in out.out
+    records = pd.read_parquet(tmp_path / f"{experiment}.parquet")
+    assert len(records) == 8 and "explain_predict" in records.columns
+    assert all("[REMOVED]" in p for p in records["predict_prompt"]) is True
+
+
+def test_evaluate_a_local_file(tmp_path, capsys) -> None:
+    data = tmp_path / "reviews.csv"
+    pd.DataFrame({"review": ["Great fun.", "Awful."], "stars": ["5", "1"]}).to_csv(data, index=False)
+    code = main(
+        ["evaluate", "--dataset", str(data), "--category", "sentiment", "--task", "classify",
+         "--column", "text=review", "--column", "label=stars", "--label", "5=positive", "--label", "1=negative",
+         "--model", "falcon-7b", "--out", str(tmp_path)]
+    )  # fmt: skip
+    assert code == 0
+    assert (tmp_path / "analysis_m-falcon-7b_y-default_d-reviews_p-test_t-classify_c-_s-0.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["evaluate", "--dataset", "FOO", "--task", "classify"], "unknown dataset 'FOO'"),
+        (["evaluate", "--dataset", "IMDB", "--task", "classify", "--config", "x"], "unknown task option 'x'"),
+        (["evaluate", "--dataset", "IMDB", "--task", "classify", "--model", "gpt-9"], "unknown model 'gpt-9'"),
+        (["evaluate", "--dataset", "IMDB", "--task", "classify", "--model", "mistral-v1-7b", "--system-message", "Hi"],
+         "does not support a system message"),
+        (["evaluate", "--dataset", "data.csv", "--task", "classify"], "needs --category"),
+        (["evaluate", "--dataset", "data.csv", "--category", "sentiment", "--task", "classify", "--column", "text"],
+         "must look like NAME=VALUE"),
+    ],
+)  # fmt: skip
+def test_mistakes_get_one_line(argv: list[str], message: str, capsys) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("introspect: error: ") and message in err and err.count("\n") == 1
+
+
+def test_an_unreadable_dataset_is_one_line(tmp_path, capsys) -> None:
+    assert main(["evaluate", "--dataset", "RTE", "--task", "classify", "--mirror", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.startswith("introspect: error: no mirror of RTE")
+
+
+def test_argument_errors_are_one_line(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["evaluate", "--dataset", "IMDB", "--task", "summarise"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("introspect: error: argument --task: invalid choice") and err.count("\n") == 1
+
+
+def test_tasks_and_render(capsys) -> None:
+    assert main(["tasks"]) == 0
+    assert "e-implcit-target" in capsys.readouterr().out
+    assert main(["render", "What is 1 + 1?", "--model", "falcon-7b", "--system-message", "none"]) == 0
+    assert capsys.readouterr().out == "User: What is 1 + 1?\nFalcon:\n"
+
+
+def test_the_installed_command_runs() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "services.cli", "render", "Hi", "--model", "llama2-7b"], capture_output=True, text=True
+    )
+    assert done.returncode == 0 and done.stdout == "<s>[INST] Hi [/INST]\n"

@@ -1,0 +1,205 @@
+"""The dataset loaders on the shipped fixtures (each in its source's raw format)."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+
+import pandas as pd
+import pytest
+
+from services.core.datasets import DATASETS, UnknownDataset, parse_babi
+from services.core.observations import (
+    EntailmentObservation,
+    InvalidObservation,
+    MultiChoiceObservation,
+    SentimentObservation,
+)
+from services.datasets import DatasetLoadError, LocalFileDataset, load_split
+
+from .conftest import DATASET_MIRROR
+
+
+def _raw_rows(*parts: str) -> list[dict]:
+    path = DATASET_MIRROR.joinpath(*parts)
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _load(name: str, split: str, seed: int = 0):
+    return load_split(name, split, seed=seed, mirror=DATASET_MIRROR)
+
+
+@pytest.mark.parametrize("name", list(DATASETS))
+def test_splits_partition_the_source_and_idx_counts_rows_before_shuffling(name: str) -> None:
+    train, valid, test = (_load(name, split) for split in ("train", "valid", "test"))
+    for split in (train, valid, test):
+        assert split, f"{name} has an empty split"
+        assert sorted(o.idx for o in split) == list(range(len(split)))
+        assert all(o.category == DATASETS[name].category for o in split)
+    if DATASETS[name].splits["valid"] == "train[80%:]":
+        # train[:80%] and train[80%:] together are the whole source train split, without overlap.
+        assert len(train) == round(0.8 * (len(train) + len(valid)))
+        assert not {o.paragraph for o in train} & {o.paragraph for o in valid} or name.startswith("bAbI")
+
+
+@pytest.mark.parametrize("name", list(DATASETS))
+def test_shuffling_is_seeded_and_changes_only_the_order(name: str) -> None:
+    first, again, other = _load(name, "test", seed=0), _load(name, "test", seed=0), _load(name, "test", seed=1)
+    assert first == again
+    assert sorted(first, key=lambda o: o.idx) == sorted(other, key=lambda o: o.idx)
+    assert [o.idx for o in first] != [o.idx for o in other]
+
+
+def test_imdb_labels_and_line_breaks() -> None:
+    raw = _raw_rows("stanfordnlp", "imdb", "plain_text", "test.jsonl")
+    test = sorted(_load("IMDB", "test"), key=lambda o: o.idx)
+    assert all(isinstance(o, SentimentObservation) for o in test)
+    assert [o.label for o in test] == [("negative", "positive")[r["label"]] for r in raw]
+    assert [o.text for o in test] == [r["text"].replace("<br />", "\n") for r in raw]
+    assert {o.label for o in _load("IMDB", "train")} == {"negative", "positive"}
+    with_breaks = next(o for o in _load("IMDB", "train") + _load("IMDB", "valid") if "\n" in o.text)
+    assert "<br />" not in with_breaks.text
+
+
+def test_sst2_uses_glue_validation_as_test() -> None:
+    raw = _raw_rows("glue", "sst2", "validation.jsonl")
+    test = sorted(_load("SST2", "test"), key=lambda o: o.idx)
+    assert [(o.text, o.label) for o in test] == [(r["sentence"], ("negative", "positive")[r["label"]]) for r in raw]
+
+
+def test_rte_maps_entailment_to_yes_and_no() -> None:
+    raw = _raw_rows("glue", "rte", "validation.jsonl")
+    test = sorted(_load("RTE", "test"), key=lambda o: o.idx)
+    assert all(isinstance(o, EntailmentObservation) for o in test)
+    assert [(o.paragraph, o.hypothesis, o.label) for o in test] == [
+        (r["sentence1"], r["sentence2"], ("yes", "no")[r["label"]]) for r in raw
+    ]
+
+
+def test_mctest_restructures_story_choices_and_label() -> None:
+    raw = _raw_rows("sagnikrayc", "mctest", "default", "test.jsonl")
+    test = sorted(_load("MCTest", "test"), key=lambda o: o.idx)
+    assert all(isinstance(o, MultiChoiceObservation) for o in test)
+    for observation, row in zip(test, raw, strict=True):
+        assert observation.paragraph == row["story"].replace("\\newline", "\n")
+        assert "\\newline" not in observation.paragraph
+        assert observation.question == row["question"]
+        assert list(observation.choices) == sorted(row["answer_options"].values())
+        assert observation.label == row["answer_options"][row["answer"]]
+
+
+@pytest.mark.parametrize("name", ["bAbI-1", "bAbI-2", "bAbI-3"])
+def test_babi_observations_come_from_the_archive(name: str) -> None:
+    for observation in _load(name, "train") + _load(name, "test"):
+        assert observation.label in observation.choices
+        assert list(observation.choices) == sorted(set(observation.choices))
+        assert observation.question.endswith("?")
+        assert observation.paragraph.endswith(".")
+
+
+def test_babi_parser_builds_stories_paragraphs_and_choices() -> None:
+    lines = [
+        "1 Mary moved to the bathroom.",
+        "2 John went to the hallway.",
+        "3 Where is Mary? \tbathroom\t1",
+        "4 Mary travelled to the office.",
+        "5 Where is Mary? \toffice\t4",
+        "1 Sandra journeyed to the garden.",
+        "2 Where is Sandra? \tgarden\t1",
+    ]
+    assert parse_babi(lines) == [
+        {
+            "paragraph": "Mary moved to the bathroom. Then, John went to the hallway.",
+            "question": "Where is Mary?",
+            "label": "bathroom",
+            "choices": ["bathroom", "office"],
+        },
+        {
+            "paragraph": (
+                "Mary moved to the bathroom. Then, John went to the hallway. Then, Mary travelled to the office."
+            ),
+            "question": "Where is Mary?",
+            "label": "office",
+            "choices": ["bathroom", "office"],
+        },
+        {
+            "paragraph": "Sandra journeyed to the garden.",
+            "question": "Where is Sandra?",
+            "label": "garden",
+            "choices": ["garden"],
+        },
+    ]
+    with pytest.raises(ValueError, match="line 1 does not start with a line number"):
+        parse_babi(["Mary moved."])
+
+
+def test_a_broken_babi_archive_is_a_clear_error(tmp_path) -> None:
+    (tmp_path / "babi").mkdir()
+    with tarfile.open(tmp_path / "babi" / "tasks_1-20_v1-2.tar.gz", "w:gz"):
+        pass
+    with pytest.raises(DatasetLoadError, match="has no file tasks_1-20_v1-2/en-10k/qa1"):
+        load_split("bAbI-1", "test", mirror=tmp_path)
+    with pytest.raises(DatasetLoadError, match="no bAbI archive"):
+        load_split("bAbI-1", "test", mirror=tmp_path / "elsewhere")
+
+
+def test_unknown_datasets_splits_and_missing_mirrors_are_clear_errors(tmp_path) -> None:
+    with pytest.raises(UnknownDataset, match="unknown dataset 'IMDb2'"):
+        load_split("IMDb2", "test")
+    with pytest.raises(UnknownDataset, match="has no split 'dev'"):
+        load_split("IMDB", "dev", mirror=DATASET_MIRROR)
+    with pytest.raises(DatasetLoadError, match="no mirror of RTE"):
+        load_split("RTE", "test", mirror=tmp_path)
+    assert len(load_split("imdb", "test", mirror=DATASET_MIRROR)) == 20  # names are case-insensitive
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
+def test_a_local_file_with_a_column_mapping(tmp_path, suffix: str) -> None:
+    frame = pd.DataFrame({"review": ["Loved it.", "Hated it.", "Fine."], "stars": [5, 1, 5], "extra": ["x", "y", "z"]})
+    path = tmp_path / f"reviews{suffix}"
+    {".jsonl": lambda: frame.to_json(path, orient="records", lines=True),
+     ".csv": lambda: frame.to_csv(path, index=False),
+     ".parquet": lambda: frame.to_parquet(path, index=False)}[suffix]()  # fmt: skip
+
+    dataset = LocalFileDataset(
+        path, "sentiment", {"text": "review", "label": "stars"}, {"5": "positive", "1": "negative"}
+    )
+    observations = sorted(load_split(dataset, "test", seed=0), key=lambda o: o.idx)
+    assert observations == [
+        SentimentObservation(0, "positive", "Loved it."),
+        SentimentObservation(1, "negative", "Hated it."),
+        SentimentObservation(2, "positive", "Fine."),
+    ]
+
+
+def test_a_local_multi_choice_file_keeps_its_choices(tmp_path) -> None:
+    path = tmp_path / "quiz.jsonl"
+    rows = [
+        {
+            "paragraph": "Tom is in the kitchen.",
+            "question": "Where is Tom?",
+            "choices": ["garden", "kitchen"],
+            "label": "kitchen",
+        }
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (observation,) = load_split(LocalFileDataset(path, "multi-choice"), "test")
+    assert observation == MultiChoiceObservation(
+        0, "kitchen", "Tom is in the kitchen.", "Where is Tom?", ("garden", "kitchen")
+    )
+
+
+def test_local_file_mistakes_name_the_problem(tmp_path) -> None:
+    path = tmp_path / "data.jsonl"
+    path.write_text(json.dumps({"text": "Good.", "label": "great"}) + "\n")
+    with pytest.raises(InvalidObservation, match="field 'label' must be one of"):
+        load_split(LocalFileDataset(path, "sentiment"), "test")
+    with pytest.raises(InvalidObservation, match="no column 'review'"):
+        load_split(LocalFileDataset(path, "sentiment", {"text": "review"}), "test")
+    with pytest.raises(DatasetLoadError, match="no such file"):
+        load_split(LocalFileDataset(tmp_path / "missing.jsonl", "sentiment"), "test")
+    with pytest.raises(DatasetLoadError, match=r"unsupported file type '\.txt'"):
+        (tmp_path / "data.txt").write_text("x")
+        load_split(LocalFileDataset(tmp_path / "data.txt", "sentiment"), "test")
+    with pytest.raises(UnknownDataset, match="unknown category 'poetry'"):
+        load_split(LocalFileDataset(path, "poetry"), "test")
