@@ -1,6 +1,7 @@
 # Introspect: common tasks. `just --list` shows them.
 
-python := ".venv/bin/python"
+# the project virtual environment when there is one, else the Python on the PATH
+python := if path_exists(".venv/bin/python") == "true" { ".venv/bin/python" } else { "python3" }
 
 # create .venv and install the project with its development tools
 setup:
