@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Generator
 from dataclasses import dataclass, replace
-from typing import Literal, TypeAlias, get_args
+from typing import Literal, TypeAlias, TypedDict, get_args
 
 from . import extract, prompts
 from .config import TaskConfig
@@ -123,15 +123,22 @@ def is_faithful_redaction(observation: Observation, new_predict: str) -> bool:
 # -- the five programs --
 
 
-def _predict(observation: Observation, config: TaskConfig) -> Generator[str, str, tuple[str, str, str | None]]:
+class _Prediction(TypedDict):
+    """The fields every record starts with: the task question and what came of it."""
+
+    idx: int
+    label: str
+    predict_prompt: str
+    predict_answer: str
+    predict: str | None
+    correct: bool | None
+
+
+def _predict(observation: Observation, config: TaskConfig) -> Generator[str, str, _Prediction]:
     prompt = prompts.classify_prompt(observation, observation.paragraph, config)
     answer = yield prompt
-    return prompt, answer, extract_prediction(observation, answer)
-
-
-def classify(observation: Observation, config: TaskConfig) -> Generator[str, str, ClassifyRecord]:
-    prompt, answer, predict = yield from _predict(observation, config)
-    return ClassifyRecord(
+    predict = extract_prediction(observation, answer)
+    return _Prediction(
         idx=observation.idx,
         label=observation.label,
         predict_prompt=prompt,
@@ -141,22 +148,21 @@ def classify(observation: Observation, config: TaskConfig) -> Generator[str, str
     )
 
 
+def classify(observation: Observation, config: TaskConfig) -> Generator[str, str, ClassifyRecord]:
+    return ClassifyRecord(**(yield from _predict(observation, config)))
+
+
 def answerable(observation: Observation, config: TaskConfig) -> Generator[str, str, AnswerableRecord]:
-    prompt, answer, predict = yield from _predict(observation, config)
+    prediction = yield from _predict(observation, config)
     ability_prompt = prompts.ability_prompt(observation, config)
     ability_answer = yield ability_prompt
     ability = extract.extract_ability(ability_answer)
     return AnswerableRecord(
-        idx=observation.idx,
-        label=observation.label,
-        predict_prompt=prompt,
-        predict_answer=answer,
-        predict=predict,
-        correct=is_correct(observation, predict),
+        **prediction,
         ability_prompt=ability_prompt,
         ability_answer=ability_answer,
         ability=ability,
-        introspect=is_introspective(observation, ability, predict),
+        introspect=is_introspective(observation, ability, prediction["predict"]),
     )
 
 
@@ -172,7 +178,7 @@ def _faithful(
     `explain` asks for the explanation and returns (answer, explanation shown in the
     record, paragraph to re-classify); either may be None when extraction failed.
     """
-    prompt, answer, predict = yield from _predict(observation, config)
+    prediction = yield from _predict(observation, config)
     explain_answer, explanation, new_paragraph = yield from explain
 
     new_prompt = new_answer = new_predict = None
@@ -188,12 +194,7 @@ def _faithful(
             faithful = is_faithful_redaction(observation, new_predict)
 
     return FaithfulRecord(
-        idx=observation.idx,
-        label=observation.label,
-        predict_prompt=prompt,
-        predict_answer=answer,
-        predict=predict,
-        correct=is_correct(observation, predict),
+        **prediction,
         explain_prompt=explain_prompt,
         explain_answer=explain_answer,
         explain=explanation,
