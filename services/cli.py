@@ -10,12 +10,20 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .core.chat import ChatTurn, SystemMessage, SystemMessageNotSupported, UnknownModel, generation_defaults
+from .core.chat import (
+    ChatFormat,
+    ChatTurn,
+    GenerationParameters,
+    SystemMessage,
+    SystemMessageNotSupported,
+    UnknownModel,
+    generation_defaults,
+)
 from .core.config import TASK_OPTIONS, InvalidTaskConfig, TaskConfig
 from .core.datasets import DATASETS, UnknownDataset, resolve_dataset
-from .core.observations import DATASET_CATEGORIES, SPLIT_NAMES, InvalidObservation
-from .core.records import record_to_dict
-from .core.results import ExperimentSpec, result_json, summary
+from .core.observations import DATASET_CATEGORIES, SPLIT_NAMES, InvalidObservation, Observation
+from .core.records import ResultRecord, record_to_dict
+from .core.results import Aggregate, ExperimentSpec, result_json, summary
 from .core.tasks import TASK_KINDS, Task, UnknownTask
 from .models import load_model
 
@@ -66,7 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--limit", type=int, default=None, help="evaluate at most this many observations")
     evaluate.add_argument("--concurrency", type=int, default=32)
-    evaluate.add_argument("--backend", default="standin", choices=["standin"], help="where generations come from")
+    evaluate.add_argument(
+        "--endpoint", default=None, help="URL of a TGI server (default: the stand-in, in this process)"
+    )
     evaluate.add_argument("--mirror", default=None, help="folder with local copies of the datasets' raw files")
     evaluate.add_argument("--category", choices=DATASET_CATEGORIES, help="category of a local data file")
     evaluate.add_argument("--column", action="append", default=[], metavar="FIELD=COLUMN", help="map a file column")
@@ -74,6 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", default="results", help="folder for the result JSON and the records Parquet")
 
     commands.add_parser("tasks", help="list the tasks, task options, datasets and models")
+
+    standin = commands.add_parser("standin", help="serve the deterministic stand-in model over TGI's HTTP protocol")
+    standin.add_argument("--host", default="127.0.0.1")
+    standin.add_argument("--port", type=int, default=8080)
+    standin.add_argument("--latency", type=float, default=0.0, help="seconds per generation")
+    standin.add_argument("--max-concurrent", type=int, default=128, help="answer 429 past this many in flight")
+    standin.add_argument("--error-every", type=int, default=0, help="every n-th request fails with 503")
+    standin.add_argument("--max-input-chars", type=int, default=100_000, help="answer 422 for longer prompts")
 
     render = commands.add_parser("render", help="show the prompt a model's chat template makes of a message")
     render.add_argument("message")
@@ -92,6 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _tasks()
             case "render":
                 return _render(args)
+            case "standin":
+                return _standin(args)
     except _USER_ERRORS as error:
         print(f"introspect: error: {error}", file=sys.stderr)
         return 2
@@ -111,6 +131,14 @@ def _render(args: argparse.Namespace) -> int:
     return 0
 
 
+def _standin(args: argparse.Namespace) -> int:
+    from .standin.server import StandInSettings, serve
+
+    settings = StandInSettings(args.latency, args.max_concurrent, args.error_every, args.max_input_chars)
+    serve(settings, args.host, args.port)
+    return 0
+
+
 def _tasks() -> int:
     print("tasks:    " + ", ".join(TASK_KINDS))
     print("datasets: " + ", ".join(f"{d.name} ({d.category})" for d in DATASETS.values()))
@@ -125,8 +153,8 @@ def _tasks() -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from . import datasets as loading
-    from .runner import ChatModel, evaluate
-    from .standin import STANDIN_NAME, complete_in_process
+    from .backends.tgi import BackendUnavailable
+    from .standin import STANDIN_NAME
 
     started = time.monotonic()
     model = load_model(args.model)
@@ -154,9 +182,6 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.limit is not None:
         observations = observations[: max(args.limit, 0)]
 
-    chat_model = ChatModel(
-        model.chat_format, system, generation_defaults(model.chat_format, args.seed), complete_in_process
-    )
     spec = ExperimentSpec(
         model=model.name,
         system_message=system.id_part,
@@ -167,15 +192,17 @@ def _evaluate(args: argparse.Namespace) -> int:
         seed=args.seed,
         max_observations=args.limit,
     )
-    print(f"{spec.experiment_id}: {len(observations)} observations, answers from {STANDIN_NAME}", file=sys.stderr)
-
-    from tqdm import tqdm
-
+    source_name = args.endpoint or STANDIN_NAME
+    print(f"{spec.experiment_id}: {len(observations)} observations, answers from {source_name}", file=sys.stderr)
+    parameters = generation_defaults(model.chat_format, args.seed)
     setup_seconds = time.monotonic() - started
-    with tqdm(total=len(observations), unit="obs", file=sys.stderr, disable=None) as progress:
+    try:
         records, running = asyncio.run(
-            evaluate(task, observations, chat_model.generate, args.concurrency, on_record=lambda _: progress.update())
+            _run(task, observations, model.chat_format, system, parameters, args.endpoint, args.concurrency)
         )
+    except BackendUnavailable as error:
+        print(f"introspect: error: {error}", file=sys.stderr)
+        return 1
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -188,6 +215,29 @@ def _evaluate(args: argparse.Namespace) -> int:
     _print_results(result["results"])
     print(f"results: {result_path}\nrecords: {records_path}")
     return 0
+
+
+async def _run(
+    task: Task,
+    observations: list[Observation],
+    chat_format: ChatFormat,
+    system: SystemMessage,
+    parameters: GenerationParameters,
+    endpoint: str | None,
+    concurrency: int,
+) -> tuple[list[ResultRecord], Aggregate]:
+    import aiohttp
+    from tqdm import tqdm
+
+    from .backends.tgi import TGIBackend
+    from .runner import ChatModel, evaluate
+    from .standin import complete_in_process
+
+    async with aiohttp.ClientSession() as session:
+        complete = TGIBackend(endpoint, session).complete if endpoint else complete_in_process
+        chat_model = ChatModel(chat_format, system, parameters, complete)
+        with tqdm(total=len(observations), unit="obs", file=sys.stderr, disable=None) as progress:
+            return await evaluate(task, observations, chat_model.generate, concurrency, lambda _: progress.update())
 
 
 def _write_records(path: Path, rows: list[dict[str, object]]) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
+import time
 
 import pandas as pd
 import pytest
@@ -88,3 +90,34 @@ def test_the_installed_command_runs() -> None:
         [sys.executable, "-m", "services.cli", "render", "Hi", "--model", "llama2-7b"], capture_output=True, text=True
     )
     assert done.returncode == 0 and done.stdout == "<s>[INST] Hi [/INST]\n"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_evaluate_against_a_tgi_endpoint_matches_the_in_process_stand_in(tmp_path, capsys) -> None:
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "standin", "--port", str(port)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert "not a language model" in server.stdout.readline()
+        for _ in range(100):  # until it accepts connections
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+        common = ["evaluate", "--dataset", "bAbI-1", "--task", "redacted", "--mirror", str(DATASET_MIRROR)]
+        assert main([*common, "--endpoint", f"http://127.0.0.1:{port}", "--out", str(tmp_path / "http")]) == 0
+        assert f"answers from http://127.0.0.1:{port}" in capsys.readouterr().err
+        assert main([*common, "--out", str(tmp_path / "local")]) == 0
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    name = "analysis_m-llama2-7b_y-none_d-babi-1_p-test_t-redacted_c-_s-0"
+    over_http = pd.read_parquet(tmp_path / "http" / f"{name}.parquet").drop(columns="duration")
+    in_process = pd.read_parquet(tmp_path / "local" / f"{name}.parquet").drop(columns="duration")
+    pd.testing.assert_frame_equal(over_http, in_process)

@@ -19,7 +19,7 @@ STANDIN_NAME = "introspect-stand-in (deterministic test server, not a language m
 _TEMPLATE_TAILS = (" [/INST]", "[/INST]", "\nFalcon:", "<|im_end|>", "<|eot_id|>", "<end_of_turn>")
 
 
-def _roll(prompt: str, salt: str = "") -> int:
+def prompt_roll(prompt: str, salt: str = "") -> int:
     """0..99, fixed for a prompt."""
     digest = hashlib.sha256((salt + prompt).encode()).digest()
     return int.from_bytes(digest[:4], "big") % 100
@@ -27,7 +27,7 @@ def _roll(prompt: str, salt: str = "") -> int:
 
 def _pick(prompt: str, menu: list[tuple[int, str]]) -> str:
     """Pick from (weight, answer) pairs by the prompt's roll; weights sum to 100."""
-    roll = _roll(prompt)
+    roll = prompt_roll(prompt)
     for weight, answer in menu:
         if roll < weight:
             return answer
@@ -104,7 +104,7 @@ def _entailment(prompt: str) -> str:
 
 def _choice(prompt: str, lettered: list[tuple[str, str]]) -> str:
     real = [(letter, text) for letter, text in lettered if text != "unknown"]
-    letter, text = real[_roll(prompt, "choice") % len(real)]
+    letter, text = real[prompt_roll(prompt, "choice") % len(real)]
     unknown_letter = next((letter for letter, text in lettered if text == "unknown"), "z")
     return _pick(
         prompt,

@@ -1,0 +1,1 @@
+"""Completion backends: model servers reached over HTTP."""

@@ -1,0 +1,145 @@
+"""The stand-in model server: speaks TGI's HTTP protocol, answers deterministically.
+
+Routes as TGI serves them: `POST /generate` (one object), `POST /` (a list of one, which
+the official `text-generation` client uses), `GET /info`, `GET /health`, plus
+`GET /stand-in/stats` with request counters for tests and benchmarks. Latency, a
+concurrency limit (429 past it, like TGI's overload answer), a share of 5xx failures and
+a prompt-length limit (422, like TGI's validation error) are configurable. It names
+itself a stand-in in `/info`, in a response header and in its log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from .answers import STANDIN_NAME, prompt_roll, standin_answer
+
+STANDIN_MODEL_ID = "introspect-stand-in"
+_HEADER = {"X-Introspect-Stand-In": STANDIN_NAME}
+
+
+@dataclass(frozen=True, slots=True)
+class StandInSettings:
+    latency: float = 0.0  # seconds per generation
+    max_concurrent: int = 128  # requests past this many in flight get 429
+    error_every: int = 0  # every n-th generate request fails with 503 (0: never)
+    max_input_chars: int = 100_000  # longer prompts get 422
+
+
+def create_app(settings: StandInSettings = StandInSettings()) -> web.Application:
+    stats: Counter[str] = Counter()
+    in_flight = 0
+
+    async def generate_one(request: web.Request) -> tuple[int, dict[str, Any], float]:
+        nonlocal in_flight
+        stats["requests"] += 1
+        try:
+            body = await request.json()
+            prompt = body["inputs"]
+            parameters = body.get("parameters") or {}
+            if not isinstance(prompt, str) or not isinstance(parameters, dict):
+                raise TypeError
+        except (json.JSONDecodeError, KeyError, TypeError):
+            stats["rejected"] += 1
+            return (
+                422,
+                {
+                    "error": "Input validation error: expected inputs (string) and parameters",
+                    "error_type": "validation",
+                },
+                0.0,
+            )
+        if len(prompt) > settings.max_input_chars:
+            stats["rejected"] += 1
+            message = f"Input validation error: `inputs` must have less than {settings.max_input_chars} characters"
+            return 422, {"error": message, "error_type": "validation"}, 0.0
+        if in_flight >= settings.max_concurrent:
+            stats["overloaded"] += 1
+            return 429, {"error": "Model is overloaded", "error_type": "overloaded"}, 0.0
+        if settings.error_every and (stats["requests"] % settings.error_every == 0):
+            stats["failed"] += 1
+            return 503, {"error": "stand-in: injected failure", "error_type": "generation"}, 0.0
+
+        in_flight += 1
+        stats["peak_in_flight"] = max(stats["peak_in_flight"], in_flight)
+        try:
+            if settings.latency:
+                await asyncio.sleep(settings.latency)
+        finally:
+            in_flight -= 1
+        stats["generated"] += 1
+        return 200, _response(prompt, parameters), settings.latency
+
+    def reply(status: int, payload: Any, seconds: float) -> web.Response:
+        headers = {**_HEADER, "x-inference-time": str(round(seconds * 1000))}
+        return web.json_response(payload, status=status, headers=headers)
+
+    async def generate(request: web.Request) -> web.Response:
+        status, payload, seconds = await generate_one(request)
+        return reply(status, payload, seconds)
+
+    async def compat(request: web.Request) -> web.Response:
+        status, payload, seconds = await generate_one(request)
+        return reply(status, [payload] if status == 200 else payload, seconds)
+
+    async def info(_: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "model_id": STANDIN_MODEL_ID,
+                "model_pipeline_tag": "stand-in",
+                "max_concurrent_requests": settings.max_concurrent,
+                "version": "stand-in",
+                "description": STANDIN_NAME,
+            },
+            headers=_HEADER,
+        )
+
+    async def health(_: web.Request) -> web.Response:
+        return web.Response(status=200, headers=_HEADER)
+
+    async def stats_view(_: web.Request) -> web.Response:
+        return web.json_response(dict(stats), headers=_HEADER)
+
+    app = web.Application()
+    app.add_routes(
+        [
+            web.post("/generate", generate),
+            web.post("/", compat),
+            web.get("/info", info),
+            web.get("/health", health),
+            web.get("/stand-in/stats", stats_view),
+        ]
+    )
+    return app
+
+
+def _response(prompt: str, parameters: dict[str, Any]) -> dict[str, Any]:
+    text = standin_answer(prompt)
+    stop = [s for s in parameters.get("stop") or [] if s]
+    # Like a real model, sometimes end on a stop sequence, which TGI keeps in the text.
+    if stop and prompt_roll(prompt, "stop") < 50:
+        text, finish = text + stop[0], "stop_sequence"
+    else:
+        finish = "eos_token"
+    tokens = text.split() or [""]
+    return {
+        "generated_text": text,
+        "details": {
+            "finish_reason": finish,
+            "generated_tokens": len(tokens),
+            "seed": parameters.get("seed"),
+            "prefill": [],
+            "tokens": [{"id": i, "text": token, "logprob": 0.0, "special": False} for i, token in enumerate(tokens)],
+        },
+    }
+
+
+def serve(settings: StandInSettings, host: str = "127.0.0.1", port: int = 8080) -> None:
+    print(f"{STANDIN_NAME} on http://{host}:{port}", flush=True)
+    web.run_app(create_app(settings), host=host, port=port, print=None)

@@ -1,0 +1,135 @@
+"""The stand-in TGI server, the official client against it, and the TGI backend's retries."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+from text_generation import AsyncClient
+from text_generation.errors import OverloadedError, ValidationError
+
+from services.backends.tgi import BackendUnavailable, RetryPolicy, TGIBackend
+from services.core.chat import LLAMA2, NO_SYSTEM, generation_defaults
+from services.core.tasks import Task
+from services.datasets import load_split
+from services.runner import ChatModel, GenerationRejected, evaluate
+from services.standin import complete_in_process
+from services.standin.server import STANDIN_MODEL_ID, StandInSettings, create_app
+
+from .conftest import DATASET_MIRROR
+
+PARAMETERS = generation_defaults(LLAMA2, seed=0)
+
+
+async def _serve(settings: StandInSettings) -> TestServer:
+    server = TestServer(create_app(settings), host="127.0.0.1")
+    await server.start_server()
+    return server
+
+
+@pytest.fixture
+async def standin() -> AsyncIterator[TestServer]:
+    server = await _serve(StandInSettings())
+    yield server
+    await server.close()
+
+
+def _url(server: TestServer) -> str:
+    return str(server.make_url("/")).rstrip("/")
+
+
+async def _stats(session: aiohttp.ClientSession, server: TestServer) -> dict:
+    async with session.get(f"{_url(server)}/stand-in/stats") as response:
+        return await response.json()
+
+
+async def test_the_official_text_generation_client_works_unchanged(standin: TestServer) -> None:
+    client = AsyncClient(_url(standin))
+    prompt = '<s>[INST] What is the sentiment of the following paragraph? Answer only "positive". [/INST]'
+    response = await client.generate(prompt, max_new_tokens=20, stop_sequences=["</s>"], seed=0)
+    assert response.generated_text.removesuffix("</s>") in {
+        "positive", "Negative", 'The sentiment of the paragraph is "positive".', "The paragraph seems to be negative.",
+        "neutral", "unknown", "I am sorry, I cannot classify this paragraph.", "Hard to tell.",
+    }  # fmt: skip
+    assert response.details.generated_tokens >= 1
+    strict = await _serve(StandInSettings(max_input_chars=10))
+    try:
+        with pytest.raises(ValidationError):
+            await AsyncClient(_url(strict)).generate(prompt)
+    finally:
+        await strict.close()
+
+
+async def test_info_and_health_name_the_stand_in(standin: TestServer) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{_url(standin)}/info") as response:
+            info = await response.json()
+            assert info["model_id"] == STANDIN_MODEL_ID and "not a language model" in info["description"]
+            assert info["max_concurrent_requests"] == 128
+        async with session.get(f"{_url(standin)}/health") as response:
+            assert response.status == 200 and "stand-in" in response.headers["X-Introspect-Stand-In"]
+
+
+async def test_past_its_concurrency_limit_it_answers_429() -> None:
+    server = await _serve(StandInSettings(latency=0.2, max_concurrent=2))
+    try:
+        with pytest.raises(OverloadedError):
+            await asyncio.gather(*(AsyncClient(_url(server)).generate(f"prompt {i}") for i in range(4)))
+    finally:
+        await server.close()
+
+
+async def test_the_backend_retries_overload_and_failures_until_answered() -> None:
+    server = await _serve(StandInSettings(latency=0.05, max_concurrent=2, error_every=3))
+    try:
+        async with aiohttp.ClientSession() as session:
+            backend = TGIBackend(_url(server), session, RetryPolicy(max_attempts=50, first_delay=0.01, max_delay=0.05))
+            answers = await asyncio.gather(*(backend.complete(f"prompt {i}", PARAMETERS) for i in range(8)))
+            assert len(answers) == 8 and all(seconds == pytest.approx(0.05) for _, seconds in answers)
+            stats = await _stats(session, server)
+            assert stats["generated"] == 8
+            assert stats["overloaded"] + stats["failed"] == backend.retries > 0
+            assert stats["peak_in_flight"] <= 2
+    finally:
+        await server.close()
+
+
+async def test_a_rejected_request_is_a_result_not_a_retry() -> None:
+    server = await _serve(StandInSettings(max_input_chars=10))
+    try:
+        async with aiohttp.ClientSession() as session:
+            backend = TGIBackend(_url(server), session)
+            with pytest.raises(GenerationRejected, match="422: Input validation error"):
+                await backend.complete("a prompt longer than ten characters", PARAMETERS)
+            assert backend.retries == 0
+    finally:
+        await server.close()
+
+
+async def test_an_unreachable_server_ends_in_a_clear_error() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # nothing listens here once the socket closes
+    async with aiohttp.ClientSession() as session:
+        backend = TGIBackend(f"http://127.0.0.1:{port}", session, RetryPolicy(max_attempts=3, first_delay=0.001))
+        with pytest.raises(BackendUnavailable, match="after 3 attempts"):
+            await backend.complete("x", PARAMETERS)
+
+
+async def test_over_http_the_records_equal_those_of_the_in_process_stand_in(standin: TestServer) -> None:
+    observations = load_split("RTE", "train", mirror=DATASET_MIRROR)
+    task = Task("counterfactual", "entailment")
+    in_process = ChatModel(LLAMA2, NO_SYSTEM, PARAMETERS, complete_in_process)
+    expected, expected_total = await evaluate(task, observations, in_process.generate)
+    async with aiohttp.ClientSession() as session:
+        over_http = ChatModel(LLAMA2, NO_SYSTEM, PARAMETERS, TGIBackend(_url(standin), session).complete)
+        records, total = await evaluate(task, observations, over_http.generate, concurrency=8)
+        stats = await _stats(session, standin)
+    assert records == expected
+    assert total.results() == expected_total.results()
+    asked = sum(1 + (r.explain_prompt is not None) + (r.explain_predict_prompt is not None) for r in records)
+    assert stats["generated"] == asked
