@@ -54,6 +54,19 @@ def _pairs(values: Sequence[str], what: str) -> dict[str, str]:
     return out
 
 
+def _count(minimum: int):  # type: ignore[no-untyped-def]
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="introspect", description="Are LLM self-explanations faithful? Run the paper's protocol.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -71,9 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--config", action="append", default=[], metavar="OPTION", help="task option (repeatable)")
     evaluate.add_argument("--model", default="llama2-7b", help="shorthand, Hugging Face id, or tokenizer_config.json")
     evaluate.add_argument("--system-message", default=None, help="default, none, or a custom text")
-    evaluate.add_argument("--seed", type=int, default=0)
-    evaluate.add_argument("--limit", type=int, default=None, help="evaluate at most this many observations")
-    evaluate.add_argument("--concurrency", type=int, default=32)
+    evaluate.add_argument("--seed", type=_count(0), default=0)
+    evaluate.add_argument("--limit", type=_count(0), default=None, help="evaluate at most this many observations")
+    evaluate.add_argument("--concurrency", type=_count(1), default=32)
     evaluate.add_argument(
         "--endpoint", default=None, help="URL of a TGI server (default: the stand-in, in this process)"
     )
@@ -180,7 +193,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"introspect: error: {error}", file=sys.stderr)
         return 1
     if args.limit is not None:
-        observations = observations[: max(args.limit, 0)]
+        observations = observations[: args.limit]
 
     spec = ExperimentSpec(
         model=model.name,

@@ -70,12 +70,21 @@ def test_an_unreadable_dataset_is_one_line(tmp_path, capsys) -> None:
     assert capsys.readouterr().err.startswith("introspect: error: no mirror of RTE")
 
 
-def test_argument_errors_are_one_line(capsys) -> None:
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--task", "summarise"], "argument --task: invalid choice"),
+        (["--task", "classify", "--concurrency", "0"], "argument --concurrency: must be at least 1, got 0"),
+        (["--task", "classify", "--seed", "-1"], "argument --seed: must be at least 0"),
+        (["--task", "classify", "--limit", "ten"], "argument --limit: 'ten' is not a whole number"),
+    ],
+)
+def test_argument_errors_are_one_line(extra: list[str], message: str, capsys) -> None:
     with pytest.raises(SystemExit) as exit_:
-        main(["evaluate", "--dataset", "IMDB", "--task", "summarise"])
+        main(["evaluate", "--dataset", "IMDB", *extra])
     assert exit_.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("introspect: error: argument --task: invalid choice") and err.count("\n") == 1
+    assert err.startswith(f"introspect: error: {message}") and err.count("\n") == 1
 
 
 def test_tasks_and_render(capsys) -> None:
