@@ -61,3 +61,9 @@ def test_a_numbered_list_of_alternatives_is_refused_as_a_paragraph() -> None:
 
 def test_html_entities_become_text() -> None:
     assert extract.extract_paragraph("<p>Fish &amp; chips</p>") == "Fish & chips"
+
+
+def test_a_paragraph_that_merely_mentions_ai_is_kept() -> None:
+    assert extract.extract_paragraph("Paragraph: The film is as an AI would imagine love.") == (
+        "The film is as an AI would imagine love."
+    )

@@ -137,7 +137,7 @@ _HTML_TAG = re.compile(r"</?[a-z][a-z0-9]*\b[^>]*>", re.IGNORECASE)
 _HTML_BREAK = re.compile(r"<br\s*/?>|</p>\s*<p\b[^>]*>", re.IGNORECASE)
 _REFUSAL = re.compile(
     r"^(?:i am sorry|i'm sorry|sorry|i apologi[sz]e|my apologies|apologies|hi|hello|hey|greetings)\b"
-    r"|\bas an ai(?: language model)?\b|\bi am an ai\b",
+    r"|\bas an ai language model\b|\bi am an ai language model\b",
     re.IGNORECASE,
 )
 _LEAD_IN_MARKERS = re.compile(r"paragraph:|as follows:|reads:", re.IGNORECASE)
