@@ -7,10 +7,11 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .core.chat import (
+    MODELS,
     ChatFormat,
     ChatTurn,
     GenerationParameters,
@@ -54,7 +55,7 @@ def _pairs(values: Sequence[str], what: str) -> dict[str, str]:
     return out
 
 
-def _count(minimum: int):  # type: ignore[no-untyped-def]
+def _count(minimum: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -155,8 +156,6 @@ def _standin(args: argparse.Namespace) -> int:
 def _tasks() -> int:
     print("tasks:    " + ", ".join(TASK_KINDS))
     print("datasets: " + ", ".join(f"{d.name} ({d.category})" for d in DATASETS.values()))
-    from .core.chat import MODELS
-
     print("models:   " + ", ".join(MODELS))
     print("options:")
     for option, meaning in TASK_OPTIONS.items():

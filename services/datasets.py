@@ -21,6 +21,7 @@ from .core.datasets import (
     BABI_ARCHIVE_URL,
     BABI_TASK_FILES,
     DatasetDefinition,
+    Restructure,
     UnknownDataset,
     parse_babi,
     resolve_dataset,
@@ -196,7 +197,7 @@ def _load_local_file(dataset: LocalFileDataset) -> datasets.Dataset:
         raise DatasetLoadError(f"could not read {dataset.path}: {error}") from error
 
 
-def _local_restructure(dataset: LocalFileDataset):  # type: ignore[no-untyped-def]
+def _local_restructure(dataset: LocalFileDataset) -> Restructure:
     def restructure(row: Mapping[str, Any], idx: int) -> Observation:
         data: dict[str, Any] = {}
         for name, column in {**_identity_columns(dataset.category), **dataset.columns}.items():
