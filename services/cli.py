@@ -4,29 +4,29 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
-from .core.chat import (
-    MODELS,
-    ChatFormat,
-    ChatTurn,
-    GenerationParameters,
-    SystemMessage,
-    SystemMessageNotSupported,
-    UnknownModel,
-    generation_defaults,
-)
-from .core.config import TASK_OPTIONS, InvalidTaskConfig, TaskConfig
-from .core.datasets import DATASETS, UnknownDataset, resolve_dataset
+from proto import Job
+
+from .core.chat import MODELS, ChatTurn, SystemMessageNotSupported, UnknownModel
+from .core.config import TASK_OPTIONS, InvalidTaskConfig
+from .core.datasets import DATASETS, UnknownDataset
 from .core.observations import DATASET_CATEGORIES, SPLIT_NAMES, InvalidObservation, Observation
-from .core.records import ResultRecord, record_to_dict
-from .core.results import Aggregate, ExperimentSpec, result_json, summary
-from .core.tasks import TASK_KINDS, Task, UnknownTask
+from .core.records import ResultRecord
+from .core.results import Aggregate, summary
+from .core.tasks import TASK_KINDS, UnknownTask
+from .jobs import LOCAL_FILE_SUFFIXES, PreparedJob, prepare_job
 from .models import load_model
+from .runtime.settings import InvalidSettings, Settings
+
+SERVICE_NAMES = ("producer", "scorer", "gateway", "aggregator")
+DEFAULT_AGGREGATOR = "http://127.0.0.1:9090"
 
 # Mistakes a user can make; each becomes one line on stderr, never a traceback.
 _USER_ERRORS = (
@@ -36,6 +36,7 @@ _USER_ERRORS = (
     UnknownTask,
     SystemMessageNotSupported,
     InvalidObservation,
+    InvalidSettings,
     FileNotFoundError,
 )
 
@@ -68,34 +69,96 @@ def _count(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def _job_arguments(parser: argparse.ArgumentParser, grid: bool = False) -> None:
+    """The arguments that make a job; with `grid`, model, dataset and task take several values."""
+    many: dict[str, Any] = {"nargs": "+"} if grid else {}
+    parser.add_argument(
+        "--dataset", required=True, help=f"one of {', '.join(DATASETS)}, or a .jsonl/.csv/.parquet file", **many
+    )
+    parser.add_argument("--task", required=True, choices=TASK_KINDS, **many)
+    parser.add_argument("--model", default=["llama2-7b"] if grid else "llama2-7b", **many,
+                        help="shorthand, Hugging Face id, or tokenizer_config.json")  # fmt: skip
+    parser.add_argument("--split", default="test", choices=SPLIT_NAMES)
+    parser.add_argument("--config", action="append", default=[], metavar="OPTION", help="task option (repeatable)")
+    if grid:
+        parser.add_argument(
+            "--variant", action="append", default=[], metavar="OPTIONS",
+            help="a prompt variant: comma-separated task options, or 'none' (repeatable; replaces --config)",
+        )  # fmt: skip
+    parser.add_argument("--system-message", default=None, help="default, none, or a custom text")
+    parser.add_argument("--seed", type=_count(0), default=0)
+    parser.add_argument("--limit", type=_count(0), default=None, help="at most this many observations")
+    parser.add_argument("--mirror", default=None, help="folder with local copies of the datasets' raw files")
+    parser.add_argument("--category", choices=DATASET_CATEGORIES, help="category of a local data file")
+    parser.add_argument("--column", action="append", default=[], metavar="FIELD=COLUMN", help="map a file column")
+    parser.add_argument("--label", action="append", default=[], metavar="RAW=LABEL", help="rename a label")
+
+
+def _nats_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--nats", default=None, help="NATS URL (default: $INTROSPECT_NATS_URL or nats://127.0.0.1:4222)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="introspect", description="Are LLM self-explanations faithful? Run the paper's protocol.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = commands.add_parser(
+        "run",
+        help="run one experiment through the whole pipeline on this machine",
+        description="Start NATS, the four services and the stand-in (or use --endpoint), run one job, print results.",
+    )
+    _job_arguments(run)
+    run.add_argument(
+        "--endpoint", default=None, help="TGI URL, or openai+URL for an OpenAI-compatible server (default: stand-in)"
+    )
+    run.add_argument("--data-dir", default=".introspect", help="NATS store, caches and the aggregator's database")
+    run.add_argument("--out", default="results", help="folder for the result JSON and the records Parquet")
+    run.add_argument("--gateways", type=_count(1), default=1, help="gateway processes (cache partitions)")
 
     evaluate = commands.add_parser(
         "evaluate",
         help="run one experiment in this process (no message bus)",
         description="Run one task over a dataset split in this process, print the aggregates, write result files.",
     )
-    evaluate.add_argument(
-        "--dataset", required=True, help=f"one of {', '.join(DATASETS)}, or a .jsonl/.csv/.parquet file"
-    )
-    evaluate.add_argument("--split", default="test", choices=SPLIT_NAMES)
-    evaluate.add_argument("--task", required=True, choices=TASK_KINDS)
-    evaluate.add_argument("--config", action="append", default=[], metavar="OPTION", help="task option (repeatable)")
-    evaluate.add_argument("--model", default="llama2-7b", help="shorthand, Hugging Face id, or tokenizer_config.json")
-    evaluate.add_argument("--system-message", default=None, help="default, none, or a custom text")
-    evaluate.add_argument("--seed", type=_count(0), default=0)
-    evaluate.add_argument("--limit", type=_count(0), default=None, help="evaluate at most this many observations")
+    _job_arguments(evaluate)
     evaluate.add_argument("--concurrency", type=_count(1), default=32)
     evaluate.add_argument(
         "--endpoint", default=None, help="URL of a TGI server (default: the stand-in, in this process)"
     )
-    evaluate.add_argument("--mirror", default=None, help="folder with local copies of the datasets' raw files")
-    evaluate.add_argument("--category", choices=DATASET_CATEGORIES, help="category of a local data file")
-    evaluate.add_argument("--column", action="append", default=[], metavar="FIELD=COLUMN", help="map a file column")
-    evaluate.add_argument("--label", action="append", default=[], metavar="RAW=LABEL", help="rename a label")
     evaluate.add_argument("--out", default="results", help="folder for the result JSON and the records Parquet")
+
+    serve = commands.add_parser("serve", help="run one service (settings from INTROSPECT_* variables and flags)")
+    serve.add_argument("service", choices=SERVICE_NAMES)
+    _nats_argument(serve)
+    serve.add_argument("--data-dir", default=None)
+    serve.add_argument("--metrics-port", type=_count(0), default=None)
+    serve.add_argument("--partitions", type=_count(1), default=None, help="gateway partitions in the deployment")
+    serve.add_argument("--partition", type=_count(0), default=None, help="the partition this gateway serves")
+    serve.add_argument("--backend", action="append", default=None, metavar="URL",
+                       help="gateway: a TGI URL, or openai+URL (repeatable)")  # fmt: skip
+    serve.add_argument("--backend-concurrency", type=_count(1), default=None, help="gateway: per-backend limit")
+    serve.add_argument("--offline", action="store_true", default=None, help="gateway: answer from the cache alone")
+
+    submit = commands.add_parser("submit", help="publish one job, or a grid of jobs, to a running pipeline")
+    _job_arguments(submit, grid=True)
+    _nats_argument(submit)
+
+    status = commands.add_parser("status", help="progress of every job the aggregator knows")
+    status.add_argument("--aggregator", default=DEFAULT_AGGREGATOR, help="the aggregator's HTTP address")
+
+    results = commands.add_parser("results", help="a job's results: a table, the paper's JSON, or the records")
+    results.add_argument("job_id")
+    results.add_argument("--aggregator", default=DEFAULT_AGGREGATOR)
+    results.add_argument("--format", choices=("table", "json", "parquet"), default="table")
+    results.add_argument("--out", default=None, help="with --format parquet: the file to write")
+
+    dead = commands.add_parser("dead-letters", help="list or replay messages the services could not process")
+    dead.add_argument("action", choices=("list", "replay"))
+    dead.add_argument("--service", choices=SERVICE_NAMES, default=None)
+    dead.add_argument("--seq", type=_count(1), action="append", default=None, help="replay only these (repeatable)")
+    _nats_argument(dead)
 
     commands.add_parser("tasks", help="list the tasks, task options, datasets and models")
 
@@ -116,32 +179,80 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    commands: dict[str, Callable[[argparse.Namespace], int]] = {
+        "run": _run,
+        "evaluate": _evaluate,
+        "serve": _serve,
+        "submit": _submit,
+        "status": _status,
+        "results": _results,
+        "dead-letters": _dead_letters,
+        "tasks": _tasks,
+        "render": _render,
+        "standin": _standin,
+    }
     try:
-        match args.command:
-            case "evaluate":
-                return _evaluate(args)
-            case "tasks":
-                return _tasks()
-            case "render":
-                return _render(args)
-            case "standin":
-                return _standin(args)
+        return commands[args.command](args)
     except _USER_ERRORS as error:
-        print(f"introspect: error: {error}", file=sys.stderr)
-        return 2
+        return _fail(str(error), 2)
+    except (ConnectionError, OSError) as error:
+        return _fail(f"cannot reach a server: {error}", 1)
     except KeyboardInterrupt:
         print("introspect: interrupted", file=sys.stderr)
         return 130
-    return 0
 
 
-def _system(args: argparse.Namespace, default: SystemMessage) -> SystemMessage:
-    return default if args.system_message is None else SystemMessage.parse(args.system_message)
+def _fail(message: str, code: int = 1) -> int:
+    print(f"introspect: error: {message}", file=sys.stderr)
+    return code
+
+
+def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
+    return Settings.from_env(nats_url=getattr(args, "nats", None), **overrides)
+
+
+# -- one job from arguments --
+
+
+def _job(args: argparse.Namespace, model: str, dataset: str, task: str, config: Sequence[str]) -> Job:
+    local = Path(dataset).suffix.lower() in LOCAL_FILE_SUFFIXES
+    if local and args.category is None:
+        raise UnknownDataset("a local data file needs --category (sentiment, entailment or multi-choice)")
+    return Job(
+        job_id="",
+        model=model,
+        # The producer may run elsewhere: a local file and a mirror are named absolutely.
+        dataset=str(Path(dataset).resolve()) if local else dataset,
+        task=task,
+        split=args.split,
+        config=list(config),
+        seed=args.seed,
+        system_message=args.system_message,
+        limit=args.limit,
+        category=args.category,
+        columns=_pairs(args.column, "--column"),
+        labels=_pairs(args.label, "--label"),
+        mirror=str(Path(args.mirror).resolve()) if args.mirror else None,
+    )
+
+
+def _grid(args: argparse.Namespace) -> list[Job]:
+    variants = [[o for o in v.split(",") if o and o != "none"] for v in args.variant] or [args.config]
+    return [
+        _job(args, model, dataset, task, variant)
+        for model, dataset, task, variant in itertools.product(args.model, args.dataset, args.task, variants)
+    ]
+
+
+# -- commands --
 
 
 def _render(args: argparse.Namespace) -> int:
+    from .core.chat import SystemMessage
+
     model = load_model(args.model)
-    print(model.chat_format.render([ChatTurn(args.message)], _system(args, model.default_system)))
+    system = model.default_system if args.system_message is None else SystemMessage.parse(args.system_message)
+    print(model.chat_format.render([ChatTurn(args.message)], system))
     return 0
 
 
@@ -153,7 +264,7 @@ def _standin(args: argparse.Namespace) -> int:
     return 0
 
 
-def _tasks() -> int:
+def _tasks(_: argparse.Namespace) -> int:
     print("tasks:    " + ", ".join(TASK_KINDS))
     print("datasets: " + ", ".join(f"{d.name} ({d.category})" for d in DATASETS.values()))
     print("models:   " + ", ".join(MODELS))
@@ -163,80 +274,169 @@ def _tasks() -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from .runtime.service import Service, run
+
+    settings = _settings(
+        args,
+        data_dir=args.data_dir,
+        metrics_port=args.metrics_port,
+        partitions=args.partitions,
+        partition=args.partition,
+        backends=tuple(args.backend) if args.backend else None,
+        backend_concurrency=args.backend_concurrency,
+        offline=args.offline,
+    )
+    service: Service
+    match args.service:
+        case "producer":
+            from .producer.service import Producer
+
+            service = Producer()
+        case "scorer":
+            from .scorer.service import Scorer
+
+            service = Scorer(settings.partitions)
+        case "gateway":
+            from .gateway.service import Gateway
+
+            service = Gateway(
+                settings.data_path / "cache",
+                settings.backends,
+                settings.partition,
+                settings.backend_concurrency,
+                settings.offline,
+            )
+        case _:
+            from .aggregator.service import Aggregator
+
+            service = Aggregator(settings.data_path, Path(settings.results_dir) if settings.results_dir else None)
+    run(service, settings)
+    return 0
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from .client import submit
+
+    jobs = asyncio.run(submit(_settings(args), _grid(args)))
+    for job in jobs:
+        print(job.job_id)
+    print(f"submitted {len(jobs)} job(s)", file=sys.stderr)
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    import urllib.request
+
+    with urllib.request.urlopen(f"{args.aggregator.rstrip('/')}/jobs", timeout=10) as response:
+        jobs = json.load(response)
+    if not jobs:
+        print("no jobs")
+    for job in jobs:
+        print(f"{job['job_id']}  {_bar(job['received'], job['expected'])}  {'complete' if job['complete'] else ''}")
+    return 0
+
+
+def _bar(done: int, total: int, width: int = 30) -> str:
+    filled = width if total == 0 else width * done // total
+    return f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total}"
+
+
+def _results(args: argparse.Namespace) -> int:
+    import urllib.error
+    import urllib.request
+
+    base = f"{args.aggregator.rstrip('/')}/jobs/{args.job_id}"
+    try:
+        if args.format == "parquet":
+            out = Path(args.out or f"{args.job_id}.parquet")
+            with urllib.request.urlopen(f"{base}/records.parquet", timeout=60) as response:
+                out.write_bytes(response.read())
+            print(out)
+        elif args.format == "json":
+            with urllib.request.urlopen(f"{base}/result.json", timeout=60) as response:
+                print(response.read().decode())
+        else:
+            with urllib.request.urlopen(base, timeout=60) as response:
+                status = json.load(response)
+            _print_results(status["results"])
+    except urllib.error.HTTPError as error:
+        return _fail(f"{args.job_id}: {error.read().decode().strip() or error.reason}")
+    return 0
+
+
+def _dead_letters(args: argparse.Namespace) -> int:
+    from .client import dead_letters, replay_dead_letters
+
+    settings = _settings(args)
+    if args.action == "list":
+        letters = asyncio.run(dead_letters(settings, args.service))
+        for seq, letter in letters:
+            print(f"{seq}\t{letter.service}\t{letter.subject}\t{letter.reason}")
+        print(f"{len(letters)} dead letter(s)", file=sys.stderr)
+    else:
+        replayed = asyncio.run(replay_dead_letters(settings, args.seq))
+        print(f"replayed {len(replayed)} dead letter(s)", file=sys.stderr)
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .client import JobRejected, wait_for_job, with_job_id
+    from .local import LocalPipeline, PipelineError
+
+    job = with_job_id(_job(args, args.model, args.dataset, args.task, args.config))
+    source = args.endpoint or "the stand-in (deterministic, not a language model)"
+    print(f"{job.job_id}: answers from {source}", file=sys.stderr)
+    pipeline = LocalPipeline(Path(args.data_dir).resolve(), args.endpoint, partitions=args.gateways,
+                             results_dir=Path(args.out).resolve())  # fmt: skip
+    try:
+        with pipeline, tqdm(unit="obs", file=sys.stderr, disable=None) as progress:
+
+            def on_progress(received: int, expected: int) -> None:
+                progress.total = expected
+                progress.update(received - progress.n)
+
+            settings = Settings.from_env(nats_url=pipeline.nats_url)
+            status = asyncio.run(wait_for_job(settings, pipeline.aggregator_url, job, on_progress))
+    except PipelineError as error:
+        return _fail(str(error))
+    except JobRejected as error:
+        return _fail(str(error))
+    _print_results(status["results"])
+    print(f"results: {status['result_file']}\nrecords: {status['records_file']}")
+    return 0
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from . import datasets as loading
-    from .backends.tgi import BackendUnavailable
+    from .backends.http import BackendUnavailable
+    from .result_files import write_result_files
     from .standin import STANDIN_NAME
 
     started = time.monotonic()
-    model = load_model(args.model)
-    system = _system(args, model.default_system)
-    model.chat_format.render([ChatTurn("check")], system)  # refuse a system message early
-
-    source: str | loading.LocalFileDataset
-    if Path(args.dataset).suffix.lower() in (".jsonl", ".json", ".csv", ".parquet"):
-        if args.category is None:
-            raise UnknownDataset("a local data file needs --category (sentiment, entailment or multi-choice)")
-        source = loading.LocalFileDataset(
-            Path(args.dataset), args.category, _pairs(args.column, "--column"), _pairs(args.label, "--label")
-        )
-        category, dataset_name = args.category, source.name
-    else:
-        definition = resolve_dataset(args.dataset)
-        source, category, dataset_name = definition.name, definition.category, definition.name
-
-    task = Task(args.task, category, TaskConfig.of(args.config))
+    prepared = prepare_job(_job(args, args.model, args.dataset, args.task, args.config))
     try:
-        observations = loading.load_split(source, args.split, seed=args.seed, mirror=args.mirror)
+        observations = prepared.load_observations()
     except loading.DatasetLoadError as error:
-        print(f"introspect: error: {error}", file=sys.stderr)
-        return 1
-    if args.limit is not None:
-        observations = observations[: args.limit]
-
-    spec = ExperimentSpec(
-        model=model.name,
-        system_message=system.id_part,
-        dataset=dataset_name,
-        split=args.split,
-        task=task.kind,
-        config=tuple(task.config.sorted()),
-        seed=args.seed,
-        max_observations=args.limit,
-    )
-    source_name = args.endpoint or STANDIN_NAME
-    print(f"{spec.experiment_id}: {len(observations)} observations, answers from {source_name}", file=sys.stderr)
-    parameters = generation_defaults(model.chat_format, args.seed)
+        return _fail(str(error))
+    spec = prepared.experiment
+    print(f"{spec.experiment_id}: {len(observations)} observations, answers from {args.endpoint or STANDIN_NAME}",
+          file=sys.stderr)  # fmt: skip
     setup_seconds = time.monotonic() - started
     try:
-        records, running = asyncio.run(
-            _run(task, observations, model.chat_format, system, parameters, args.endpoint, args.concurrency)
-        )
+        records, running = asyncio.run(_evaluate_in_process(prepared, observations, args.endpoint, args.concurrency))
     except BackendUnavailable as error:
-        print(f"introspect: error: {error}", file=sys.stderr)
-        return 1
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    result = result_json(spec, running, setup_seconds)
-    result_path = out / f"{spec.experiment_id}.json"
-    result_path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    records_path = out / f"{spec.experiment_id}.parquet"
-    _write_records(records_path, [record_to_dict(r) for r in records])
-
-    _print_results(result["results"])
+        return _fail(str(error))
+    result_path, records_path = write_result_files(Path(args.out), spec, running, setup_seconds, records)
+    _print_results(running.results())
     print(f"results: {result_path}\nrecords: {records_path}")
     return 0
 
 
-async def _run(
-    task: Task,
-    observations: list[Observation],
-    chat_format: ChatFormat,
-    system: SystemMessage,
-    parameters: GenerationParameters,
-    endpoint: str | None,
-    concurrency: int,
+async def _evaluate_in_process(
+    prepared: PreparedJob, observations: list[Observation], endpoint: str | None, concurrency: int
 ) -> tuple[list[ResultRecord], Aggregate]:
     import aiohttp
     from tqdm import tqdm
@@ -247,18 +447,14 @@ async def _run(
 
     async with aiohttp.ClientSession() as session:
         complete = TGIBackend(endpoint, session).complete if endpoint else complete_in_process
-        chat_model = ChatModel(chat_format, system, parameters, complete)
+        chat_model = ChatModel(prepared.model.chat_format, prepared.system, prepared.parameters, complete)
         with tqdm(total=len(observations), unit="obs", file=sys.stderr, disable=None) as progress:
-            return await evaluate(task, observations, chat_model.generate, concurrency, lambda _: progress.update())
+            return await evaluate(
+                prepared.task, observations, chat_model.generate, concurrency, lambda _: progress.update()
+            )
 
 
-def _write_records(path: Path, rows: list[dict[str, object]]) -> None:
-    import pandas as pd
-
-    pd.DataFrame(rows).to_parquet(path, index=False)
-
-
-def _print_results(results: dict[str, object]) -> None:
+def _print_results(results: dict[str, Any]) -> None:
     counts = {k: v for k, v in results.items() if k != "answer"}
     width = max(len(k) for k in counts)
     for key, value in counts.items():

@@ -1,35 +1,15 @@
-"""Text Generation Inference's native `/generate`, over one reused aiohttp session.
-
-A request the server rejects for what it asks (422, or 400) is a result: it raises
-`GenerationRejected`, which the task records as an error. Overload (429), server errors
-(5xx), timeouts and dropped connections are never results: they are retried with
-exponential backoff until the server answers or `max_attempts` is spent.
-"""
+"""Text Generation Inference's native `/generate`, over one reused aiohttp session."""
 
 from __future__ import annotations
 
-import asyncio
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
 from ..core.chat import GenerationParameters
-from ..runner import GenerationRejected
+from .http import DEFAULT_RETRY, BackendInfo, BackendUnavailable, JsonEndpoint, RetryPolicy, get_json
 
-
-class BackendUnavailable(RuntimeError):
-    """The server did not give an answer after every retry."""
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    max_attempts: int = 8
-    first_delay: float = 0.05
-    max_delay: float = 5.0
-
-    def delay(self, attempt: int) -> float:
-        return min(self.first_delay * 2**attempt, self.max_delay)
+__all__ = ["BackendUnavailable", "RetryPolicy", "TGIBackend", "tgi_payload"]
 
 
 def tgi_payload(prompt: str, parameters: GenerationParameters) -> dict[str, Any]:
@@ -48,44 +28,24 @@ def tgi_payload(prompt: str, parameters: GenerationParameters) -> dict[str, Any]
 
 class TGIBackend:
     def __init__(
-        self,
-        base_url: str,
-        session: aiohttp.ClientSession,
-        retry: RetryPolicy = RetryPolicy(),
-        timeout: float = 600.0,
+        self, base_url: str, session: aiohttp.ClientSession, retry: RetryPolicy = DEFAULT_RETRY, timeout: float = 600.0
     ) -> None:
-        self.url = base_url.rstrip("/") + "/generate"
+        self.url = base_url.rstrip("/")
         self.session = session
-        self.retry = retry
-        self.timeout = aiohttp.ClientTimeout(total=timeout)
-        self.retries = 0
+        self.endpoint = JsonEndpoint(self.url + "/generate", session, retry, timeout)
+
+    @property
+    def retries(self) -> int:
+        return self.endpoint.retries
+
+    async def describe(self) -> BackendInfo:
+        """TGI's `/info`: the model id and `max_concurrent_requests`."""
+        info = await get_json(self.session, self.url + "/info")
+        limit = info.get("max_concurrent_requests")
+        return BackendInfo(str(info.get("model_id", "unknown")), limit if isinstance(limit, int) else None)
 
     async def complete(self, prompt: str, parameters: GenerationParameters) -> tuple[str, float]:
         """(generated text, server inference seconds) for a rendered prompt."""
-        payload = tgi_payload(prompt, parameters)
-        last_problem = "no attempt made"
-        for attempt in range(self.retry.max_attempts):
-            if attempt:
-                self.retries += 1
-                await asyncio.sleep(self.retry.delay(attempt - 1))
-            try:
-                async with self.session.post(self.url, json=payload, timeout=self.timeout) as response:
-                    if response.status == 200:
-                        body = await response.json()
-                        seconds = float(response.headers.get("x-inference-time", 0)) / 1000
-                        return body["generated_text"], seconds
-                    detail = await _error_text(response)
-                    if response.status in (400, 422):
-                        raise GenerationRejected(f"{response.status}: {detail}")
-                    last_problem = f"HTTP {response.status}: {detail}"
-            except (TimeoutError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as error:
-                last_problem = f"{type(error).__name__}: {error}"
-        raise BackendUnavailable(f"{self.url} gave no answer after {self.retry.max_attempts} attempts ({last_problem})")
-
-
-async def _error_text(response: aiohttp.ClientResponse) -> str:
-    try:
-        body = await response.json(content_type=None)
-        return str(body.get("error", body)) if isinstance(body, dict) else str(body)
-    except (ValueError, aiohttp.ContentTypeError):
-        return (await response.text())[:200]
+        body, headers = await self.endpoint.post(tgi_payload(prompt, parameters))
+        seconds = float(headers.get("x-inference-time", 0)) / 1000
+        return body["generated_text"], seconds

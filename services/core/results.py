@@ -138,6 +138,20 @@ class ExperimentSpec:
             f"_t-{self.task}_c-{config}_s-{self.seed}"
         ).lower()
 
+    @classmethod
+    def from_args(cls, args: dict[str, Any]) -> ExperimentSpec:
+        """The spec back from the `args` object of its result JSON."""
+        return cls(
+            model=args["model_name"],
+            system_message=args["system_message"],
+            dataset=args["dataset"],
+            split=args["split"],
+            task=args["task"],
+            config=tuple(args["task_config"]),
+            seed=args["seed"],
+            max_observations=args["max_observations"],
+        )
+
     def args(self) -> dict[str, Any]:
         return {
             "model_name": self.model,

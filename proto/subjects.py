@@ -1,0 +1,116 @@
+"""Subjects, streams, consumers and message ids: where each message travels.
+
+One stream per stage. The four stage streams use work-queue retention (a message is gone
+once its consumer acknowledges it) and file storage; the event and dead-letter streams keep
+their messages for a time. Message ids are deterministic, so JetStream's de-duplication
+drops a re-publication after a crash within the duplicate window, and the aggregator's
+upsert by (job, idx) makes any later one harmless.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from .messages import Chat
+
+PREFIX = "introspect"
+
+JOBS = f"{PREFIX}.jobs"
+OBSERVATIONS = f"{PREFIX}.score.observation"
+REPLIES = f"{PREFIX}.score.reply"
+MANIFESTS = f"{PREFIX}.results.manifest"
+RESULTS = f"{PREFIX}.results.record"
+EVENTS = f"{PREFIX}.events"
+
+
+def generation_subject(partition: int) -> str:
+    """Requests for one gateway partition: each partition has its own cache."""
+    return f"{PREFIX}.generate.{partition}"
+
+
+def dead_letter_subject(service: str) -> str:
+    return f"{PREFIX}.dead.{service}"
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSpec:
+    name: str
+    subjects: tuple[str, ...]
+    work_queue: bool  # False: limits retention, kept for max_age
+    max_age: float = 0.0  # seconds; 0 keeps messages until acknowledged or removed
+    duplicate_window: float = 120.0
+
+
+STREAMS: tuple[StreamSpec, ...] = (
+    StreamSpec("INTROSPECT_JOBS", (JOBS,), work_queue=True),
+    StreamSpec("INTROSPECT_SCORE", (OBSERVATIONS, REPLIES), work_queue=True),
+    StreamSpec("INTROSPECT_GENERATE", (f"{PREFIX}.generate.*",), work_queue=True),
+    StreamSpec("INTROSPECT_RESULTS", (MANIFESTS, RESULTS), work_queue=True),
+    StreamSpec("INTROSPECT_EVENTS", (EVENTS,), work_queue=False, max_age=30 * 86400),
+    StreamSpec("INTROSPECT_DEAD", (f"{PREFIX}.dead.*",), work_queue=False, max_age=30 * 86400),
+)
+STREAM_OF: dict[str, str] = {
+    "producer": "INTROSPECT_JOBS",
+    "scorer": "INTROSPECT_SCORE",
+    "gateway": "INTROSPECT_GENERATE",
+    "aggregator": "INTROSPECT_RESULTS",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerSpec:
+    """A durable pull consumer: the one reader of its subjects in a work-queue stream."""
+
+    durable: str
+    stream: str
+    filter_subject: str
+    ack_wait: float = 60.0  # long work sends in-progress before this runs out
+    max_ack_pending: int = 1024  # bounds the work in flight: back-pressure
+    max_deliver: int = 20  # then the message goes to the dead letters
+
+
+def consumer_for(service: str, partition: int = 0) -> ConsumerSpec:
+    match service:
+        case "producer":
+            return ConsumerSpec("producer", STREAM_OF[service], JOBS, ack_wait=300.0, max_ack_pending=4)
+        case "scorer":
+            return ConsumerSpec("scorer", STREAM_OF[service], f"{PREFIX}.score.>")
+        case "gateway":
+            subject = generation_subject(partition)
+            return ConsumerSpec(f"gateway-{partition}", STREAM_OF[service], subject, ack_wait=120.0)
+        case "aggregator":
+            return ConsumerSpec("aggregator", STREAM_OF[service], f"{PREFIX}.results.>")
+    raise ValueError(f"unknown service {service!r}")
+
+
+# -- deterministic message ids --
+
+
+def observation_id(job_id: str, idx: int) -> str:
+    return f"{job_id}:{idx}:observation"
+
+
+def request_id(job_id: str, idx: int, step: int) -> str:
+    return f"{job_id}:{idx}:request:{step}"
+
+
+def reply_id(job_id: str, idx: int, step: int) -> str:
+    return f"{job_id}:{idx}:reply:{step}"
+
+
+def result_id(job_id: str, idx: int) -> str:
+    return f"{job_id}:{idx}:result"
+
+
+def manifest_id(job_id: str) -> str:
+    return f"{job_id}:manifest"
+
+
+def partition_of(chat: Chat, message: str, partitions: int) -> int:
+    """The gateway partition for a question: the same question always lands on the same cache."""
+    digest = hashlib.blake2b(digest_size=8)
+    for part in (chat.model, chat.system, repr(chat.sampling), repr(chat.template), message):
+        digest.update(part.encode())
+        digest.update(b"\0")
+    return int.from_bytes(digest.digest(), "big") % partitions

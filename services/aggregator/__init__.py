@@ -1,0 +1,1 @@
+"""The aggregator: stores every scored record, keeps each job's aggregates, writes the result files."""

@@ -1,0 +1,196 @@
+"""What happens to a manifest and to a scored result: store, count once, finish the job.
+
+A manifest registers its job and how many records to expect. A result is validated
+against the core's record type, stored under (job, idx) and, when new, added to the job's
+running aggregates; a redelivered result finds its key taken and changes nothing. When
+the last expected record arrives, the paper's result JSON and the records' Parquet file
+are written (from the stored records, through the core's own `aggregate`) and a
+`completed` event is published. The HTTP API serves status and results.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from nats.aio.msg import Msg
+
+from proto import JobEvent, JobManifest, ScoredResult, decode, encode
+from proto import subjects as sub
+from proto.subjects import ConsumerSpec
+
+from ..core.records import ResultRecord, record_from_dict
+from ..core.results import Aggregate, ExperimentSpec, aggregate, summary
+from ..result_files import write_result_files
+from ..runtime.bus import Bus, Outgoing, Reject
+from . import metrics
+from .store import ResultStore
+
+
+@dataclass(slots=True)
+class JobState:
+    manifest: JobManifest
+    running: Aggregate
+    received: int = 0
+    complete: bool = False
+    result_file: str | None = None
+    records_file: str | None = None
+
+    @property
+    def job_id(self) -> str:
+        return self.manifest.job.job_id
+
+    def status(self) -> dict[str, Any]:
+        results = self.running.results()
+        return {
+            "job_id": self.job_id,
+            "experiment_id": self.manifest.experiment_id,
+            "expected": self.manifest.expected,
+            "received": self.received,
+            "complete": self.complete,
+            "results": results,
+            "summary": {name: p.value for name, p in summary(results).items()},
+            "result_file": self.result_file,
+            "records_file": self.records_file,
+        }
+
+
+class Aggregator:
+    name = "aggregator"
+    accepts = (JobManifest, ScoredResult)
+
+    def __init__(self, data_dir: Path, results_dir: Path | None = None) -> None:
+        self.store_dir = data_dir / "aggregator"
+        self.results_dir = results_dir or data_dir / "results"
+        self.bus: Bus | None = None
+        self.store: ResultStore | None = None
+        self.jobs: dict[str, JobState] = {}
+
+    def consumer(self) -> ConsumerSpec:
+        return sub.consumer_for("aggregator")
+
+    async def start(self, bus: Bus) -> None:
+        self.bus = bus
+        self.store = ResultStore(self.store_dir)
+        for job_id, raw in self.store.manifests():
+            state = self._register(decode(raw, JobManifest))
+            for record in self._records(state):
+                self._count(state, record)
+            completion = self.store.completion(job_id)
+            if completion is not None:
+                state.complete = True
+                state.result_file, state.records_file = completion["result_file"], completion["records_file"]
+            elif state.received >= state.manifest.expected:
+                await self._finish(state)  # it died between the last record and the files
+
+    async def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+
+    async def handle(self, message: JobManifest | ScoredResult, msg: Msg) -> None:
+        assert self.store is not None
+        if isinstance(message, JobManifest):
+            await self._on_manifest(message)
+        else:
+            await self._on_result(message)
+
+    async def _on_manifest(self, manifest: JobManifest) -> None:
+        assert self.store is not None
+        job_id = manifest.job.job_id
+        if job_id in self.jobs:
+            return  # a redelivered manifest
+        self.store.put_manifest(job_id, encode(manifest))
+        state = self._register(manifest)
+        if manifest.expected == 0:
+            await self._finish(state)
+
+    async def _on_result(self, result: ScoredResult) -> None:
+        assert self.store is not None
+        state = self.jobs.get(result.job_id)
+        if state is None:
+            raise Reject(f"result for unknown job {result.job_id!r}", "unknown-job")
+        try:
+            record = record_from_dict(result.task, result.record)
+        except (KeyError, TypeError, ValueError) as error:
+            raise Reject(f"job {result.job_id}, observation {result.idx}: bad record: {error}", "bad-record") from None
+        if record.idx != result.idx or result.task != state.running.task_kind:
+            raise Reject(
+                f"job {result.job_id}: result {result.task}/{result.idx} does not match its record", "bad-record"
+            )
+        if not self.store.add_record(result.job_id, result.idx, result.record):
+            metrics.DUPLICATES.inc()
+            return
+        self._count(state, record)
+        metrics.RECORDS.labels(result.task).inc()
+        if state.received == state.manifest.expected and not state.complete:
+            await self._finish(state)
+
+    def _register(self, manifest: JobManifest) -> JobState:
+        state = JobState(manifest, Aggregate(manifest.job.task))
+        self.jobs[manifest.job.job_id] = state
+        metrics.JOB_PROGRESS.labels(state.job_id, "expected").set(manifest.expected)
+        return state
+
+    def _count(self, state: JobState, record: ResultRecord) -> None:
+        state.received += 1
+        state.running.add(record)
+        metrics.JOB_PROGRESS.labels(state.job_id, "received").set(state.received)
+        metrics.JOB_CORRECT.labels(state.job_id).set(state.running.correct)
+        metrics.JOB_FAITHFUL.labels(state.job_id).set(state.running.both)
+
+    def _records(self, state: JobState) -> list[ResultRecord]:
+        assert self.store is not None
+        return [record_from_dict(state.running.task_kind, data) for data in self.store.records(state.job_id)]
+
+    async def _finish(self, state: JobState) -> None:
+        assert self.store is not None and self.bus is not None
+        records = self._records(state)
+        spec = ExperimentSpec.from_args(state.manifest.experiment)
+        final = aggregate(state.running.task_kind, records)
+        result_path, records_path = await asyncio.to_thread(
+            write_result_files, self.results_dir, spec, final, state.manifest.setup_seconds, records
+        )
+        state.result_file, state.records_file = str(result_path), str(records_path)
+        self.store.mark_complete(state.job_id, {"result_file": state.result_file, "records_file": state.records_file})
+        state.complete = True
+        metrics.JOBS_COMPLETED.inc()
+        event = JobEvent(state.job_id, "completed", f"{len(records)} records; results in {result_path}", time.time())
+        await self.bus.publish([Outgoing(sub.EVENTS, event, f"{state.job_id}:completed")])
+
+    # -- HTTP API --
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/jobs", self._list),
+            web.get("/jobs/{job_id}", self._status),
+            web.get("/jobs/{job_id}/result.json", self._result_file),
+            web.get("/jobs/{job_id}/records.parquet", self._records_file),
+        ]
+
+    async def _list(self, _: web.Request) -> web.Response:
+        return web.json_response([state.status() for state in self.jobs.values()])
+
+    def _job(self, request: web.Request) -> JobState:
+        job_id = request.match_info["job_id"]
+        if job_id not in self.jobs:
+            raise web.HTTPNotFound(text=f"no job {job_id!r}\n")
+        return self.jobs[job_id]
+
+    async def _status(self, request: web.Request) -> web.Response:
+        return web.json_response(self._job(request).status())
+
+    async def _result_file(self, request: web.Request) -> web.StreamResponse:
+        return _file_response(self._job(request).result_file)
+
+    async def _records_file(self, request: web.Request) -> web.StreamResponse:
+        return _file_response(self._job(request).records_file)
+
+
+def _file_response(path: str | None) -> web.StreamResponse:
+    if path is None:
+        raise web.HTTPConflict(text="the job is not complete yet\n")
+    return web.FileResponse(Path(path))

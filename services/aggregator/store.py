@@ -1,0 +1,66 @@
+"""The aggregator's RocksDB: job manifests, one record per (job, idx), completions.
+
+Keys sort by job, then by idx (big-endian), so a job's records are one prefix scan in
+observation order. A record is stored under its (job, idx) key: a redelivered result
+finds its key taken and counts nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgpack
+from rocksdict import Options, Rdict
+
+_MANIFEST = b"manifest\0"
+_RECORD = b"record\0"
+_COMPLETE = b"complete\0"
+
+
+def _record_key(job_id: str, idx: int) -> bytes:
+    return _RECORD + job_id.encode() + b"\0" + idx.to_bytes(8, "big", signed=True)
+
+
+class ResultStore:
+    def __init__(self, path: Path) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        options = Options(raw_mode=True)
+        options.create_if_missing(True)
+        self.db = Rdict(str(path), options=options)
+
+    def put_manifest(self, job_id: str, manifest: bytes) -> None:
+        self.db[_MANIFEST + job_id.encode()] = manifest
+
+    def manifests(self) -> Iterator[tuple[str, bytes]]:
+        for key, value in self._prefix(_MANIFEST):
+            yield key[len(_MANIFEST) :].decode(), value
+
+    def add_record(self, job_id: str, idx: int, record: dict[str, Any]) -> bool:
+        """Store the record unless (job, idx) has one already; True when it is new."""
+        key = _record_key(job_id, idx)
+        if self.db.key_may_exist(key) and self.db.get(key) is not None:
+            return False
+        self.db[key] = msgpack.packb(record, use_bin_type=True)
+        return True
+
+    def records(self, job_id: str) -> Iterator[dict[str, Any]]:
+        for _, value in self._prefix(_RECORD + job_id.encode() + b"\0"):
+            yield msgpack.unpackb(value)
+
+    def mark_complete(self, job_id: str, info: dict[str, Any]) -> None:
+        self.db[_COMPLETE + job_id.encode()] = msgpack.packb(info, use_bin_type=True)
+
+    def completion(self, job_id: str) -> dict[str, Any] | None:
+        raw = self.db.get(_COMPLETE + job_id.encode())
+        return None if raw is None else msgpack.unpackb(raw)
+
+    def _prefix(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        for key, value in self.db.items(from_key=prefix):
+            if not key.startswith(prefix):
+                break
+            yield key, value
+
+    def close(self) -> None:
+        self.db.close()

@@ -1,0 +1,102 @@
+"""What every completion backend over HTTP shares: one POST with retries, and what a server says of itself.
+
+A request the server rejects for what it asks (422, or 400) is a result: it raises
+`GenerationRejected`, which the task records as an error. Overload (429), server errors
+(5xx), timeouts and dropped connections are never results: they are retried with
+exponential backoff until the server answers or `max_attempts` is spent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import aiohttp
+
+from ..core.chat import GenerationParameters
+from ..runner import GenerationRejected
+
+
+class BackendUnavailable(RuntimeError):
+    """The server did not give an answer after every retry."""
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    max_attempts: int = 8
+    first_delay: float = 0.05
+    max_delay: float = 5.0
+
+    def delay(self, attempt: int) -> float:
+        return min(self.first_delay * 2**attempt, self.max_delay)
+
+
+DEFAULT_RETRY = RetryPolicy()
+
+
+@dataclass(frozen=True, slots=True)
+class BackendInfo:
+    """What a server says of itself: the model it serves and how many requests it takes at once."""
+
+    model_id: str
+    max_concurrent: int | None = None
+
+
+class CompletionBackend(Protocol):
+    url: str
+    retries: int
+
+    async def describe(self) -> BackendInfo: ...
+
+    async def complete(self, prompt: str, parameters: GenerationParameters) -> tuple[str, float]: ...
+
+
+class JsonEndpoint:
+    """POST JSON to one URL over a shared session, retrying what is worth retrying."""
+
+    def __init__(
+        self, url: str, session: aiohttp.ClientSession, retry: RetryPolicy = DEFAULT_RETRY, timeout: float = 600.0
+    ) -> None:
+        self.url = url
+        self.session = session
+        self.retry = retry
+        self.timeout = aiohttp.ClientTimeout(total=timeout)
+        self.retries = 0
+
+    async def post(self, payload: Mapping[str, Any]) -> tuple[Any, Mapping[str, str]]:
+        """(JSON body, headers) of the first successful answer."""
+        last_problem = "no attempt made"
+        for attempt in range(self.retry.max_attempts):
+            if attempt:
+                self.retries += 1
+                await asyncio.sleep(self.retry.delay(attempt - 1))
+            try:
+                async with self.session.post(self.url, json=payload, timeout=self.timeout) as response:
+                    if response.status == 200:
+                        return await response.json(content_type=None), response.headers
+                    detail = await _error_text(response)
+                    if response.status in (400, 422):
+                        raise GenerationRejected(f"{response.status}: {detail}")
+                    last_problem = f"HTTP {response.status}: {detail}"
+            except (TimeoutError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as error:
+                last_problem = f"{type(error).__name__}: {error}"
+        raise BackendUnavailable(f"{self.url} gave no answer after {self.retry.max_attempts} attempts ({last_problem})")
+
+
+async def get_json(session: aiohttp.ClientSession, url: str, timeout: float = 10.0) -> Any:
+    try:
+        async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as response:
+            response.raise_for_status()
+            return await response.json(content_type=None)
+    except (TimeoutError, aiohttp.ClientError, ValueError) as error:
+        raise BackendUnavailable(f"{url}: {type(error).__name__}: {error}") from None
+
+
+async def _error_text(response: aiohttp.ClientResponse) -> str:
+    try:
+        body = await response.json(content_type=None)
+        return str(body.get("error", body)) if isinstance(body, dict) else str(body)
+    except (ValueError, aiohttp.ContentTypeError):
+        return (await response.text())[:200]

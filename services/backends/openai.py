@@ -1,0 +1,64 @@
+"""Any OpenAI-compatible completions server (vLLM, SGLang, llama.cpp): `POST /v1/completions`.
+
+The gateway renders the chat template itself, so the plain completions endpoint (not chat
+completions) keeps the prompt exactly the protocol's. Servers differ in which sampling
+fields they accept; the common ones are sent, the rest (top_k, repetition_penalty) go as
+the extensions vLLM and llama.cpp both understand.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+
+from ..core.chat import GenerationParameters
+from .http import DEFAULT_RETRY, BackendInfo, JsonEndpoint, RetryPolicy, get_json
+
+
+def openai_payload(model: str, prompt: str, parameters: GenerationParameters) -> dict[str, Any]:
+    return {
+        "model": model,
+        "prompt": prompt,
+        "max_tokens": parameters.max_new_tokens,
+        "temperature": parameters.temperature,
+        "top_p": parameters.top_p,
+        "top_k": parameters.top_k,
+        "repetition_penalty": parameters.repetition_penalty,
+        "seed": parameters.seed,
+        "stop": list(parameters.stop),
+        "n": 1,
+    }
+
+
+class OpenAICompletionsBackend:
+    def __init__(
+        self,
+        base_url: str,
+        session: aiohttp.ClientSession,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        timeout: float = 600.0,
+        model: str | None = None,
+    ) -> None:
+        self.url = base_url.rstrip("/").removesuffix("/v1")
+        self.session = session
+        self.model = model
+        self.endpoint = JsonEndpoint(self.url + "/v1/completions", session, retry, timeout)
+
+    @property
+    def retries(self) -> int:
+        return self.endpoint.retries
+
+    async def describe(self) -> BackendInfo:
+        """The served model from `/v1/models`; these servers do not say their concurrency."""
+        if self.model is None:
+            listing = await get_json(self.session, self.url + "/v1/models")
+            models = listing.get("data") or [{}]
+            self.model = str(models[0].get("id", "unknown"))
+        return BackendInfo(self.model)
+
+    async def complete(self, prompt: str, parameters: GenerationParameters) -> tuple[str, float]:
+        if self.model is None:
+            await self.describe()
+        body, _ = await self.endpoint.post(openai_payload(str(self.model), prompt, parameters))
+        return body["choices"][0]["text"], 0.0

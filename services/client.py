@@ -1,0 +1,155 @@
+"""What a user does to a running pipeline: submit jobs, follow them, read and replay dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import aiohttp
+import nats.js.errors
+from nats.js import api
+
+from proto import DeadLetter, InvalidMessage, Job, JobEvent, decode
+from proto import subjects as sub
+
+from .jobs import prepare_job
+from .runtime.bus import Bus, Outgoing
+from .runtime.settings import Settings
+
+DEAD_STREAM = "INTROSPECT_DEAD"
+
+
+def with_job_id(job: Job) -> Job:
+    """Give a job its id: the experiment id and a token, so each submission is its own run."""
+    if job.job_id:
+        return job
+    experiment_id = prepare_job(job).experiment.experiment_id
+    return replace(job, job_id=f"{experiment_id}.{time.strftime('%Y%m%d%H%M%S')}-{secrets.token_hex(2)}")
+
+
+async def submit(settings: Settings, jobs: Iterable[Job]) -> list[Job]:
+    bus = await Bus.open(settings, "cli")
+    try:
+        submitted = [with_job_id(job) for job in jobs]
+        await bus.publish(Outgoing(sub.JOBS, job, job.job_id) for job in submitted)
+        return submitted
+    finally:
+        await bus.close()
+
+
+@dataclass
+class JobWatch:
+    """Events of the jobs a client follows, as they arrive."""
+
+    events: dict[str, list[JobEvent]]
+
+    def last(self, job_id: str) -> JobEvent | None:
+        seen = self.events.get(job_id)
+        return seen[-1] if seen else None
+
+
+async def watch_events(bus: Bus) -> JobWatch:
+    """Follow job events from now on (an ordered consumer: nothing to clean up afterwards)."""
+    watch = JobWatch({})
+
+    async def on_event(msg: Any) -> None:
+        try:
+            event = decode(msg.data, JobEvent)
+        except InvalidMessage:
+            return
+        watch.events.setdefault(event.job_id, []).append(event)
+
+    config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.NEW)
+    await bus.js.subscribe(sub.EVENTS, cb=on_event, ordered_consumer=True, config=config)
+    return watch
+
+
+async def job_status(session: aiohttp.ClientSession, aggregator: str, job_id: str) -> dict[str, Any] | None:
+    async with session.get(f"{aggregator.rstrip('/')}/jobs/{job_id}") as response:
+        if response.status == 404:
+            return None
+        response.raise_for_status()
+        return await response.json()
+
+
+async def wait_for_job(
+    settings: Settings,
+    aggregator: str,
+    job: Job,
+    on_progress: Callable[[int, int], None],
+    poll: float = 0.25,
+) -> dict[str, Any]:
+    """Submit `job`, then report (received, expected) until it completes; its final status."""
+    bus = await Bus.open(settings, "cli")
+    try:
+        watch = await watch_events(bus)
+        await bus.publish([Outgoing(sub.JOBS, job, job.job_id)])
+        async with aiohttp.ClientSession() as session:
+            while True:
+                event = watch.last(job.job_id)
+                if event is not None and event.event == "rejected":
+                    raise JobRejected(event.detail)
+                status = await job_status(session, aggregator, job.job_id)
+                if status is not None:
+                    on_progress(status["received"], status["expected"])
+                    if status["complete"]:
+                        return status
+                await asyncio.sleep(poll)
+    finally:
+        await bus.close()
+
+
+class JobRejected(RuntimeError):
+    """The producer refused the job; the message says why."""
+
+
+# -- dead letters --
+
+
+async def dead_letters(settings: Settings, service: str | None = None) -> list[tuple[int, DeadLetter]]:
+    """Every dead letter still kept, with its stream sequence number, oldest first."""
+    bus = await Bus.open(settings, "cli")
+    try:
+        return await _dead_letters(bus, service)
+    finally:
+        await bus.close()
+
+
+async def _dead_letters(bus: Bus, service: str | None) -> list[tuple[int, DeadLetter]]:
+    info = await bus.js.stream_info(DEAD_STREAM)
+    letters = []
+    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        try:
+            raw = await bus.js.get_msg(DEAD_STREAM, seq)
+        except nats.js.errors.NotFoundError:  # deleted after a replay
+            continue
+        if raw.data is None:
+            continue
+        letter = decode(raw.data, DeadLetter)
+        if service is None or letter.service == service:
+            letters.append((seq, letter))
+    return letters
+
+
+async def replay_dead_letters(
+    settings: Settings, sequences: Iterable[int] | None = None
+) -> list[tuple[int, DeadLetter]]:
+    """Publish dead letters again to where they came from, then remove them; all when no sequences."""
+    bus = await Bus.open(settings, "cli")
+    try:
+        letters = await _dead_letters(bus, None)
+        if sequences is not None:
+            wanted = set(sequences)
+            letters = [(seq, letter) for seq, letter in letters if seq in wanted]
+        for seq, letter in letters:
+            # A fresh message id: the original may still be inside the de-duplication window.
+            headers = {"Nats-Msg-Id": f"{letter.msg_id or 'dead'}:replay:{seq}"}
+            await bus.js.publish(letter.subject, letter.payload, headers=headers)
+            await bus.js.delete_msg(DEAD_STREAM, seq)
+        return letters
+    finally:
+        await bus.close()

@@ -1,0 +1,1 @@
+"""The inference gateway: chat templates, the RocksDB generation cache, and the backend pool."""

@@ -1,0 +1,24 @@
+"""The gateway's own metrics (the shared ones are in services/runtime/metrics.py).
+
+`backend` labels are the configured backend URLs: a handful, never one per request.
+"""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+CACHE_HITS = Counter("introspect_cache_hits_total", "Generation requests answered from the cache")
+CACHE_MISSES = Counter("introspect_cache_misses_total", "Generation requests the cache could not answer")
+GENERATIONS = Counter(
+    "introspect_generations_total",
+    "Backend calls, by backend and outcome (ok, rejected, unavailable)",
+    ["backend", "outcome"],
+)
+RETRIES = Counter(
+    "introspect_backend_retries_total", "Backend calls retried after 429, 5xx, timeouts, resets", ["backend"]
+)
+BACKEND_IN_FLIGHT = Gauge("introspect_backend_in_flight", "Backend calls in flight", ["backend"])
+BACKEND_SECONDS = Histogram(
+    "introspect_backend_seconds",
+    "Seconds a backend call took, retries included",
+    ["backend"],
+    buckets=(0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)

@@ -1,0 +1,107 @@
+"""From a job, as a user submits it, to everything needed to run it.
+
+One place turns a `proto.Job` into the experiment (its id and the paper's `args`), the
+task, the chat settings and the dataset source; `introspect evaluate`, `submit` and the
+producer all use it, so a job means the same thing wherever it runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from proto import Chat, Job, Sampling
+
+from .core.chat import ChatTurn, GenerationParameters, SystemMessage, generation_defaults
+from .core.config import TaskConfig
+from .core.datasets import UnknownDataset, resolve_dataset
+from .core.observations import DATASET_CATEGORIES, InvalidObservation, Observation
+from .core.results import ExperimentSpec
+from .core.tasks import Task
+from .datasets import LocalFileDataset, load_split
+from .models import ResolvedModel, load_model
+
+LOCAL_FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedJob:
+    job: Job
+    model: ResolvedModel
+    system: SystemMessage
+    task: Task
+    source: str | LocalFileDataset
+    experiment: ExperimentSpec
+    parameters: GenerationParameters
+
+    @property
+    def chat(self) -> Chat:
+        return Chat(
+            model=self.model.name,
+            system=self.system.text if self.system.kind == "custom" else self.system.kind,  # type: ignore[arg-type]
+            sampling=sampling_of(self.parameters),
+            template=self.model.template,
+        )
+
+    def load_observations(self) -> list[Observation]:
+        """The job's rows: the split, shuffled with the seed, then `limit`, then `start:stop`."""
+        job = self.job
+        observations = load_split(self.source, job.split, seed=job.seed, mirror=job.mirror)
+        return select(observations, job.limit, job.start, job.stop)
+
+
+def prepare_job(job: Job) -> PreparedJob:
+    """Check a job and resolve its parts; a mistake raises the user-facing error that names it."""
+    model = load_model(job.model)
+    system = model.default_system if job.system_message is None else SystemMessage.parse(job.system_message)
+    model.chat_format.render([ChatTurn("check")], system)  # refuses a system message the model cannot take
+    source: str | LocalFileDataset
+    if Path(job.dataset).suffix.lower() in LOCAL_FILE_SUFFIXES:
+        if job.category not in DATASET_CATEGORIES:
+            raise UnknownDataset(f"a local data file needs --category ({', '.join(DATASET_CATEGORIES)})")
+        source = LocalFileDataset(Path(job.dataset), job.category, dict(job.columns), dict(job.labels))
+        category, dataset_name = job.category, source.name
+    else:
+        definition = resolve_dataset(job.dataset)
+        source, category, dataset_name = definition.name, definition.category, definition.name
+    if job.start < 0 or (job.stop is not None and job.stop < job.start) or (job.limit is not None and job.limit < 0):
+        raise InvalidObservation(f"bad selection: limit={job.limit}, start={job.start}, stop={job.stop}")
+    task = Task(job.task, category, TaskConfig.of(job.config))
+    experiment = ExperimentSpec(
+        model=model.name,
+        system_message=system.id_part,
+        dataset=dataset_name,
+        split=job.split,
+        task=task.kind,
+        config=tuple(task.config.sorted()),
+        seed=job.seed,
+        max_observations=job.limit,
+    )
+    parameters = generation_defaults(model.chat_format, job.seed)
+    return PreparedJob(job, model, system, task, source, experiment, parameters)
+
+
+def select(observations: Sequence[Observation], limit: int | None, start: int, stop: int | None) -> list[Observation]:
+    chosen = list(observations if limit is None else observations[:limit])
+    return chosen[start:stop]
+
+
+def sampling_of(parameters: GenerationParameters) -> Sampling:
+    return Sampling(**{**parameters.to_dict(), "stop": list(parameters.stop)})
+
+
+def parameters_of(sampling: Sampling) -> GenerationParameters:
+    return GenerationParameters(
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        repetition_penalty=sampling.repetition_penalty,
+        top_k=sampling.top_k,
+        max_new_tokens=sampling.max_new_tokens,
+        stop=tuple(sampling.stop),
+        seed=sampling.seed,
+    )
+
+
+def system_of(chat: Chat) -> SystemMessage:
+    return SystemMessage.parse(chat.system)

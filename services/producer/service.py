@@ -1,0 +1,106 @@
+"""What happens to a job: check it, load its split, publish its manifest and its observations.
+
+The manifest goes first, on the aggregator's stream, so the aggregator knows the job
+before any of its results arrive. Observation ids are deterministic (job, idx), so if the
+producer dies half-way and the job is redelivered, JetStream drops the repeats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from aiohttp import web
+from nats.aio.msg import Msg
+
+from proto import Job, JobEvent, JobManifest, ObservationMessage, WorkItem
+from proto import subjects as sub
+from proto.subjects import ConsumerSpec
+
+from ..core.chat import SystemMessageNotSupported, UnknownModel
+from ..core.config import InvalidTaskConfig
+from ..core.datasets import UnknownDataset
+from ..core.observations import InvalidObservation, observation_to_dict
+from ..core.tasks import UnknownTask
+from ..datasets import DatasetLoadError
+from ..jobs import prepare_job
+from ..runtime.bus import Bus, Outgoing, Reject
+from . import metrics
+
+CHUNK = 500  # observations published per round trip; in-progress is signalled between chunks
+
+_BAD_JOB = (
+    InvalidTaskConfig,
+    UnknownDataset,
+    UnknownModel,
+    UnknownTask,
+    SystemMessageNotSupported,
+    InvalidObservation,
+    DatasetLoadError,
+    FileNotFoundError,
+)
+
+
+class Producer:
+    name = "producer"
+    accepts = (Job,)
+
+    def __init__(self) -> None:
+        self.bus: Bus | None = None
+
+    def consumer(self) -> ConsumerSpec:
+        return sub.consumer_for("producer")
+
+    async def start(self, bus: Bus) -> None:
+        self.bus = bus
+
+    def routes(self) -> list[web.RouteDef]:
+        return []
+
+    async def close(self) -> None:
+        pass
+
+    async def handle(self, job: Job, msg: Msg) -> None:
+        assert self.bus is not None
+        started = time.monotonic()
+        try:
+            prepared = prepare_job(job)
+            # Loading a split can take a while (a download, a parse): keep the event loop free.
+            observations = await asyncio.to_thread(prepared.load_observations)
+        except _BAD_JOB as error:
+            await self._event(job.job_id, "rejected", str(error))
+            metrics.JOBS.labels("rejected").inc()
+            raise Reject(f"job {job.job_id}: {error}", "bad-job") from None
+
+        manifest = JobManifest(
+            job=job,
+            experiment_id=prepared.experiment.experiment_id,
+            experiment=prepared.experiment.args(),
+            expected=len(observations),
+            setup_seconds=time.monotonic() - started,
+        )
+        await self.bus.publish([Outgoing(sub.MANIFESTS, manifest, sub.manifest_id(job.job_id))])
+        chat, config = prepared.chat, prepared.task.config.sorted()
+        for first in range(0, len(observations), CHUNK):
+            await self.bus.publish(
+                Outgoing(
+                    sub.OBSERVATIONS,
+                    ObservationMessage(
+                        WorkItem(
+                            job.job_id, prepared.task.kind, prepared.task.category, config, observation_to_dict(o), chat
+                        )
+                    ),
+                    sub.observation_id(job.job_id, o.idx),
+                )
+                for o in observations[first : first + CHUNK]
+            )
+            metrics.OBSERVATIONS.inc(len(observations[first : first + CHUNK]))
+            await msg.in_progress()
+        await self._event(job.job_id, "accepted", f"{len(observations)} observations of {manifest.experiment_id}")
+        metrics.JOBS.labels("accepted").inc()
+
+    async def _event(self, job_id: str, event: str, detail: str) -> None:
+        assert self.bus is not None
+        await self.bus.publish(
+            [Outgoing(sub.EVENTS, JobEvent(job_id, event, detail, time.time()), f"{job_id}:{event}")]
+        )

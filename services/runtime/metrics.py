@@ -1,0 +1,52 @@
+"""Metrics every service shares, and the HTTP endpoint that serves `/metrics` and `/healthz`.
+
+One registry per process: prometheus-client's default. Each service declares its own
+metrics in its `metrics.py`; these are the ones the shared runtime updates. Label values
+are bounded: services, subject kinds, outcomes and reasons come from fixed sets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+
+MESSAGES_CONSUMED = Counter(
+    "introspect_messages_consumed_total", "Messages taken from JetStream, by kind", ["service", "kind"]
+)
+MESSAGES_PUBLISHED = Counter(
+    "introspect_messages_published_total", "Messages published to JetStream, by kind", ["service", "kind"]
+)
+PROCESSING_SECONDS = Histogram(
+    "introspect_processing_seconds",
+    "Seconds from taking a message to acknowledging it",
+    ["service", "kind"],
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300),
+)
+DEAD_LETTERS = Counter(
+    "introspect_dead_letters_total", "Messages sent to the dead-letter stream, by reason", ["service", "reason"]
+)
+REDELIVERIES = Counter(
+    "introspect_messages_released_total", "Messages handed back for redelivery after a failure", ["service"]
+)
+IN_FLIGHT = Gauge("introspect_messages_in_flight", "Messages being processed now", ["service"])
+CONSUMER_PENDING = Gauge(
+    "introspect_consumer_pending", "Messages waiting in the service's JetStream consumer", ["service"]
+)
+
+
+def health_app(is_healthy: Callable[[], bool]) -> web.Application:
+    """`/metrics` in Prometheus text format, `/healthz` 200 while `is_healthy()` holds."""
+
+    async def metrics(_: web.Request) -> web.Response:
+        response = web.Response(body=generate_latest())
+        response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+        return response
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.Response(text="ok\n") if is_healthy() else web.Response(status=503, text="not connected\n")
+
+    app = web.Application()
+    app.add_routes([web.get("/metrics", metrics), web.get("/healthz", healthz)])
+    return app

@@ -1,0 +1,89 @@
+"""Run one service process: connect, serve `/metrics` and `/healthz`, consume until SIGTERM.
+
+On SIGTERM or SIGINT the service stops fetching, lets in-flight work finish for a grace
+period, hands back what did not finish (JetStream redelivers it), and closes cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from proto import Message
+from proto.subjects import ConsumerSpec
+
+from .bus import Bus, Worker
+from .metrics import CONSUMER_PENDING, health_app
+from .settings import Settings
+
+log = logging.getLogger("introspect")
+
+
+class Service(Protocol):
+    name: str
+    accepts: tuple[type[Message], ...]
+
+    def consumer(self) -> ConsumerSpec: ...
+
+    async def start(self, bus: Bus) -> None:
+        """Open stores and clients; called once connected."""
+
+    async def handle(self, message: Any, msg: Any) -> None: ...
+
+    def routes(self) -> list[web.RouteDef]:
+        """Extra HTTP routes beside /metrics and /healthz."""
+
+    async def close(self) -> None: ...
+
+
+def run(service: Service, settings: Settings) -> None:
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {service.name} %(levelname)s %(message)s")
+    asyncio.run(serve(service, settings))
+
+
+async def serve(service: Service, settings: Settings, stop: asyncio.Event | None = None) -> None:
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+
+    bus = await Bus.open(settings, service.name)
+    app = health_app(lambda: bus.client.is_connected)
+    app.add_routes(service.routes())
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.metrics_host, settings.metrics_port)
+    await site.start()
+    log.info(
+        "ready: metrics on http://%s:%d/metrics, NATS %s",
+        settings.metrics_host,
+        settings.metrics_port,
+        settings.nats_url,
+    )
+    worker = Worker(bus, service.consumer(), service.accepts, service.handle, settings.concurrency, settings.batch)
+    pending = asyncio.create_task(_watch_pending(bus, service, stop))
+    try:
+        await service.start(bus)
+        await worker.run(stop)
+    finally:
+        pending.cancel()
+        await service.close()
+        await runner.cleanup()
+        await bus.close()
+        log.info("stopped")
+
+
+async def _watch_pending(bus: Bus, service: Service, stop: asyncio.Event) -> None:
+    """Keep the queue-depth gauge current: how much work waits for this service."""
+    spec = service.consumer()
+    while not stop.is_set():
+        try:
+            info = await bus.js.consumer_info(spec.stream, spec.durable)
+            CONSUMER_PENDING.labels(service.name).set(info.num_pending or 0)
+        except Exception:  # the consumer may not exist yet; the gauge is best effort
+            pass
+        await asyncio.sleep(2.0)

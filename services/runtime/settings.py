@@ -1,0 +1,82 @@
+"""The one config loader: every service reads its settings from the environment.
+
+Command-line flags of `introspect serve` are applied on top (they win), so the same image
+runs in a cluster (settings from the chart, as environment variables) and on a laptop.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "INTROSPECT_"
+
+
+class InvalidSettings(ValueError):
+    """A setting has a value the service cannot use."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    nats_url: str = "nats://127.0.0.1:4222"
+    nats_creds: str | None = None  # a .creds file (JWT and NKey seed)
+    nats_user: str | None = None
+    nats_password: str | None = None
+    nats_token: str | None = None
+    nats_tls_ca: str | None = None  # setting any TLS file turns TLS on
+    nats_tls_cert: str | None = None
+    nats_tls_key: str | None = None
+    data_dir: str = ".introspect"  # RocksDB folders (gateway cache, aggregator store)
+    results_dir: str | None = None  # aggregator: result files (default: <data_dir>/results)
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = 9090  # /metrics and /healthz (the aggregator also serves its API here)
+    partitions: int = 1  # gateway partitions: each has its own subject and cache
+    partition: int = 0  # which partition this gateway serves (a StatefulSet ordinal)
+    backends: tuple[str, ...] = field(default=())  # gateway: URLs; "openai+" prefix for OpenAI-compatible
+    backend_concurrency: int = 0  # gateway: per-backend limit; 0 asks TGI's /info
+    offline: bool = False  # gateway: answer from the cache alone
+    concurrency: int = 256  # messages processed at once by one service process
+    batch: int = 256  # messages per fetch
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for spec in fields(cls):
+            raw = env.get(ENV_PREFIX + spec.name.upper())
+            if raw is not None and raw != "":
+                values[spec.name] = _parse(spec.name, raw, cls.__dataclass_fields__[spec.name].type)
+        values |= {key: value for key, value in overrides.items() if value is not None}
+        settings = replace(cls(), **values)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        if self.partitions < 1:
+            raise InvalidSettings(f"partitions must be at least 1, got {self.partitions}")
+        if not 0 <= self.partition < self.partitions:
+            raise InvalidSettings(f"partition {self.partition} is outside 0..{self.partitions - 1}")
+        if self.concurrency < 1 or self.batch < 1:
+            raise InvalidSettings("concurrency and batch must be at least 1")
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+
+def _parse(name: str, raw: str, annotation: str) -> Any:
+    if annotation.startswith("int"):
+        try:
+            return int(raw)
+        except ValueError:
+            raise InvalidSettings(f"{ENV_PREFIX}{name.upper()} must be a whole number, got {raw!r}") from None
+    if annotation.startswith("bool"):
+        if raw.lower() not in ("1", "true", "yes", "0", "false", "no"):
+            raise InvalidSettings(f"{ENV_PREFIX}{name.upper()} must be true or false, got {raw!r}")
+        return raw.lower() in ("1", "true", "yes")
+    if annotation.startswith("tuple"):
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    return raw

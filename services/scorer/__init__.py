@@ -1,0 +1,1 @@
+"""The scorer: runs the protocol one step per message, keeping no state between messages."""

@@ -1,0 +1,85 @@
+"""What happens to an observation and to each generation reply: one step of its task.
+
+The scorer keeps nothing in memory between messages. An observation message, or a reply
+carrying the transcript of answers so far, is enough to replay the task (`core.replay`)
+to its next question, sent to the gateway partition that owns its cache entry, or to its
+end, sent to the aggregator as a scored result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from functools import lru_cache
+
+from aiohttp import web
+from nats.aio.msg import Msg
+
+from proto import GenerationReply, GenerationRequest, ObservationMessage, ScoredResult, WorkItem
+from proto import subjects as sub
+from proto.subjects import ConsumerSpec
+
+from ..core.config import InvalidTaskConfig, TaskConfig
+from ..core.observations import InvalidObservation, observation_from_dict
+from ..core.records import record_to_dict
+from ..core.replay import Generation, Pending, TranscriptTooLong, advance
+from ..core.tasks import Task, UnknownTask
+from ..runtime.bus import Bus, Outgoing, Reject
+from . import metrics
+
+
+@lru_cache(maxsize=256)
+def _task(kind: str, category: str, config: tuple[str, ...]) -> Task:
+    return Task(kind, category, TaskConfig.of(config))
+
+
+def next_message(work: WorkItem, partitions: int) -> Outgoing:
+    """The one message that takes `work` a step further: a question, or the result."""
+    try:
+        task = _task(work.task, work.category, tuple(work.config))
+        observation = observation_from_dict(work.category, work.observation)
+        answers = [Generation(a.text, a.duration, a.error) for a in work.answers]
+        outcome = advance(task, observation, answers)
+    except (UnknownTask, InvalidTaskConfig, InvalidObservation, TranscriptTooLong) as error:
+        raise Reject(f"job {work.job_id}, observation {work.idx}: {error}", "bad-work") from None
+    if isinstance(outcome, Pending):
+        request = GenerationRequest(message=outcome.prompt, work=work)
+        partition = sub.partition_of(work.chat, outcome.prompt, partitions)
+        return Outgoing(
+            sub.generation_subject(partition), request, sub.request_id(work.job_id, observation.idx, outcome.step)
+        )
+    result = ScoredResult(work.job_id, task.kind, observation.idx, record_to_dict(outcome.record))
+    return Outgoing(sub.RESULTS, result, sub.result_id(work.job_id, observation.idx))
+
+
+class Scorer:
+    name = "scorer"
+    accepts = (ObservationMessage, GenerationReply)
+
+    def __init__(self, partitions: int = 1) -> None:
+        self.partitions = partitions
+        self.bus: Bus | None = None
+
+    def consumer(self) -> ConsumerSpec:
+        return sub.consumer_for("scorer")
+
+    async def start(self, bus: Bus) -> None:
+        self.bus = bus
+
+    def routes(self) -> list[web.RouteDef]:
+        return []
+
+    async def close(self) -> None:
+        pass
+
+    async def handle(self, message: ObservationMessage | GenerationReply, msg: Msg) -> None:
+        assert self.bus is not None
+        if isinstance(message, GenerationReply):
+            work = replace(message.work, answers=[*message.work.answers, message.answer])
+        else:
+            work = message.work
+        outgoing = next_message(work, self.partitions)
+        await self.bus.publish([outgoing])
+        if isinstance(outgoing.message, ScoredResult):
+            metrics.SCORED.labels(work.task).inc()
+        else:
+            metrics.QUESTIONS.labels(work.task).inc()
