@@ -47,6 +47,9 @@ class Producer:
 
     def __init__(self) -> None:
         self.bus: Bus | None = None
+        # One split loads at a time: Hugging Face `datasets` is not safe to use from several
+        # threads at once, and one load already keeps a core busy.
+        self._loading = asyncio.Lock()
 
     def consumer(self) -> ConsumerSpec:
         return sub.consumer_for("producer")
@@ -66,7 +69,8 @@ class Producer:
         try:
             prepared = prepare_job(job)
             # Loading a split can take a while (a download, a parse): keep the event loop free.
-            observations = await asyncio.to_thread(prepared.load_observations)
+            async with self._loading:
+                observations = await asyncio.to_thread(prepared.load_observations)
         except _BAD_JOB as error:
             await self._event(job.job_id, "rejected", str(error))
             metrics.JOBS.labels("rejected").inc()
