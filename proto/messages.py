@@ -21,7 +21,7 @@ from typing import Any, ClassVar, TypeAlias, TypeVar, Union, get_args, get_origi
 import msgpack
 
 SCHEMA_VERSION = 1
-MAX_MESSAGE_BYTES = 1 << 20  # JetStream's default max payload is 1 MiB
+MAX_MESSAGE_BYTES = 512 << 10  # well under JetStream's default 1 MiB payload limit
 
 
 class InvalidMessage(ValueError):
@@ -169,7 +169,9 @@ class JobEvent:
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
-    """A message a service could not process, kept whole with the reason."""
+    """A message a service could not process, kept with the reason (an oversized one, cut)."""
+
+    MAX_BYTES: ClassVar[int] = MAX_MESSAGE_BYTES + (64 << 10)  # the kept payload and the envelope
 
     KIND: ClassVar[str] = "dead-letter"
     service: str
@@ -193,14 +195,14 @@ def encode(message: Message) -> bytes:
     return msgpack.packb(body, use_bin_type=True)
 
 
-def decode(payload: bytes, *expected: type[M]) -> M:
+def decode(payload: bytes, *expected: type[M], max_bytes: int = MAX_MESSAGE_BYTES) -> M:
     """The message in `payload`, which must be one of the `expected` types (any, if none)."""
-    if len(payload) > MAX_MESSAGE_BYTES:
-        raise InvalidMessage(f"message of {len(payload)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    if len(payload) > max_bytes:
+        raise InvalidMessage(f"message of {len(payload)} bytes exceeds {max_bytes}")
     try:
         body = msgpack.unpackb(payload, raw=False, strict_map_key=True)
     except (ValueError, msgpack.UnpackException) as error:
-        raise InvalidMessage(f"not msgpack ({type(error).__name__}: {error})") from None
+        raise InvalidMessage(f"not msgpack ({type(error).__name__}{': ' if str(error) else ''}{error})") from None
     if not isinstance(body, dict):
         raise InvalidMessage(f"message is a {type(body).__name__}, not a map")
     version = body.pop("v", None)

@@ -65,7 +65,7 @@ class ConsumerSpec:
     durable: str
     stream: str
     filter_subject: str
-    ack_wait: float = 60.0  # long work sends in-progress before this runs out
+    ack_wait: float = 15.0  # redelivery after a crash; long work sends in-progress meanwhile
     max_ack_pending: int = 1024  # bounds the work in flight: back-pressure
     max_deliver: int = 20  # then the message goes to the dead letters
 
@@ -73,12 +73,12 @@ class ConsumerSpec:
 def consumer_for(service: str, partition: int = 0) -> ConsumerSpec:
     match service:
         case "producer":
-            return ConsumerSpec("producer", STREAM_OF[service], JOBS, ack_wait=300.0, max_ack_pending=4)
+            return ConsumerSpec("producer", STREAM_OF[service], JOBS, max_ack_pending=4)
         case "scorer":
             return ConsumerSpec("scorer", STREAM_OF[service], f"{PREFIX}.score.>")
         case "gateway":
             subject = generation_subject(partition)
-            return ConsumerSpec(f"gateway-{partition}", STREAM_OF[service], subject, ack_wait=120.0)
+            return ConsumerSpec(f"gateway-{partition}", STREAM_OF[service], subject)
         case "aggregator":
             return ConsumerSpec("aggregator", STREAM_OF[service], f"{PREFIX}.results.>")
     raise ValueError(f"unknown service {service!r}")

@@ -129,7 +129,7 @@ async def _dead_letters(bus: Bus, service: str | None) -> list[tuple[int, DeadLe
             continue
         if raw.data is None:
             continue
-        letter = decode(raw.data, DeadLetter)
+        letter = decode(raw.data, DeadLetter, max_bytes=DeadLetter.MAX_BYTES)
         if service is None or letter.service == service:
             letters.append((seq, letter))
     return letters

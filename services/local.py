@@ -48,6 +48,7 @@ class LocalPipeline:
     standin_args: tuple[str, ...] = ()
     offline: bool = False
     results_dir: Path | None = None  # default: <data_dir>/results
+    ack_wait: float | None = None  # seconds before JetStream redelivers unacknowledged work
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
 
@@ -112,6 +113,8 @@ class LocalPipeline:
             "INTROSPECT_PARTITIONS": str(self.partitions),
             "INTROSPECT_RESULTS_DIR": str(self.results_dir or self.data_dir / "results"),
         }
+        if self.ack_wait is not None:
+            env["INTROSPECT_ACK_WAIT"] = str(self.ack_wait)
         if service == "gateway":
             env["INTROSPECT_PARTITION"] = number
             env["INTROSPECT_OFFLINE"] = "true" if self.offline else "false"

@@ -24,7 +24,8 @@ def openai_payload(model: str, prompt: str, parameters: GenerationParameters) ->
         "temperature": parameters.temperature,
         "top_p": parameters.top_p,
         "top_k": parameters.top_k,
-        "repetition_penalty": parameters.repetition_penalty,
+        "repetition_penalty": parameters.repetition_penalty,  # vLLM, SGLang
+        "repeat_penalty": parameters.repetition_penalty,  # llama.cpp
         "seed": parameters.seed,
         "stop": list(parameters.stop),
         "n": 1,

@@ -25,7 +25,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import api
 
-from proto import DeadLetter, InvalidMessage, Message, decode, encode
+from proto import MAX_MESSAGE_BYTES, DeadLetter, InvalidMessage, Message, decode, encode
 from proto.subjects import STREAMS, ConsumerSpec, StreamSpec, dead_letter_subject
 
 from . import metrics
@@ -112,11 +112,15 @@ class Bus:
 
     async def dead_letter(self, msg: Msg, reason: str, category: str) -> None:
         headers = msg.headers or {}
+        payload = msg.data
+        if len(payload) > MAX_MESSAGE_BYTES:  # keep the start; the whole would not fit in a message
+            payload = payload[:MAX_MESSAGE_BYTES]
+            reason += f" (payload cut to its first {MAX_MESSAGE_BYTES} bytes)"
         letter = DeadLetter(
             service=self.service,
             subject=msg.subject,
             reason=reason,
-            payload=msg.data,
+            payload=payload,
             msg_id=headers.get("Nats-Msg-Id"),
             deliveries=_deliveries(msg),
             at=time.time(),
@@ -162,6 +166,7 @@ class Worker:
         self.batch = batch
         self.grace = grace  # seconds in-flight work may take to finish on shutdown
         self.in_flight: dict[asyncio.Task[None], Msg] = {}
+        self._started: dict[asyncio.Task[None], float] = {}
         self._slot_free = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -194,6 +199,7 @@ class Worker:
                 for msg in messages:
                     task = asyncio.create_task(self._process(msg))
                     self.in_flight[task] = msg
+                    self._started[task] = time.monotonic()
                     metrics.IN_FLIGHT.labels(self.bus.service).inc()
                     task.add_done_callback(self._done)
         finally:
@@ -203,6 +209,7 @@ class Worker:
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self.in_flight.pop(task, None)
+        self._started.pop(task, None)
         metrics.IN_FLIGHT.labels(self.bus.service).dec()
         self._slot_free.set()
 
@@ -244,8 +251,10 @@ class Worker:
         period = self.consumer.ack_wait / 3
         while not stop.is_set():
             await asyncio.sleep(period)
-            for msg in list(self.in_flight.values()):
-                await msg.in_progress()
+            now = time.monotonic()
+            for task, msg in list(self.in_flight.items()):
+                if now - self._started.get(task, now) >= period:
+                    await msg.in_progress()
 
     async def _release_in_flight(self) -> None:
         """Shutdown: let in-flight work finish for `grace` seconds, hand back what remains."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from dataclasses import replace
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -64,7 +65,8 @@ async def serve(service: Service, settings: Settings, stop: asyncio.Event | None
         settings.metrics_port,
         settings.nats_url,
     )
-    worker = Worker(bus, service.consumer(), service.accepts, service.handle, settings.concurrency, settings.batch)
+    consumer = replace(service.consumer(), ack_wait=settings.ack_wait)
+    worker = Worker(bus, consumer, service.accepts, service.handle, settings.concurrency, settings.batch)
     pending = asyncio.create_task(_watch_pending(bus, service, stop))
     try:
         await service.start(bus)

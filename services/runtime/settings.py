@@ -38,6 +38,7 @@ class Settings:
     backends: tuple[str, ...] = field(default=())  # gateway: URLs; "openai+" prefix for OpenAI-compatible
     backend_concurrency: int = 0  # gateway: per-backend limit; 0 asks TGI's /info
     offline: bool = False  # gateway: answer from the cache alone
+    ack_wait: float = 15.0  # seconds before an unacknowledged message is redelivered
     concurrency: int = 256  # messages processed at once by one service process
     batch: int = 256  # messages per fetch
 
@@ -59,6 +60,8 @@ class Settings:
             raise InvalidSettings(f"partitions must be at least 1, got {self.partitions}")
         if not 0 <= self.partition < self.partitions:
             raise InvalidSettings(f"partition {self.partition} is outside 0..{self.partitions - 1}")
+        if self.ack_wait <= 0:
+            raise InvalidSettings(f"ack_wait must be positive, got {self.ack_wait}")
         if self.concurrency < 1 or self.batch < 1:
             raise InvalidSettings("concurrency and batch must be at least 1")
 
@@ -73,6 +76,11 @@ def _parse(name: str, raw: str, annotation: str) -> Any:
             return int(raw)
         except ValueError:
             raise InvalidSettings(f"{ENV_PREFIX}{name.upper()} must be a whole number, got {raw!r}") from None
+    if annotation.startswith("float"):
+        try:
+            return float(raw)
+        except ValueError:
+            raise InvalidSettings(f"{ENV_PREFIX}{name.upper()} must be a number, got {raw!r}") from None
     if annotation.startswith("bool"):
         if raw.lower() not in ("1", "true", "yes", "0", "false", "no"):
             raise InvalidSettings(f"{ENV_PREFIX}{name.upper()} must be true or false, got {raw!r}")
