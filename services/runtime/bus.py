@@ -55,6 +55,9 @@ async def connect(settings: Settings, name: str) -> Client:
         "name": name,
         "max_reconnect_attempts": -1,  # keep trying: NATS restarts must not kill a service
         "reconnect_time_wait": 0.5,
+        "error_cb": _log_error,
+        "disconnected_cb": _log_disconnected,
+        "reconnected_cb": _log_reconnected,
     }
     if settings.nats_creds:
         options["user_credentials"] = settings.nats_creds
@@ -68,6 +71,18 @@ async def connect(settings: Settings, name: str) -> Client:
             context.load_cert_chain(settings.nats_tls_cert, settings.nats_tls_key)
         options["tls"] = context
     return await nats.connect(**options)
+
+
+async def _log_error(error: Exception) -> None:
+    log.warning("nats: %s: %s", type(error).__name__, error)
+
+
+async def _log_disconnected() -> None:
+    log.warning("nats: disconnected, reconnecting")
+
+
+async def _log_reconnected() -> None:
+    log.info("nats: reconnected")
 
 
 class Bus:
@@ -100,15 +115,25 @@ class Bus:
             except nats.js.errors.BadRequestError:  # exists with another config
                 await self.js.update_stream(config)
 
-    async def publish(self, outgoing: Iterable[Outgoing]) -> None:
-        """Publish all, then wait until JetStream has stored every one."""
+    async def publish(self, outgoing: Iterable[Outgoing], timeout: float = 10.0) -> None:
+        """Publish all, then wait until JetStream has stored every one.
+
+        A publication not acknowledged in `timeout` seconds (the server restarting, say)
+        raises, so the message that caused it is handed back and tried again: JetStream's
+        de-duplication drops whichever copies did get stored.
+        """
         pending = []
         for item in outgoing:
             headers = {"Nats-Msg-Id": item.msg_id}
             pending.append(await self.js.publish_async(item.subject, encode(item.message), headers=headers))
             metrics.MESSAGES_PUBLISHED.labels(self.service, item.message.KIND).inc()
         if pending:
-            await asyncio.gather(*pending)
+            try:
+                await asyncio.wait_for(asyncio.gather(*pending), timeout)
+            except TimeoutError:
+                for future in pending:
+                    future.cancel()
+                raise
 
     async def dead_letter(self, msg: Msg, reason: str, category: str) -> None:
         headers = msg.headers or {}

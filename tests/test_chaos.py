@@ -1,0 +1,76 @@
+"""Crashes in the middle of a job lose nothing and count nothing twice.
+
+The scorer, the gateway and the aggregator are killed with SIGKILL (no clean-up at all)
+while a job runs, then started again; the NATS server is restarted in another run. Each
+job must finish with exactly one record per observation and the aggregates of the
+undisturbed in-process run.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from proto import Job
+from services.local import LocalPipeline
+
+from .pipeline_helpers import get_json, in_process, records_frame, result_json, submit_jobs, wait_complete
+from .synthetic import write_synthetic
+
+pytestmark = pytest.mark.slow
+
+ROWS = 600
+
+
+def _wait_until_received(pipeline: LocalPipeline, job_id: str, at_least: int, timeout: float = 60.0) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        jobs = {job["job_id"]: job for job in get_json(f"{pipeline.aggregator_url}/jobs")}
+        received = jobs.get(job_id, {}).get("received", 0)
+        if received >= at_least:
+            return received
+        time.sleep(0.02)
+    raise AssertionError(f"{job_id} never reached {at_least} records")
+
+
+def _check_against_in_process(pipeline: LocalPipeline, job: Job, tmp) -> None:
+    records = records_frame(pipeline, job.job_id)
+    assert len(records) == ROWS and records["idx"].is_unique  # every observation, none twice
+    expected_records, expected_results = in_process(job, pipeline.standin_url, tmp)
+    assert result_json(pipeline, job.job_id)["results"] == expected_results
+    assert records.equals(expected_records)
+
+
+def test_sigkill_of_scorer_gateway_and_aggregator_mid_job(tmp_path) -> None:
+    files = write_synthetic(tmp_path / "data", rows=ROWS)
+    # Slow answers keep the job running long enough to be interrupted; ack_wait is short so
+    # the work the dead processes held is redelivered quickly.
+    pipeline = LocalPipeline(tmp_path / "run", standin_args=("--latency", "0.02"), ack_wait=2.0)
+    with pipeline:
+        job = Job(job_id="", model="llama2-7b", dataset=str(files["sentiment"]), category="sentiment",
+                  task="counterfactual")  # fmt: skip
+        (job,) = submit_jobs(pipeline, [job])
+        received = _wait_until_received(pipeline, job.job_id, ROWS // 4)
+        assert received < ROWS, "the job finished before it could be interrupted"
+        for name in ("scorer-0", "gateway-0", "aggregator"):
+            pipeline.kill(name)
+        for name in ("scorer-0", "gateway-0", "aggregator"):
+            pipeline.start_service(name)
+            pipeline.wait_healthy(name)
+        wait_complete(pipeline, [job.job_id], timeout=120)
+        _check_against_in_process(pipeline, job, tmp_path)
+
+
+def test_a_nats_server_restart_mid_job(tmp_path) -> None:
+    files = write_synthetic(tmp_path / "data", rows=ROWS)
+    pipeline = LocalPipeline(tmp_path / "run", standin_args=("--latency", "0.02"), ack_wait=2.0)
+    with pipeline:
+        job = Job(job_id="", model="llama2-7b", dataset=str(files["entailment"]), category="entailment",
+                  task="redacted")  # fmt: skip
+        (job,) = submit_jobs(pipeline, [job])
+        received = _wait_until_received(pipeline, job.job_id, ROWS // 4)
+        assert received < ROWS, "the job finished before it could be interrupted"
+        pipeline.restart_nats()  # same port, same store folder: the services reconnect
+        wait_complete(pipeline, [job.job_id], timeout=120)
+        _check_against_in_process(pipeline, job, tmp_path)
