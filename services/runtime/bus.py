@@ -221,6 +221,10 @@ class Worker:
                     continue
                 except nats.errors.ConnectionClosedError:
                     break
+                except nats.errors.Error as error:  # JetStream restarting, a reconnect under way
+                    log.warning("%s: fetch failed (%s), retrying", self.bus.service, type(error).__name__)
+                    await asyncio.sleep(0.5)
+                    continue
                 for msg in messages:
                     task = asyncio.create_task(self._process(msg))
                     self.in_flight[task] = msg
@@ -239,6 +243,14 @@ class Worker:
         self._slot_free.set()
 
     async def _process(self, msg: Msg) -> None:
+        try:
+            await self._settle(msg)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # the ack, nak or dead letter itself failed: JetStream redelivers it
+            log.warning("%s: could not settle a message (%s: %s)", self.bus.service, type(error).__name__, error)
+
+    async def _settle(self, msg: Msg) -> None:
         service = self.bus.service
         started = time.perf_counter()
         kind = "unknown"
@@ -279,7 +291,10 @@ class Worker:
             now = time.monotonic()
             for task, msg in list(self.in_flight.items()):
                 if now - self._started.get(task, now) >= period:
-                    await msg.in_progress()
+                    try:
+                        await msg.in_progress()
+                    except nats.errors.Error:  # reconnecting; the next round tries again
+                        break
 
     async def _release_in_flight(self) -> None:
         """Shutdown: let in-flight work finish for `grace` seconds, hand back what remains."""
@@ -289,7 +304,7 @@ class Worker:
         for task in unfinished:
             msg = self.in_flight.get(task)
             task.cancel()
-            if msg is not None and not self.bus.client.is_closed:
+            if msg is not None and self.bus.client.is_connected:
                 await msg.nak()
 
 
