@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from nats.errors import NoServersError
+
 from proto import Job
 
 from .core.chat import MODELS, ChatTurn, SystemMessageNotSupported, UnknownModel
@@ -195,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return commands[args.command](args)
     except _USER_ERRORS as error:
         return _fail(str(error), 2)
-    except (ConnectionError, OSError) as error:
+    except (ConnectionError, OSError, NoServersError) as error:
         return _fail(f"cannot reach a server: {error}", 1)
     except KeyboardInterrupt:
         print("introspect: interrupted", file=sys.stderr)

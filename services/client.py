@@ -121,8 +121,10 @@ async def dead_letters(settings: Settings, service: str | None = None) -> list[t
 
 async def _dead_letters(bus: Bus, service: str | None) -> list[tuple[int, DeadLetter]]:
     info = await bus.js.stream_info(DEAD_STREAM)
-    letters = []
-    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+    letters: list[tuple[int, DeadLetter]] = []
+    if not info.state.messages:
+        return letters
+    for seq in range(max(info.state.first_seq, 1), info.state.last_seq + 1):
         try:
             raw = await bus.js.get_msg(DEAD_STREAM, seq)
         except nats.js.errors.NotFoundError:  # deleted after a replay

@@ -53,7 +53,7 @@ async def connect(settings: Settings, name: str) -> Client:
     options: dict[str, Any] = {
         "servers": [settings.nats_url],
         "name": name,
-        "max_reconnect_attempts": -1,  # keep trying: NATS restarts must not kill a service
+        "max_reconnect_attempts": 10,  # the first connection: give up after about 5 s
         "reconnect_time_wait": 0.5,
         "error_cb": _log_error,
         "disconnected_cb": _log_disconnected,
@@ -70,15 +70,18 @@ async def connect(settings: Settings, name: str) -> Client:
         if settings.nats_tls_cert:
             context.load_cert_chain(settings.nats_tls_cert, settings.nats_tls_key)
         options["tls"] = context
-    return await nats.connect(**options)
+    client = await nats.connect(**options)
+    # Once connected, never give up reconnecting: a NATS restart must not end a service.
+    client.options["max_reconnect_attempts"] = -1
+    return client
 
 
 async def _log_error(error: Exception) -> None:
-    log.warning("nats: %s: %s", type(error).__name__, error)
+    log.info("nats: %s: %s", type(error).__name__, error)
 
 
 async def _log_disconnected() -> None:
-    log.warning("nats: disconnected, reconnecting")
+    log.info("nats: disconnected")
 
 
 async def _log_reconnected() -> None:

@@ -1,7 +1,9 @@
 """The stand-in model server: speaks TGI's HTTP protocol, answers deterministically.
 
 Routes as TGI serves them: `POST /generate` (one object), `POST /` (a list of one, which
-the official `text-generation` client uses), `GET /info`, `GET /health`, plus
+the official `text-generation` client uses), `GET /info`, `GET /health`; as an
+OpenAI-compatible server (vLLM, llama.cpp) serves them: `POST /v1/completions` and
+`GET /v1/models`; plus
 `GET /stand-in/stats` with request counters for tests and benchmarks. Latency, a
 concurrency limit (429 past it, like TGI's overload answer), a share of 5xx failures and
 a prompt-length limit (422, like TGI's validation error) are configurable. It names
@@ -36,25 +38,22 @@ def create_app(settings: StandInSettings = StandInSettings()) -> web.Application
     stats: Counter[str] = Counter()
     in_flight = 0
 
-    async def generate_one(request: web.Request) -> tuple[int, dict[str, Any], float]:
+    async def generate_one(request: web.Request, openai: bool = False) -> tuple[int, dict[str, Any], float]:
+        """(HTTP status, body, seconds) for one request, in TGI's shape or, with `openai`, OpenAI's."""
         nonlocal in_flight
         stats["requests"] += 1
         try:
             body = await request.json()
-            prompt = body["inputs"]
-            parameters = body.get("parameters") or {}
+            if openai:
+                prompt, parameters = body["prompt"], {k: v for k, v in body.items() if k != "prompt"}
+            else:
+                prompt, parameters = body["inputs"], body.get("parameters") or {}
             if not isinstance(prompt, str) or not isinstance(parameters, dict):
                 raise TypeError
         except (json.JSONDecodeError, KeyError, TypeError):
             stats["rejected"] += 1
-            return (
-                422,
-                {
-                    "error": "Input validation error: expected inputs (string) and parameters",
-                    "error_type": "validation",
-                },
-                0.0,
-            )
+            expected = "prompt (string)" if openai else "inputs (string) and parameters"
+            return 422, {"error": f"Input validation error: expected {expected}", "error_type": "validation"}, 0.0
         if len(prompt) > settings.max_input_chars:
             stats["rejected"] += 1
             message = f"Input validation error: `inputs` must have less than {settings.max_input_chars} characters"
@@ -74,6 +73,8 @@ def create_app(settings: StandInSettings = StandInSettings()) -> web.Application
         finally:
             in_flight -= 1
         stats["generated"] += 1
+        if openai:
+            return 200, _openai_response(prompt), settings.latency
         return 200, _response(prompt, parameters), settings.latency
 
     def reply(status: int, payload: Any, seconds: float) -> web.Response:
@@ -87,6 +88,14 @@ def create_app(settings: StandInSettings = StandInSettings()) -> web.Application
     async def compat(request: web.Request) -> web.Response:
         status, payload, seconds = await generate_one(request)
         return reply(status, [payload] if status == 200 else payload, seconds)
+
+    async def completions(request: web.Request) -> web.Response:
+        status, payload, seconds = await generate_one(request, openai=True)
+        return reply(status, payload, seconds)
+
+    async def models(_: web.Request) -> web.Response:
+        listing = {"object": "list", "data": [{"id": STANDIN_MODEL_ID, "object": "model", "owned_by": STANDIN_NAME}]}
+        return web.json_response(listing, headers=_HEADER)
 
     async def info(_: web.Request) -> web.Response:
         return web.json_response(
@@ -114,6 +123,8 @@ def create_app(settings: StandInSettings = StandInSettings()) -> web.Application
             web.get("/info", info),
             web.get("/health", health),
             web.get("/stand-in/stats", stats_view),
+            web.post("/v1/completions", completions),
+            web.get("/v1/models", models),
         ]
     )
     return app
@@ -137,6 +148,18 @@ def _response(prompt: str, parameters: dict[str, Any]) -> dict[str, Any]:
             "prefill": [],
             "tokens": [{"id": i, "text": token, "logprob": 0.0, "special": False} for i, token in enumerate(tokens)],
         },
+    }
+
+
+def _openai_response(prompt: str) -> dict[str, Any]:
+    """An OpenAI completions answer: like vLLM, the text ends before any stop sequence."""
+    text = standin_answer(prompt)
+    return {
+        "id": f"stand-in-{prompt_roll(prompt, 'id')}",
+        "object": "text_completion",
+        "model": STANDIN_MODEL_ID,
+        "choices": [{"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}],
+        "usage": {"prompt_tokens": len(prompt.split()), "completion_tokens": len(text.split())},
     }
 
 

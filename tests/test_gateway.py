@@ -1,0 +1,116 @@
+"""The gateway's parts: the RocksDB cache, the backend pool, the OpenAI-compatible backend."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+
+from services.backends.openai import OpenAICompletionsBackend
+from services.backends.tgi import RetryPolicy, TGIBackend
+from services.core.chat import LLAMA2, NO_SYSTEM, ChatTurn, generation_defaults
+from services.gateway.cache import CachedGeneration, GenerationCache, cache_key
+from services.gateway.pool import BackendPool, PoolMisconfigured
+from services.runner import GenerationRejected
+from services.standin import standin_answer
+from services.standin.server import STANDIN_MODEL_ID, StandInSettings, create_app
+
+PARAMETERS = generation_defaults(LLAMA2, seed=0)
+PROMPTS = [LLAMA2.render([ChatTurn(f"Is the following review positive or negative? Review {i}.")]) for i in range(40)]
+
+
+async def _serve(settings: StandInSettings | None = None) -> TestServer:
+    server = TestServer(create_app(settings or StandInSettings()), host="127.0.0.1")
+    await server.start_server()
+    return server
+
+
+def _url(server: TestServer) -> str:
+    return str(server.make_url("/")).rstrip("/")
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as client:
+        yield client
+
+
+def test_the_cache_keeps_answers_and_errors_and_one_process_alone_opens_it(tmp_path) -> None:
+    cache = GenerationCache(tmp_path / "cache")
+    answer, rejected = CachedGeneration("positive", 0.25), CachedGeneration("", 0.0, "422: too long")
+    cache.put(b"a", answer)
+    cache.put(b"b", rejected)
+    with pytest.raises(Exception, match="lock"):
+        GenerationCache(tmp_path / "cache")  # RocksDB's lock: one process per partition folder
+    cache.close()
+    reopened = GenerationCache(tmp_path / "cache")
+    assert reopened.get(b"a") == answer and reopened.get(b"b") == rejected and reopened.get(b"c") is None
+    reopened.close()
+
+
+def test_the_cache_key_is_model_prompt_and_parameters() -> None:
+    key = cache_key("m", "prompt", PARAMETERS)
+    assert key == cache_key("m", "prompt", generation_defaults(LLAMA2, seed=0))
+    assert key != cache_key("other-model", "prompt", PARAMETERS)
+    assert key != cache_key("m", "prompt ", PARAMETERS)
+    assert key != cache_key("m", "prompt", generation_defaults(LLAMA2, seed=1))
+
+
+async def test_the_pool_keeps_each_backend_at_the_limit_its_info_gives(session) -> None:
+    servers = [await _serve(StandInSettings(latency=0.02, max_concurrent=4)) for _ in range(2)]
+    try:
+        pool = BackendPool([TGIBackend(_url(server), session) for server in servers])
+        await pool.start()
+        assert pool.model_id == STANDIN_MODEL_ID and pool.capacity == 8
+        answers = await asyncio.gather(*(pool.complete(prompt, PARAMETERS) for prompt in PROMPTS))
+        assert [text.removesuffix("[INST]") for text, _ in answers] == [standin_answer(p) for p in PROMPTS]
+        for server in servers:
+            async with session.get(f"{_url(server)}/stand-in/stats") as response:
+                stats = await response.json()
+            assert stats.get("overloaded", 0) == 0  # never pushed past its limit: no 429 at all
+            assert stats["generated"] > 0 and stats["peak_in_flight"] <= 4
+    finally:
+        for server in servers:
+            await server.close()
+
+
+async def test_a_configured_limit_overrides_info(session) -> None:
+    server = await _serve(StandInSettings(latency=0.01, max_concurrent=100))
+    try:
+        pool = BackendPool([TGIBackend(_url(server), session)], limit=3)
+        await pool.start()
+        await asyncio.gather(*(pool.complete(prompt, PARAMETERS) for prompt in PROMPTS))
+        async with session.get(f"{_url(server)}/stand-in/stats") as response:
+            assert (await response.json())["peak_in_flight"] <= 3
+    finally:
+        await server.close()
+
+
+async def test_backends_serving_different_models_are_refused(session) -> None:
+    server = await _serve()
+    try:
+        tgi = TGIBackend(_url(server), session)
+        other = OpenAICompletionsBackend(_url(server), session, model="some-other-model")
+        with pytest.raises(PoolMisconfigured, match="different models"):
+            await BackendPool([tgi, other]).start()
+    finally:
+        await server.close()
+    with pytest.raises(PoolMisconfigured, match="no backend"):
+        BackendPool([])
+
+
+async def test_the_openai_backend_gets_the_stand_in_answers(session) -> None:
+    server = await _serve(StandInSettings(max_input_chars=300))
+    try:
+        backend = OpenAICompletionsBackend(_url(server) + "/v1", session, RetryPolicy(max_attempts=2))
+        assert (await backend.describe()).model_id == STANDIN_MODEL_ID
+        short = LLAMA2.render([ChatTurn("Is it positive?")], NO_SYSTEM)
+        text, _ = await backend.complete(short, PARAMETERS)
+        assert text == standin_answer(short)
+        with pytest.raises(GenerationRejected, match="422"):
+            await backend.complete(PROMPTS[0] * 3, PARAMETERS)
+    finally:
+        await server.close()

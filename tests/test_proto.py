@@ -1,0 +1,153 @@
+"""The wire contract: every message round-trips; bad ones are refused naming the field."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+
+from proto import (
+    MAX_MESSAGE_BYTES,
+    MESSAGE_TYPES,
+    Answer,
+    Chat,
+    DeadLetter,
+    GenerationReply,
+    GenerationRequest,
+    InvalidMessage,
+    Job,
+    JobEvent,
+    JobManifest,
+    ObservationMessage,
+    Sampling,
+    ScoredResult,
+    WorkItem,
+    decode,
+    encode,
+)
+from proto import subjects as sub
+from services.runtime.settings import InvalidSettings, Settings
+
+CHAT = Chat("llama2-7b", "none", Sampling(stop=["[INST]", "</s>"], seed=3), template={"chat_template": "{{ x }}"})
+WORK = WorkItem(
+    job_id="j",
+    task="counterfactual",
+    category="multi-choice",
+    config=["e-short"],
+    observation={"idx": 4, "label": "a", "paragraph": "p", "question": "q", "choices": ["a", "b"]},
+    chat=CHAT,
+    answers=[Answer("first", 0.5), Answer("", 0.0, "422: too long")],
+)
+EXAMPLES = [
+    Job(job_id="j", model="llama2-7b", dataset="IMDB", task="classify", config=["m-removed"], limit=5, stop=3),
+    JobManifest(Job(job_id="j", model="m", dataset="d", task="t"), "analysis_x", {"seed": 0}, expected=12),
+    ObservationMessage(WORK),
+    GenerationRequest("Is it positive?", WORK),
+    GenerationReply(Answer("yes", 0.25), WORK, cached=True),
+    ScoredResult("j", "classify", 4, {"idx": 4, "label": "a", "correct": None}),
+    JobEvent("j", "completed", "12 records", 1.5),
+    DeadLetter("gateway", "introspect.generate.0", "offline", b"\x00\x01", "j:4:request:0", 3, 2.0),
+]
+
+
+def test_every_message_type_has_an_example() -> None:
+    assert {type(example).KIND for example in EXAMPLES} == set(MESSAGE_TYPES)
+
+
+@pytest.mark.parametrize("message", EXAMPLES, ids=lambda m: m.KIND)
+def test_round_trip(message) -> None:
+    assert decode(encode(message), type(message)) == message
+    assert decode(encode(message)) == message  # any kind, when the caller accepts all
+
+
+def _body(message, **changes) -> bytes:
+    body = msgpack.unpackb(encode(message))
+    for path, value in changes.items():
+        target = body
+        *parents, last = path.split("__")
+        for parent in parents:
+            target = target[parent]
+        if value is KeyError:
+            del target[last]
+        else:
+            target[last] = value
+    return msgpack.packb(body)
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        (b"\xc1", "not msgpack"),
+        (msgpack.packb([1, 2]), "message is a list, not a map"),
+        (_body(EXAMPLES[0], v=2), "field 'v': schema version 2 is not 1"),
+        (_body(EXAMPLES[0], v=KeyError), "schema version None"),
+        (_body(EXAMPLES[0], kind="scored-result"), "field 'kind': 'scored-result' is not job"),
+        (_body(EXAMPLES[0], model=KeyError), "field 'model' is missing"),
+        (_body(EXAMPLES[0], seed="0"), "field 'seed' must be int, got str"),
+        (_body(EXAMPLES[0], seed=True), "field 'seed' must be int, got bool"),
+        (_body(EXAMPLES[0], config=["a", 1]), "field 'config[1]' must be str, got int"),
+        (_body(EXAMPLES[0], columns=["x"]), "field 'columns' must be a map, got list"),
+        (_body(EXAMPLES[0], extra=1), "unknown field 'extra'"),
+        (b"\x00" * (MAX_MESSAGE_BYTES + 1), "exceeds"),
+    ],
+)
+def test_a_bad_job_is_refused_naming_the_field(payload: bytes, message: str) -> None:
+    with pytest.raises(InvalidMessage, match=message.replace("(", r"\(").replace("[", r"\[")):
+        decode(payload, Job)
+
+
+def test_nested_fields_are_named_by_their_path() -> None:
+    with pytest.raises(InvalidMessage, match=r"field 'work\.chat\.sampling\.top_k' must be int"):
+        decode(_body(EXAMPLES[3], work__chat__sampling__top_k=0.5), GenerationRequest)
+    with pytest.raises(InvalidMessage, match=r"field 'work\.answers' must be a list"):
+        decode(_body(EXAMPLES[4], work__answers={}), GenerationReply)
+    with pytest.raises(InvalidMessage, match=r"unknown field 'work\.chat\.colour'"):
+        decode(_body(EXAMPLES[3], work__chat__colour="red"), GenerationRequest)
+
+
+def test_integers_are_accepted_as_floats_and_none_where_optional() -> None:
+    reply = decode(_body(EXAMPLES[4], answer__duration=2, answer__error=None), GenerationReply)
+    assert reply.answer.duration == 2.0 and isinstance(reply.answer.duration, float)
+
+
+def test_partitions_are_stable_and_spread() -> None:
+    partitions = [sub.partition_of(CHAT, f"question {i}", 4) for i in range(400)]
+    assert partitions == [sub.partition_of(CHAT, f"question {i}", 4) for i in range(400)]
+    assert set(partitions) == {0, 1, 2, 3}
+    assert all(sub.partition_of(CHAT, f"q{i}", 1) == 0 for i in range(20))
+
+
+def test_consumers_filter_their_own_subjects() -> None:
+    assert sub.consumer_for("gateway", 3).filter_subject == sub.generation_subject(3) == "introspect.generate.3"
+    assert sub.consumer_for("gateway", 3).durable == "gateway-3"
+    streams = {spec.name: spec for spec in sub.STREAMS}
+    for service in ("producer", "scorer", "gateway", "aggregator"):
+        spec = sub.consumer_for(service)
+        assert streams[spec.stream].work_queue
+    with pytest.raises(ValueError, match="unknown service"):
+        sub.consumer_for("janitor")
+
+
+def test_settings_from_the_environment_with_flags_on_top() -> None:
+    env = {"INTROSPECT_NATS_URL": "nats://n:4222", "INTROSPECT_PARTITIONS": "4", "INTROSPECT_PARTITION": "3",
+           "INTROSPECT_BACKENDS": "http://a:80, openai+http://b:8000", "INTROSPECT_OFFLINE": "true",
+           "INTROSPECT_ACK_WAIT": "2.5"}  # fmt: skip
+    settings = Settings.from_env(env, partition=1, metrics_port=None)
+    assert settings.nats_url == "nats://n:4222" and settings.partitions == 4 and settings.partition == 1
+    assert settings.backends == ("http://a:80", "openai+http://b:8000") and settings.offline is True
+    assert settings.ack_wait == 2.5 and settings.metrics_port == 9090
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"INTROSPECT_PARTITIONS": "two"}, "INTROSPECT_PARTITIONS must be a whole number"),
+        ({"INTROSPECT_OFFLINE": "maybe"}, "INTROSPECT_OFFLINE must be true or false"),
+        ({"INTROSPECT_ACK_WAIT": "soon"}, "INTROSPECT_ACK_WAIT must be a number"),
+        ({"INTROSPECT_ACK_WAIT": "0"}, "ack_wait must be positive"),
+        ({"INTROSPECT_PARTITIONS": "0"}, "partitions must be at least 1"),
+        ({"INTROSPECT_PARTITION": "1"}, "partition 1 is outside 0..0"),
+    ],
+)
+def test_bad_settings_are_named(env: dict[str, str], message: str) -> None:
+    with pytest.raises(InvalidSettings, match=message):
+        Settings.from_env(env)
