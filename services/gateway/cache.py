@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import msgpack
-from rocksdict import Options, Rdict
 
 from ..core.chat import GenerationParameters
+from ..runtime.storage import open_rocksdb
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,10 +32,7 @@ def cache_key(model_id: str, prompt: str, parameters: GenerationParameters) -> b
 
 class GenerationCache:
     def __init__(self, path: Path) -> None:
-        path.mkdir(parents=True, exist_ok=True)
-        options = Options(raw_mode=True)
-        options.create_if_missing(True)
-        self.db = Rdict(str(path), options=options)
+        self.db = open_rocksdb(path)
 
     def get(self, key: bytes) -> CachedGeneration | None:
         raw = self.db.get(key)

@@ -16,7 +16,6 @@ import asyncio
 from pathlib import Path
 
 import aiohttp
-from aiohttp import web
 from jinja2 import TemplateError
 from nats.aio.msg import Msg
 
@@ -32,6 +31,7 @@ from ..jobs import parameters_of, system_of
 from ..models import chat_format_of
 from ..runner import GenerationRejected
 from ..runtime.bus import Bus, Outgoing, Reject
+from ..runtime.service import ServiceBase
 from . import metrics
 from .cache import CachedGeneration, GenerationCache, cache_key
 from .pool import BackendPool
@@ -46,7 +46,7 @@ def make_backend(spec: str, session: aiohttp.ClientSession) -> CompletionBackend
     return TGIBackend(spec, session)
 
 
-class Gateway:
+class Gateway(ServiceBase):
     name = "gateway"
     accepts = (GenerationRequest,)
 
@@ -72,9 +72,6 @@ class Gateway:
 
     def consumer(self) -> ConsumerSpec:
         return sub.consumer_for("gateway", self.partition)
-
-    def routes(self) -> list[web.RouteDef]:
-        return []
 
     async def start(self, bus: Bus) -> None:
         self.bus = bus

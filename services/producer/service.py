@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import time
 
-from aiohttp import web
 from nats.aio.msg import Msg
 
 from proto import Job, JobEvent, JobManifest, ObservationMessage, WorkItem
@@ -24,7 +23,8 @@ from ..core.observations import InvalidObservation, observation_to_dict
 from ..core.tasks import UnknownTask
 from ..datasets import DatasetLoadError
 from ..jobs import prepare_job
-from ..runtime.bus import Bus, Outgoing, Reject
+from ..runtime.bus import Outgoing, Reject
+from ..runtime.service import ServiceBase
 from . import metrics
 
 CHUNK = 500  # observations published per round trip; in-progress is signalled between chunks
@@ -41,27 +41,17 @@ _BAD_JOB = (
 )
 
 
-class Producer:
+class Producer(ServiceBase):
     name = "producer"
     accepts = (Job,)
 
     def __init__(self) -> None:
-        self.bus: Bus | None = None
         # One split loads at a time: Hugging Face `datasets` is not safe to use from several
         # threads at once, and one load already keeps a core busy.
         self._loading = asyncio.Lock()
 
     def consumer(self) -> ConsumerSpec:
         return sub.consumer_for("producer")
-
-    async def start(self, bus: Bus) -> None:
-        self.bus = bus
-
-    def routes(self) -> list[web.RouteDef]:
-        return []
-
-    async def close(self) -> None:
-        pass
 
     async def handle(self, job: Job, msg: Msg) -> None:
         assert self.bus is not None

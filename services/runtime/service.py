@@ -41,6 +41,21 @@ class Service(Protocol):
     async def close(self) -> None: ...
 
 
+class ServiceBase:
+    """Defaults for the parts of `Service` most services do not need."""
+
+    bus: Bus | None = None
+
+    async def start(self, bus: Bus) -> None:
+        self.bus = bus
+
+    def routes(self) -> list[web.RouteDef]:
+        return []
+
+    async def close(self) -> None:
+        pass
+
+
 def run(service: Service, settings: Settings) -> None:
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {service.name} %(levelname)s %(message)s")
     asyncio.run(serve(service, settings))

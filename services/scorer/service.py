@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import replace
 from functools import lru_cache
 
-from aiohttp import web
 from nats.aio.msg import Msg
 
 from proto import GenerationReply, GenerationRequest, ObservationMessage, ScoredResult, WorkItem
@@ -23,7 +22,8 @@ from ..core.observations import InvalidObservation, observation_from_dict
 from ..core.records import record_to_dict
 from ..core.replay import Generation, Pending, TranscriptTooLong, advance
 from ..core.tasks import Task, UnknownTask
-from ..runtime.bus import Bus, Outgoing, Reject
+from ..runtime.bus import Outgoing, Reject
+from ..runtime.service import ServiceBase
 from . import metrics
 
 
@@ -51,25 +51,15 @@ def next_message(work: WorkItem, partitions: int) -> Outgoing:
     return Outgoing(sub.RESULTS, result, sub.result_id(work.job_id, observation.idx))
 
 
-class Scorer:
+class Scorer(ServiceBase):
     name = "scorer"
     accepts = (ObservationMessage, GenerationReply)
 
     def __init__(self, partitions: int = 1) -> None:
         self.partitions = partitions
-        self.bus: Bus | None = None
 
     def consumer(self) -> ConsumerSpec:
         return sub.consumer_for("scorer")
-
-    async def start(self, bus: Bus) -> None:
-        self.bus = bus
-
-    def routes(self) -> list[web.RouteDef]:
-        return []
-
-    async def close(self) -> None:
-        pass
 
     async def handle(self, message: ObservationMessage | GenerationReply, msg: Msg) -> None:
         assert self.bus is not None
