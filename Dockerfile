@@ -1,10 +1,11 @@
-# One image for every Introspect command and service (`introspect ...`).
+# One image for every Introspect command and service (`introspect serve producer|scorer|gateway|aggregator`, ...).
 # Build: docker build -t introspect .   (no Docker engine runs on the development machines)
 
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY services ./services
+COPY proto ./proto
 RUN python -m venv /opt/introspect \
  && /opt/introspect/bin/pip install --no-cache-dir .
 

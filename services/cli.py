@@ -90,6 +90,8 @@ def _job_arguments(parser: argparse.ArgumentParser, grid: bool = False) -> None:
     parser.add_argument("--system-message", default=None, help="default, none, or a custom text")
     parser.add_argument("--seed", type=_count(0), default=0)
     parser.add_argument("--limit", type=_count(0), default=None, help="at most this many observations")
+    parser.add_argument("--start", type=_count(0), default=0, help="then only positions from START (shuffled order)")
+    parser.add_argument("--stop", type=_count(0), default=None, help="... up to, not including, STOP")
     parser.add_argument("--mirror", default=None, help="folder with local copies of the datasets' raw files")
     parser.add_argument("--category", choices=DATASET_CATEGORIES, help="category of a local data file")
     parser.add_argument("--column", action="append", default=[], metavar="FIELD=COLUMN", help="map a file column")
@@ -231,6 +233,8 @@ def _job(args: argparse.Namespace, model: str, dataset: str, task: str, config: 
         seed=args.seed,
         system_message=args.system_message,
         limit=args.limit,
+        start=args.start,
+        stop=args.stop,
         category=args.category,
         columns=_pairs(args.column, "--column"),
         labels=_pairs(args.label, "--label"),

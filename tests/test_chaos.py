@@ -74,3 +74,25 @@ def test_a_nats_server_restart_mid_job(tmp_path) -> None:
         pipeline.restart_nats()  # same port, same store folder: the services reconnect
         wait_complete(pipeline, [job.job_id], timeout=120)
         _check_against_in_process(pipeline, job, tmp_path)
+
+
+def test_sigterm_finishes_or_hands_back_in_flight_work(tmp_path) -> None:
+    """A stopped service leaves nothing hanging: with a 60 s ack wait, any message it kept
+    unacknowledged would stall the job for a minute; the job must finish well before."""
+    files = write_synthetic(tmp_path / "data", rows=ROWS)
+    pipeline = LocalPipeline(tmp_path / "run", standin_args=("--latency", "0.05"), ack_wait=60.0)
+    with pipeline:
+        job = Job(job_id="", model="llama2-7b", dataset=str(files["multi-choice"]), category="multi-choice",
+                  task="importance")  # fmt: skip
+        (job,) = submit_jobs(pipeline, [job])
+        assert _wait_until_received(pipeline, job.job_id, ROWS // 4) < ROWS
+        for name in ("gateway-0", "scorer-0"):
+            process = pipeline.processes[name]
+            started = time.monotonic()
+            pipeline.stop_process(name)
+            assert process.returncode == 0 and time.monotonic() - started < 20
+        for name in ("gateway-0", "scorer-0"):
+            pipeline.start_service(name)
+            pipeline.wait_healthy(name)
+        wait_complete(pipeline, [job.job_id], timeout=40)
+        _check_against_in_process(pipeline, job, tmp_path)

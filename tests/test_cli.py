@@ -130,3 +130,19 @@ def test_evaluate_against_a_tgi_endpoint_matches_the_in_process_stand_in(tmp_pat
     over_http = pd.read_parquet(tmp_path / "http" / f"{name}.parquet").drop(columns="duration")
     in_process = pd.read_parquet(tmp_path / "local" / f"{name}.parquet").drop(columns="duration")
     pd.testing.assert_frame_equal(over_http, in_process)
+
+
+def test_an_index_range_selects_positions_of_the_shuffled_split(tmp_path) -> None:
+    common = ["evaluate", "--dataset", "RTE", "--task", "classify", "--mirror", str(DATASET_MIRROR)]
+    assert main([*common, "--out", str(tmp_path / "all")]) == 0
+    assert main([*common, "--start", "2", "--stop", "5", "--out", str(tmp_path / "part")]) == 0
+    name = "analysis_m-llama2-7b_y-none_d-rte_p-test_t-classify_c-_s-0.parquet"
+    everything = pd.read_parquet(tmp_path / "all" / name)
+    part = pd.read_parquet(tmp_path / "part" / name)
+    assert list(part["idx"]) == list(everything["idx"][2:5])
+
+
+def test_a_backwards_index_range_is_one_line(capsys) -> None:
+    argv = ["evaluate", "--dataset", "RTE", "--task", "classify", "--start", "5", "--stop", "2"]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == "introspect: error: bad selection: limit=None, start=5, stop=2\n"
