@@ -1,0 +1,253 @@
+"""`just bench`: the pipeline measured against its limits and against plain baselines.
+
+Prints one table (and the machine it ran on). Every number comes from a real run: a real
+nats-server, the services as processes, the stand-in over HTTP. CPU time is read from
+/proc for the Introspect service processes only (not nats-server, not the stand-in).
+
+    python -m tests.bench.run [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import aiohttp
+
+from proto import Job
+from services.backends.tgi import TGIBackend, tgi_payload
+from services.jobs import prepare_job
+from services.local import LocalPipeline
+from services.runner import ChatModel, evaluate
+from tests.pipeline_helpers import get_json, submit_jobs
+from tests.synthetic import write_synthetic
+
+CONCURRENCY = 256  # the services' default messages in flight; the baselines get the same
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Row:
+    what: str
+    value: str
+    goal: str = ""
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def service_pids(pipeline: LocalPipeline) -> dict[str, int]:
+    return {name: pipeline.processes[name].pid for name in pipeline.service_names()}
+
+
+def wait_done(pipeline: LocalPipeline, job_id: str, timeout: float = 600.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            status = get_json(f"{pipeline.aggregator_url}/jobs/{job_id}")
+            if status["complete"]:
+                return status
+        except OSError:
+            pass
+        time.sleep(0.02)
+    raise TimeoutError(f"{job_id} did not complete in {timeout} s")
+
+
+@dataclass
+class Timed:
+    seconds: float
+    cpu: float  # CPU seconds of all service processes
+    generations: int  # backend calls (stand-in `generated`)
+    questions: int  # generation requests answered (from cache or backend)
+
+
+def run_job(pipeline: LocalPipeline, job: Job) -> Timed:
+    pids = service_pids(pipeline)
+    cpu_before = sum(cpu_seconds(pid) for pid in pids.values())
+    generated_before = sum(standin_counts(pipeline))
+    questions_before = questions(pipeline)
+    started = time.monotonic()
+    (submitted,) = submit_jobs(pipeline, [replace(job, job_id="")])
+    wait_done(pipeline, submitted.job_id)
+    seconds = time.monotonic() - started
+    cpu = sum(cpu_seconds(pid) for pid in pids.values()) - cpu_before
+    return Timed(seconds, cpu, sum(standin_counts(pipeline)) - generated_before, questions(pipeline) - questions_before)
+
+
+def standin_counts(pipeline: LocalPipeline) -> list[int]:
+    urls = [pipeline.standin_url] if pipeline.endpoint is None else pipeline.endpoint.split(",")
+    return [get_json(f"{url}/stand-in/stats").get("generated", 0) for url in urls]
+
+
+def questions(pipeline: LocalPipeline) -> int:
+    from tests.pipeline_helpers import metric_total
+
+    return int(metric_total(pipeline, "scorer", "introspect_questions_total"))
+
+
+# -- baselines without a message bus --
+
+
+async def in_process(job: Job, url: str, concurrency: int) -> float:
+    """The core's in-process runner against the stand-in over HTTP, one shared session."""
+    prepared = prepare_job(job)
+    observations = prepared.load_observations()
+    started = time.monotonic()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        backend = TGIBackend(url, session)
+        model = ChatModel(prepared.model.chat_format, prepared.system, prepared.parameters, backend.complete)
+        await evaluate(prepared.task, observations, model.generate, concurrency)
+    return time.monotonic() - started
+
+
+async def naive(job: Job, url: str, concurrency: int) -> float:
+    """What research code often does: an asyncio loop that opens a new HTTP session per request."""
+    prepared = prepare_job(job)
+    observations = prepared.load_observations()
+
+    async def complete(prompt: str, parameters) -> tuple[str, float]:  # type: ignore[no-untyped-def]
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(f"{url}/generate", json=tgi_payload(prompt, parameters)) as response,
+        ):
+            return (await response.json())["generated_text"], 0.0
+
+    started = time.monotonic()
+    model = ChatModel(prepared.model.chat_format, prepared.system, prepared.parameters, complete)
+    await evaluate(prepared.task, observations, model.generate, concurrency)
+    return time.monotonic() - started
+
+
+# -- the measurements --
+
+
+def overhead_and_throughput(tmp: Path, files: dict[str, Path], rows: Callable[[Row], None], size: int) -> None:
+    job = Job(job_id="", model="llama2-7b", dataset=str(files["sentiment"]), category="sentiment",
+              task="counterfactual", limit=size)  # fmt: skip
+    with LocalPipeline(tmp / "overhead", standin_args=("--max-concurrent", "100000")) as pipeline:
+        cold = run_job(pipeline, job)
+        warm = run_job(pipeline, job)
+        url = pipeline.standin_url
+        baseline = asyncio.run(in_process(job, url, CONCURRENCY))
+        baseline_again = asyncio.run(in_process(job, url, CONCURRENCY))
+        research = asyncio.run(naive(job, url, CONCURRENCY))
+        total_generated = sum(standin_counts(pipeline))
+    per_generation = 1000 * cold.cpu / cold.questions
+    rows(Row(f"1. overhead, counterfactual, {size} obs, cold", f"{per_generation:.2f} CPU-ms per generation "
+             f"({cold.cpu:.1f} CPU-s / {cold.questions} generations)", "<= 1.0"))  # fmt: skip
+    rows(Row("2. throughput cold", f"{size / cold.seconds:.0f} obs/s, {cold.questions / cold.seconds:.0f} gen/s "
+             f"({cold.seconds:.1f} s)"))  # fmt: skip
+    warm_rate = f"{size / warm.seconds:.0f} obs/s, {warm.questions / warm.seconds:.0f} gen/s ({warm.seconds:.1f} s)"
+    rows(Row("2. throughput warm (all from cache)", f"{warm_rate}; backend calls: {warm.generations}"))
+    rows(Row("2. warm CPU", f"{1000 * warm.cpu / warm.questions:.2f} CPU-ms per generation"))
+    rows(Row("3. in-process baseline (shared session)", f"{size / baseline:.0f} obs/s ({baseline:.1f} s); "
+             f"second run {size / baseline_again:.0f} obs/s (it has no cache)"))  # fmt: skip
+    rows(Row("3. pipeline cold / in-process", f"{baseline / cold.seconds:.2f}", ">= 0.80"))
+    rows(Row("3. pipeline warm / in-process second run", f"{baseline_again / warm.seconds:.2f}", ">= 1.00"))
+    rows(Row("3. naive loop (new session per request)", f"{size / research:.0f} obs/s ({research:.1f} s)"))
+    rows(Row("3. pipeline cold / naive loop", f"{research / cold.seconds:.2f}", ">= 2.00"))
+    assert total_generated > 0
+
+
+def saturation(tmp: Path, files: dict[str, Path], rows: Callable[[Row], None], size: int) -> None:
+    import subprocess
+
+    from services.local import free_port
+
+    ports = [free_port() for _ in range(4)]
+    command = [sys.executable, "-m", "services.cli", "standin", "--latency", "0.2", "--max-concurrent", "32"]
+    servers = [subprocess.Popen([*command, "--port", str(port)], stdout=subprocess.DEVNULL) for port in ports]
+    try:
+        endpoint = ",".join(f"http://127.0.0.1:{port}" for port in ports)
+        time.sleep(1.5)
+        job = Job(job_id="", model="llama2-7b", dataset=str(files["sentiment"]), category="sentiment",
+                  task="classify", limit=size)  # fmt: skip
+        with LocalPipeline(tmp / "saturation", endpoint=endpoint) as pipeline:
+            timed = run_job(pipeline, job)
+            overloaded = sum(get_json(f"{url}/stand-in/stats").get("overloaded", 0) for url in endpoint.split(","))
+    finally:
+        for server in servers:
+            server.terminate()
+    ideal = 4 * 32 / 0.2
+    achieved = timed.generations / timed.seconds
+    rows(Row(f"4. saturation, 4 backends x 32 at 0.2 s, {size} obs", f"{achieved:.0f} gen/s of ideal {ideal:.0f}: "
+             f"{achieved / ideal:.1%} (429s: {overloaded})", ">= 95%"))  # fmt: skip
+
+
+def memory(tmp: Path, files: dict[str, Path], rows: Callable[[Row], None], sizes: tuple[int, ...]) -> None:
+    for size in sizes:
+        job = Job(job_id="", model="llama2-7b", dataset=str(files["sentiment"]), category="sentiment",
+                  task="classify", limit=size)  # fmt: skip
+        with LocalPipeline(tmp / f"memory-{size}", standin_args=("--max-concurrent", "100000")) as pipeline:
+            run_job(pipeline, job)
+            peaks = {name.split("-")[0]: peak_rss_mib(pid) for name, pid in service_pids(pipeline).items()}
+        shown = ", ".join(f"{name} {mib:.0f}" for name, mib in sorted(peaks.items()))
+        rows(Row(f"5. peak RSS MiB, classify, {size} obs", shown, "flat"))
+
+
+def scaling(tmp: Path, files: dict[str, Path], rows: Callable[[Row], None], size: int) -> None:
+    job = Job(job_id="", model="llama2-7b", dataset=str(files["sentiment"]), category="sentiment",
+              task="counterfactual", limit=size)  # fmt: skip
+    for processes in (1, 2):
+        with LocalPipeline(tmp / f"scaling-{processes}", partitions=processes, scorers=processes,
+                           standin_args=("--max-concurrent", "100000")) as pipeline:  # fmt: skip
+            timed = run_job(pipeline, job)
+        rows(Row(f"6. {processes} scorer + {processes} gateway, {size} obs cold",
+                 f"{size / timed.seconds:.0f} obs/s, {timed.questions / timed.seconds:.0f} gen/s"))  # fmt: skip
+
+
+def machine() -> str:
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor())  # fmt: skip
+    memory_kib = int(Path("/proc/meminfo").read_text().split()[1])
+    return (f"{os.cpu_count()} cores ({model}), {memory_kib / 2**20:.0f} GiB, Python {platform.python_version()}, "
+            f"{time.strftime('%Y-%m-%d')}")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small sizes, to check the bench itself")
+    args = parser.parse_args()
+    big = 10_000
+    sizes = {"overhead": 3000, "saturation": 4000, "memory": (1000, big), "scaling": 2000}
+    if args.quick:
+        big = 600
+        sizes = {"overhead": 300, "saturation": 300, "memory": (100, big), "scaling": 200}
+
+    rows: list[Row] = []
+
+    def show(row: Row) -> None:
+        rows.append(row)
+        print(f"  {row.what:52} {row.value}" + (f"   [goal {row.goal}]" if row.goal else ""), flush=True)
+
+    started = time.monotonic()
+    print(f"machine: {machine()}")
+    with tempfile.TemporaryDirectory(prefix="introspect-bench-") as folder:
+        tmp = Path(folder)
+        files = write_synthetic(tmp / "data", rows=big)
+        overhead_and_throughput(tmp, files, show, sizes["overhead"])
+        saturation(tmp, files, show, sizes["saturation"])
+        memory(tmp, files, show, sizes["memory"])
+        scaling(tmp, files, show, sizes["scaling"])
+    print(f"bench took {time.monotonic() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
