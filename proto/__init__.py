@@ -20,6 +20,7 @@ from .messages import (
     WorkItem,
     decode,
     encode,
+    replace,
 )
 
 __all__ = [
@@ -42,4 +43,5 @@ __all__ = [
     "WorkItem",
     "decode",
     "encode",
+    "replace",
 ]

@@ -6,14 +6,14 @@ import asyncio
 import secrets
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import nats.js.errors
 from nats.js import api
 
-from proto import DeadLetter, InvalidMessage, Job, JobEvent, decode
+from proto import DeadLetter, InvalidMessage, Job, JobEvent, decode, replace
 from proto import subjects as sub
 
 from .jobs import prepare_job

@@ -8,13 +8,12 @@ same stand-in. Then the same jobs again: all from the cache, no backend call at 
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from proto import Job
+from proto import Job, replace
 from services.core.tasks import TASK_KINDS
 from services.local import LocalPipeline
 

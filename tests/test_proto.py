@@ -77,7 +77,7 @@ def _body(message, **changes) -> bytes:
     ("payload", "message"),
     [
         (b"\xc1", "not msgpack"),
-        (msgpack.packb([1, 2]), "message is a list, not a map"),
+        (msgpack.packb([1, 2]), "message is not a map"),
         (_body(EXAMPLES[0], v=2), "field 'v': schema version 2 is not 1"),
         (_body(EXAMPLES[0], v=KeyError), "schema version None"),
         (_body(EXAMPLES[0], kind="scored-result"), "field 'kind': 'scored-result' is not job"),
@@ -85,7 +85,7 @@ def _body(message, **changes) -> bytes:
         (_body(EXAMPLES[0], seed="0"), "field 'seed' must be int, got str"),
         (_body(EXAMPLES[0], seed=True), "field 'seed' must be int, got bool"),
         (_body(EXAMPLES[0], config=["a", 1]), "field 'config[1]' must be str, got int"),
-        (_body(EXAMPLES[0], columns=["x"]), "field 'columns' must be a map, got list"),
+        (_body(EXAMPLES[0], columns=["x"]), "field 'columns' must be a map, got a list"),
         (_body(EXAMPLES[0], extra=1), "unknown field 'extra'"),
         (b"\x00" * (MAX_MESSAGE_BYTES + 1), "exceeds"),
     ],

@@ -8,12 +8,11 @@ end, sent to the aggregator as a scored result.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from functools import lru_cache
 
 from nats.aio.msg import Msg
 
-from proto import GenerationReply, GenerationRequest, ObservationMessage, ScoredResult, WorkItem
+from proto import GenerationReply, GenerationRequest, ObservationMessage, ScoredResult, WorkItem, replace
 from proto import subjects as sub
 from proto.subjects import ConsumerSpec
 

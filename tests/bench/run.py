@@ -17,12 +17,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 
-from proto import Job
+from proto import Job, replace
 from services.backends.tgi import TGIBackend, tgi_payload
 from services.jobs import prepare_job
 from services.local import LocalPipeline
