@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiohttp
+import msgspec
 
 from ..core.chat import GenerationParameters
 from ..runner import GenerationRejected
@@ -53,6 +54,11 @@ class CompletionBackend(Protocol):
     async def complete(self, prompt: str, parameters: GenerationParameters) -> tuple[str, float]: ...
 
 
+_JSON = {"Content-Type": "application/json"}
+# Worth another attempt: the server may answer next time.
+_PASSING = (TimeoutError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, msgspec.DecodeError)
+
+
 class JsonEndpoint:
     """POST JSON to one URL over a shared session, retrying what is worth retrying."""
 
@@ -67,20 +73,26 @@ class JsonEndpoint:
 
     async def post(self, payload: Mapping[str, Any]) -> tuple[Any, Mapping[str, str]]:
         """(JSON body, headers) of the first successful answer."""
+        body = msgspec.json.encode(payload)  # msgspec: the same JSON as json.dumps, several times faster
         last_problem = "no attempt made"
         for attempt in range(self.retry.max_attempts):
             if attempt:
                 self.retries += 1
                 await asyncio.sleep(self.retry.delay(attempt - 1))
             try:
-                async with self.session.post(self.url, json=payload, timeout=self.timeout) as response:
+                async with self.session.post(self.url, data=body, headers=_JSON, timeout=self.timeout) as response:
                     if response.status == 200:
-                        return await response.json(content_type=None), response.headers
+                        return msgspec.json.decode(await response.read()), response.headers
                     detail = await _error_text(response)
                     if response.status in (400, 422):
                         raise GenerationRejected(f"{response.status}: {detail}")
                     last_problem = f"HTTP {response.status}: {detail}"
-            except (TimeoutError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as error:
+            except (
+                TimeoutError,
+                aiohttp.ClientConnectionError,
+                aiohttp.ClientPayloadError,
+                msgspec.DecodeError,
+            ) as error:
                 last_problem = f"{type(error).__name__}: {error}"
         raise BackendUnavailable(f"{self.url} gave no answer after {self.retry.max_attempts} attempts ({last_problem})")
 

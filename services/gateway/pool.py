@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from ..backends.http import BackendUnavailable, CompletionBackend
 from ..core.chat import GenerationParameters
 from ..runner import GenerationRejected
+from ..runtime.metrics import child
 from . import metrics
 
 DEFAULT_LIMIT = 16
@@ -68,7 +69,7 @@ class BackendPool:
             member = min(self.members, key=lambda m: m.load)  # the semaphore guarantees one has room
             member.in_flight += 1
             url = member.backend.url
-            metrics.BACKEND_IN_FLIGHT.labels(url).inc()
+            child(metrics.BACKEND_IN_FLIGHT, url).inc()
             started = time.perf_counter()
             outcome = "ok"
             try:
@@ -81,9 +82,9 @@ class BackendPool:
                 raise
             finally:
                 member.in_flight -= 1
-                metrics.BACKEND_IN_FLIGHT.labels(url).dec()
-                metrics.BACKEND_SECONDS.labels(url).observe(time.perf_counter() - started)
-                metrics.GENERATIONS.labels(url, outcome).inc()
+                child(metrics.BACKEND_IN_FLIGHT, url).dec()
+                child(metrics.BACKEND_SECONDS, url).observe(time.perf_counter() - started)
+                child(metrics.GENERATIONS, url, outcome).inc()
                 retries = member.backend.retries
-                metrics.RETRIES.labels(url).inc(retries - member.retries_seen)
+                child(metrics.RETRIES, url).inc(retries - member.retries_seen)
                 member.retries_seen = retries

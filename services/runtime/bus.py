@@ -129,14 +129,15 @@ class Bus:
         for item in outgoing:
             headers = {"Nats-Msg-Id": item.msg_id}
             pending.append(await self.js.publish_async(item.subject, encode(item.message), headers=headers))
-            metrics.MESSAGES_PUBLISHED.labels(self.service, item.message.KIND).inc()
-        if pending:
-            try:
-                await asyncio.wait_for(asyncio.gather(*pending), timeout)
-            except TimeoutError:
+            metrics.child(metrics.MESSAGES_PUBLISHED, self.service, item.message.KIND).inc()
+        try:
+            async with asyncio.timeout(timeout):
                 for future in pending:
-                    future.cancel()
-                raise
+                    await future
+        except TimeoutError:
+            for future in pending:
+                future.cancel()
+            raise
 
     async def dead_letter(self, msg: Msg, reason: str, category: str) -> None:
         headers = msg.headers or {}
@@ -154,7 +155,7 @@ class Bus:
             at=time.time(),
         )
         await self.js.publish(dead_letter_subject(self.service), encode(letter))
-        metrics.DEAD_LETTERS.labels(self.service, category).inc()
+        metrics.child(metrics.DEAD_LETTERS, self.service, category).inc()
         log.warning("%s: dead letter from %s: %s", self.service, msg.subject, reason)
 
     async def close(self) -> None:
@@ -232,7 +233,7 @@ class Worker:
                     task = asyncio.create_task(self._process(msg))
                     self.in_flight[task] = msg
                     self._started[task] = time.monotonic()
-                    metrics.IN_FLIGHT.labels(self.bus.service).inc()
+                    metrics.child(metrics.IN_FLIGHT, self.bus.service).inc()
                     task.add_done_callback(self._done)
         finally:
             keepalive.cancel()
@@ -242,7 +243,7 @@ class Worker:
     def _done(self, task: asyncio.Task[None]) -> None:
         self.in_flight.pop(task, None)
         self._started.pop(task, None)
-        metrics.IN_FLIGHT.labels(self.bus.service).dec()
+        metrics.child(metrics.IN_FLIGHT, self.bus.service).dec()
         self._slot_free.set()
 
     async def _process(self, msg: Msg) -> None:
@@ -260,10 +261,10 @@ class Worker:
         try:
             message = decode(msg.data, *self.accepts)
             kind = message.KIND
-            metrics.MESSAGES_CONSUMED.labels(service, kind).inc()
+            metrics.child(metrics.MESSAGES_CONSUMED, service, kind).inc()
             await self.handle(message, msg)
         except InvalidMessage as invalid:
-            metrics.MESSAGES_CONSUMED.labels(service, kind).inc()
+            metrics.child(metrics.MESSAGES_CONSUMED, service, kind).inc()
             await self._dead_letter(msg, f"invalid message: {invalid}", "invalid-message")
         except Reject as rejected:
             await self._dead_letter(msg, str(rejected), rejected.category)
@@ -276,11 +277,11 @@ class Worker:
                 await self._dead_letter(msg, reason, "gave-up")
             else:
                 log.warning("%s: %s failed (%s: %s), redelivering", service, kind, type(error).__name__, error)
-                metrics.REDELIVERIES.labels(service).inc()
+                metrics.child(metrics.REDELIVERIES, service).inc()
                 await msg.nak(delay=min(0.1 * 2**deliveries, 30.0))
         else:
             await msg.ack()
-            metrics.PROCESSING_SECONDS.labels(service, kind).observe(time.perf_counter() - started)
+            metrics.child(metrics.PROCESSING_SECONDS, service, kind).observe(time.perf_counter() - started)
 
     async def _dead_letter(self, msg: Msg, reason: str, category: str) -> None:
         await self.bus.dead_letter(msg, reason, category)

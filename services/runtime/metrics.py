@@ -8,6 +8,8 @@ are bounded: services, subject kinds, outcomes and reasons come from fixed sets.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import lru_cache
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
@@ -34,6 +36,12 @@ IN_FLIGHT = Gauge("introspect_messages_in_flight", "Messages being processed now
 CONSUMER_PENDING = Gauge(
     "introspect_consumer_pending", "Messages waiting in the service's JetStream consumer", ["service"]
 )
+
+
+@lru_cache(maxsize=4096)
+def child(metric: Any, *labels: str) -> Any:
+    """`metric.labels(*labels)`, looked up once: label sets are few, messages are many."""
+    return metric.labels(*labels)
 
 
 def health_app(is_healthy: Callable[[], bool]) -> web.Application:

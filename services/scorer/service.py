@@ -22,6 +22,7 @@ from ..core.records import record_to_dict
 from ..core.replay import Generation, Pending, TranscriptTooLong, advance
 from ..core.tasks import Task, UnknownTask
 from ..runtime.bus import Outgoing, Reject
+from ..runtime.metrics import child
 from ..runtime.service import ServiceBase
 from . import metrics
 
@@ -69,6 +70,6 @@ class Scorer(ServiceBase):
         outgoing = next_message(work, self.partitions)
         await self.bus.publish([outgoing])
         if isinstance(outgoing.message, ScoredResult):
-            metrics.SCORED.labels(work.task).inc()
+            child(metrics.SCORED, work.task).inc()
         else:
-            metrics.QUESTIONS.labels(work.task).inc()
+            child(metrics.QUESTIONS, work.task).inc()
