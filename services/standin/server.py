@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +37,9 @@ class StandInSettings:
 
 def create_app(settings: StandInSettings = StandInSettings()) -> web.Application:
     stats: Counter[str] = Counter()
+    # When the first generation started and the last one ended (unix seconds): the window
+    # over which a benchmark measures how busy the server was kept.
+    window: dict[str, float] = {}
     in_flight = 0
 
     async def generate_one(request: web.Request, openai: bool = False) -> tuple[int, dict[str, Any], float]:
@@ -66,6 +70,7 @@ def create_app(settings: StandInSettings = StandInSettings()) -> web.Application
             return 503, {"error": "stand-in: injected failure", "error_type": "generation"}, 0.0
 
         in_flight += 1
+        window.setdefault("first_started_at", time.time())
         stats["peak_in_flight"] = max(stats["peak_in_flight"], in_flight)
         try:
             if settings.latency:
@@ -73,6 +78,7 @@ def create_app(settings: StandInSettings = StandInSettings()) -> web.Application
         finally:
             in_flight -= 1
         stats["generated"] += 1
+        window["last_finished_at"] = time.time()
         if openai:
             return 200, _openai_response(prompt), settings.latency
         return 200, _response(prompt, parameters), settings.latency
@@ -113,7 +119,7 @@ def create_app(settings: StandInSettings = StandInSettings()) -> web.Application
         return web.Response(status=200, headers=_HEADER)
 
     async def stats_view(_: web.Request) -> web.Response:
-        return web.json_response(dict(stats), headers=_HEADER)
+        return web.json_response({**stats, **window}, headers=_HEADER)
 
     app = web.Application()
     app.add_routes(

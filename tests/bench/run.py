@@ -181,14 +181,20 @@ def saturation(tmp: Path, files: dict[str, Path], rows: Callable[[Row], None], s
                   task="classify", limit=size)  # fmt: skip
         with LocalPipeline(tmp / "saturation", endpoint=endpoint) as pipeline:
             timed = run_job(pipeline, job)
-            overloaded = sum(get_json(f"{url}/stand-in/stats").get("overloaded", 0) for url in endpoint.split(","))
+            stats = [get_json(f"{url}/stand-in/stats") for url in endpoint.split(",")]
+            overloaded = sum(s.get("overloaded", 0) for s in stats)
     finally:
         for server in servers:
             server.terminate()
     ideal = 4 * 32 / 0.2
     achieved = timed.generations / timed.seconds
-    rows(Row(f"4. saturation, 4 backends x 32 at 0.2 s, {size} obs", f"{achieved:.0f} gen/s of ideal {ideal:.0f}: "
-             f"{achieved / ideal:.1%} (429s: {overloaded})", ">= 95%"))  # fmt: skip
+    # The backends' own window: from the first generation any of them started to the last
+    # one finished. Dataset loading and start-up are outside it.
+    busy = max(s["last_finished_at"] for s in stats) - min(s["first_started_at"] for s in stats)
+    steady = timed.generations / busy
+    rows(Row(f"4. saturation, 4 backends x 32 at 0.2 s, {size} obs", f"{steady:.0f} gen/s of ideal {ideal:.0f}: "
+             f"{steady / ideal:.1%} while generating; {achieved / ideal:.1%} submit to done (429s: {overloaded})",
+             ">= 95%"))  # fmt: skip
 
 
 def memory(tmp: Path, files: dict[str, Path], rows: Callable[[Row], None], sizes: tuple[int, ...]) -> None:
@@ -226,7 +232,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, to check the bench itself")
     args = parser.parse_args()
     big = 10_000
-    sizes = {"overhead": 3000, "saturation": 4000, "memory": (1000, big), "scaling": 2000}
+    sizes = {"overhead": 3000, "saturation": 6000, "memory": (1000, big), "scaling": 2000}
     if args.quick:
         big = 600
         sizes = {"overhead": 300, "saturation": 300, "memory": (100, big), "scaling": 200}
