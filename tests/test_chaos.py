@@ -96,3 +96,18 @@ def test_sigterm_finishes_or_hands_back_in_flight_work(tmp_path) -> None:
             pipeline.wait_healthy(name)
         wait_complete(pipeline, [job.job_id], timeout=40)
         _check_against_in_process(pipeline, job, tmp_path)
+
+
+def test_a_restarted_aggregator_remembers_finished_jobs_without_rescanning(tmp_path) -> None:
+    from .conftest import DATASET_MIRROR
+
+    with LocalPipeline(tmp_path / "run") as pipeline:
+        job = Job(job_id="", model="llama2-7b", dataset="RTE", task="answerable", mirror=str(DATASET_MIRROR))
+        (job,) = submit_jobs(pipeline, [job])
+        before = wait_complete(pipeline, [job.job_id])[job.job_id]
+        pipeline.kill("aggregator")
+        pipeline.start_service("aggregator")
+        pipeline.wait_healthy("aggregator")
+        after = get_json(f"{pipeline.aggregator_url}/jobs/{job.job_id}")
+        assert after == before and after["complete"] and after["received"] == 12
+        assert len(records_frame(pipeline, job.job_id)) == 12

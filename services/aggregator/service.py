@@ -39,13 +39,14 @@ class JobState:
     complete: bool = False
     result_file: str | None = None
     records_file: str | None = None
+    final_results: dict[str, Any] | None = None  # kept when complete: no records to rescan at start
 
     @property
     def job_id(self) -> str:
         return self.manifest.job.job_id
 
     def status(self) -> dict[str, Any]:
-        results = self.running.results()
+        results = self.running.results() if self.final_results is None else self.final_results
         return {
             "job_id": self.job_id,
             "experiment_id": self.manifest.experiment_id,
@@ -78,13 +79,16 @@ class Aggregator:
         self.store = ResultStore(self.store_dir)
         for job_id, raw in self.store.manifests():
             state = self._register(decode(raw, JobManifest))
+            completion = self.store.completion(job_id)
+            if completion is not None:  # finished: its counts were kept, its records stay on disk
+                state.complete, state.received = True, completion["received"]
+                state.result_file, state.records_file = completion["result_file"], completion["records_file"]
+                state.final_results = completion["results"]
+                metrics.JOB_PROGRESS.labels(job_id, "received").set(state.received)
+                continue
             for record in self._records(state):
                 self._count(state, record)
-            completion = self.store.completion(job_id)
-            if completion is not None:
-                state.complete = True
-                state.result_file, state.records_file = completion["result_file"], completion["records_file"]
-            elif state.received >= state.manifest.expected:
+            if state.received >= state.manifest.expected:
                 await self._finish(state)  # it died between the last record and the files
 
     async def close(self) -> None:
@@ -155,7 +159,14 @@ class Aggregator:
             write_result_files, self.results_dir, spec, final, state.manifest.setup_seconds, records
         )
         state.result_file, state.records_file = str(result_path), str(records_path)
-        self.store.mark_complete(state.job_id, {"result_file": state.result_file, "records_file": state.records_file})
+        state.final_results = final.results()
+        completion = {
+            "result_file": state.result_file,
+            "records_file": state.records_file,
+            "received": len(records),
+            "results": state.final_results,
+        }
+        self.store.mark_complete(state.job_id, completion)
         state.complete = True
         metrics.JOBS_COMPLETED.inc()
         event = JobEvent(state.job_id, "completed", f"{len(records)} records; results in {result_path}", time.time())
