@@ -215,6 +215,11 @@ def encode(message: Message) -> bytes:
     return _ENCODER.encode(message)
 
 
+def encode_part(part: _Part) -> bytes:
+    """The msgpack bytes of a message part: the same part always gives the same bytes."""
+    return _ENCODER.encode(part)
+
+
 def decode(payload: bytes, *expected: type[M], max_bytes: int = MAX_MESSAGE_BYTES) -> M:
     """The message in `payload`, which must be one of the `expected` types (any, if none)."""
     if len(payload) > max_bytes:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from .messages import Chat
+from .messages import Chat, encode_part
 
 PREFIX = "introspect"
 
@@ -109,8 +109,6 @@ def manifest_id(job_id: str) -> str:
 
 def partition_of(chat: Chat, message: str, partitions: int) -> int:
     """The gateway partition for a question: the same question always lands on the same cache."""
-    digest = hashlib.blake2b(digest_size=8)
-    for part in (chat.model, chat.system, repr(chat.sampling), repr(chat.template), message):
-        digest.update(part.encode())
-        digest.update(b"\0")
+    digest = hashlib.blake2b(encode_part(chat), digest_size=8)
+    digest.update(message.encode())
     return int.from_bytes(digest.digest(), "big") % partitions
