@@ -81,7 +81,7 @@ class LocalPipeline:
                     "standin",
                     [*_introspect(), "standin", "--port", str(self.ports["standin"]), *self.standin_args],
                 )
-                _wait_for_port(self.ports["standin"], "the stand-in", self.processes["standin"])
+                wait_for_port(self.ports["standin"], "the stand-in", self.processes["standin"])
             for name in self.service_names():
                 self.start_service(name)
             for name in self.service_names():
@@ -95,7 +95,7 @@ class LocalPipeline:
         store = self.data_dir / "nats"
         command = [nats_server_binary(), "-js", "-sd", str(store), "-a", "127.0.0.1", "-p", str(self.ports["nats"])]
         self._spawn("nats", command)
-        _wait_for_port(self.ports["nats"], "nats-server", self.processes["nats"])
+        wait_for_port(self.ports["nats"], "nats-server", self.processes["nats"])
 
     def restart_nats(self) -> None:
         self.stop_process("nats")
@@ -188,7 +188,7 @@ def _introspect() -> list[str]:
     return [sys.executable, "-m", "services.cli"]
 
 
-def _wait_for_port(port: int, what: str, process: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+def wait_for_port(port: int, what: str, process: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -1,0 +1,54 @@
+"""The NATS helper against a real nats-server: credentials, idempotent streams, publish and dedup."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+
+import nats.errors
+import pytest
+
+from proto import JobEvent
+from proto import subjects as sub
+from services.local import free_port, nats_server_binary, wait_for_port
+from services.runtime.bus import Bus, Outgoing, connect
+from services.runtime.settings import Settings
+
+
+@pytest.fixture
+def nats_with_password(tmp_path) -> Iterator[str]:
+    port = free_port()
+    command = [nats_server_binary(), "-js", "-sd", str(tmp_path), "-a", "127.0.0.1", "-p", str(port),
+               "--user", "introspect", "--pass", "s3cret"]  # fmt: skip
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, "nats-server", server)
+        yield f"nats://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait()
+
+
+async def test_credentials_are_used_and_wrong_ones_refused(nats_with_password: str) -> None:
+    good = Settings(nats_url=nats_with_password, nats_user="introspect", nats_password="s3cret")
+    client = await connect(good, "test")
+    assert client.is_connected
+    await client.close()
+    with pytest.raises((nats.errors.NoServersError, nats.errors.Error)):
+        await connect(Settings(nats_url=nats_with_password, nats_user="introspect", nats_password="wrong"), "test")
+
+
+async def test_streams_are_declared_idempotently_and_repeats_are_dropped(nats_with_password: str) -> None:
+    settings = Settings(nats_url=nats_with_password, nats_user="introspect", nats_password="s3cret")
+    bus = await Bus.open(settings, "test")
+    try:
+        await bus.ensure_streams()  # a second service starting: nothing changes, nothing fails
+        event = JobEvent("job", "accepted", "", 1.0)
+        await bus.publish([Outgoing(sub.EVENTS, event, "job:accepted")])
+        await bus.publish([Outgoing(sub.EVENTS, event, "job:accepted")])  # a re-publication after a crash
+        info = await bus.js.stream_info("INTROSPECT_EVENTS")
+        assert info.state.messages == 1
+        names = {stream.config.name for stream in await bus.js.streams_info()}
+        assert names == {spec.name for spec in sub.STREAMS}
+    finally:
+        await bus.close()
