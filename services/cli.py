@@ -143,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--backend", action="append", default=None, metavar="URL",
                        help="gateway: a TGI URL, or openai+URL (repeatable)")  # fmt: skip
     serve.add_argument("--backend-concurrency", type=_count(1), default=None, help="gateway: per-backend limit")
+    serve.add_argument("--tgi-service", default=None, metavar="NAMESPACE/NAME[:PORT]",
+                       help="gateway: find TGI pods through the Kubernetes API (EndpointSlices)")  # fmt: skip
     serve.add_argument("--offline", action="store_true", default=None, help="gateway: answer from the cache alone")
 
     submit = commands.add_parser("submit", help="publish one job, or a grid of jobs, to a running pipeline")
@@ -292,6 +294,7 @@ def _serve(args: argparse.Namespace) -> int:
         backends=tuple(args.backend) if args.backend else None,
         backend_concurrency=args.backend_concurrency,
         offline=args.offline,
+        tgi_service=args.tgi_service,
     )
     service: Service
     match args.service:
@@ -312,6 +315,8 @@ def _serve(args: argparse.Namespace) -> int:
                 settings.partition,
                 settings.backend_concurrency,
                 settings.offline,
+                settings.tgi_service,
+                settings.kubernetes_api,
             )
         case _:
             from .aggregator.service import Aggregator

@@ -146,6 +146,7 @@ def test_settings_from_the_environment_with_flags_on_top() -> None:
         ({"INTROSPECT_ACK_WAIT": "0"}, "ack_wait must be positive"),
         ({"INTROSPECT_PARTITIONS": "0"}, "partitions must be at least 1"),
         ({"INTROSPECT_PARTITION": "1"}, "partition 1 is outside 0..0"),
+        ({"INTROSPECT_TGI_SERVICE": "tgi-llama"}, "tgi_service is namespace/name"),
     ],
 )
 def test_bad_settings_are_named(env: dict[str, str], message: str) -> None:

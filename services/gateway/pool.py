@@ -8,8 +8,9 @@ rather than overloading a server: that wait is the gateway's back-pressure.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ..backends.http import BackendUnavailable, CompletionBackend
@@ -19,6 +20,7 @@ from ..runtime.metrics import child
 from . import metrics
 
 DEFAULT_LIMIT = 16
+log = logging.getLogger("introspect")
 
 
 class PoolMisconfigured(RuntimeError):
@@ -38,53 +40,106 @@ class Member:
 
 
 class BackendPool:
-    def __init__(self, backends: Sequence[CompletionBackend], limit: int = 0) -> None:
-        if not backends:
+    """Backends of one model; members can come and go (pods found by discovery) while it runs."""
+
+    def __init__(
+        self,
+        backends: Sequence[CompletionBackend] = (),
+        limit: int = 0,
+        make_backend: Callable[[str], CompletionBackend] | None = None,
+    ) -> None:
+        if not backends and make_backend is None:
             raise PoolMisconfigured("no backend configured")
         self.backends = list(backends)
         self.configured_limit = limit
+        self.make_backend = make_backend
         self.members: list[Member] = []
         self.model_id = ""
-        self._room: asyncio.Semaphore | None = None
+        self._freed = asyncio.Event()  # set when a member has room again, or members changed
+        self._has_members = asyncio.Event()
 
     async def start(self) -> None:
+        """Describe the configured backends; they must all serve one model."""
+        if not self.backends:
+            return
         infos = await asyncio.gather(*(backend.describe() for backend in self.backends))
         served = {info.model_id for info in infos}
         if len(served) != 1:
             raise PoolMisconfigured(f"backends serve different models: {', '.join(sorted(served))}")
         self.model_id = served.pop()
-        self.members = [
-            Member(backend, self.configured_limit or info.max_concurrent or DEFAULT_LIMIT)
-            for backend, info in zip(self.backends, infos, strict=True)
-        ]
-        self._room = asyncio.Semaphore(sum(member.limit for member in self.members))
+        for backend, info in zip(self.backends, infos, strict=True):
+            self._add(Member(backend, self.configured_limit or info.max_concurrent or DEFAULT_LIMIT))
+
+    async def wait_ready(self) -> str:
+        """The served model id, once at least one backend is known."""
+        await self._has_members.wait()
+        return self.model_id
+
+    async def update(self, urls: set[str]) -> None:
+        """Make the members exactly `urls`: describe the new ones, drop the gone ones.
+
+        A dropped member gets no new requests; the ones it is serving finish normally.
+        """
+        assert self.make_backend is not None, "a pool of fixed backends cannot be updated"
+        current = {member.backend.url: member for member in self.members}
+        for url in set(current) - urls:
+            self.members.remove(current[url])
+            log.info("backend %s left the pool", url)
+        for url in sorted(urls - set(current)):
+            backend = self.make_backend(url)
+            try:
+                info = await backend.describe()
+            except BackendUnavailable as error:
+                log.warning("backend %s not added: %s", url, error)
+                continue
+            if self.model_id and info.model_id != self.model_id:
+                log.warning("backend %s serves %s, not %s: not added", url, info.model_id, self.model_id)
+                continue
+            self.model_id = info.model_id
+            self._add(Member(backend, self.configured_limit or info.max_concurrent or DEFAULT_LIMIT))
+            log.info("backend %s joined the pool", url)
+        self._freed.set()
+
+    def _add(self, member: Member) -> None:
+        self.members.append(member)
+        self._has_members.set()
+        self._freed.set()
 
     @property
     def capacity(self) -> int:
         return sum(member.limit for member in self.members)
 
+    async def _acquire(self) -> Member:
+        """The least loaded member with room, waiting for room if there is none."""
+        while True:
+            free = [member for member in self.members if member.in_flight < member.limit]
+            if free:
+                member = min(free, key=lambda m: m.load)
+                member.in_flight += 1
+                return member
+            self._freed.clear()
+            await self._freed.wait()
+
     async def complete(self, prompt: str, parameters: GenerationParameters) -> tuple[str, float]:
-        assert self._room is not None, "start() the pool first"
-        async with self._room:
-            member = min(self.members, key=lambda m: m.load)  # the semaphore guarantees one has room
-            member.in_flight += 1
-            url = member.backend.url
-            child(metrics.BACKEND_IN_FLIGHT, url).inc()
-            started = time.perf_counter()
-            outcome = "ok"
-            try:
-                return await member.backend.complete(prompt, parameters)
-            except GenerationRejected:
-                outcome = "rejected"
-                raise
-            except BackendUnavailable:
-                outcome = "unavailable"
-                raise
-            finally:
-                member.in_flight -= 1
-                child(metrics.BACKEND_IN_FLIGHT, url).dec()
-                child(metrics.BACKEND_SECONDS, url).observe(time.perf_counter() - started)
-                child(metrics.GENERATIONS, url, outcome).inc()
-                retries = member.backend.retries
-                child(metrics.RETRIES, url).inc(retries - member.retries_seen)
-                member.retries_seen = retries
+        member = await self._acquire()
+        url = member.backend.url
+        child(metrics.BACKEND_IN_FLIGHT, url).inc()
+        started = time.perf_counter()
+        outcome = "ok"
+        try:
+            return await member.backend.complete(prompt, parameters)
+        except GenerationRejected:
+            outcome = "rejected"
+            raise
+        except BackendUnavailable:
+            outcome = "unavailable"
+            raise
+        finally:
+            member.in_flight -= 1
+            self._freed.set()
+            child(metrics.BACKEND_IN_FLIGHT, url).dec()
+            child(metrics.BACKEND_SECONDS, url).observe(time.perf_counter() - started)
+            child(metrics.GENERATIONS, url, outcome).inc()
+            retries = member.backend.retries
+            child(metrics.RETRIES, url).inc(retries - member.retries_seen)
+            member.retries_seen = retries

@@ -13,6 +13,7 @@ redelivery: an outage delays a job, it never records wrong results.
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
 import aiohttp
@@ -34,9 +35,11 @@ from ..runtime.bus import Bus, Outgoing, Reject
 from ..runtime.service import ServiceBase
 from . import metrics
 from .cache import CachedGeneration, GenerationCache, cache_key
+from .discovery import EndpointSliceWatcher, ServiceRef, discovery_api
 from .pool import BackendPool
 
 OPENAI_PREFIX = "openai+"
+log = logging.getLogger("introspect")
 
 
 def make_backend(spec: str, session: aiohttp.ClientSession) -> CompletionBackend:
@@ -57,12 +60,17 @@ class Gateway(ServiceBase):
         partition: int = 0,
         backend_limit: int = 0,
         offline: bool = False,
+        tgi_service: str | None = None,
+        kubernetes_api: str | None = None,
     ) -> None:
         self.cache_dir = cache_dir
         self.backend_specs = backends
         self.partition = partition
         self.backend_limit = backend_limit
-        self.offline = offline or not backends
+        self.tgi_service = tgi_service  # namespace/name[:port]: find its pods through the Kubernetes API
+        self.kubernetes_api = kubernetes_api  # None: the in-cluster API server
+        self.offline = offline or not (backends or tgi_service)
+        self.watcher: EndpointSliceWatcher | None = None
         self.bus: Bus | None = None
         self.cache: GenerationCache | None = None
         self.pool: BackendPool | None = None
@@ -80,13 +88,31 @@ class Gateway(ServiceBase):
             # With no server to ask, the cache key needs the served model id from configuration.
             self.model_id = _offline_model_id(self.cache_dir)
             return
-        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-        self.pool = BackendPool([make_backend(spec, self.session) for spec in self.backend_specs], self.backend_limit)
-        await self.pool.start()
-        self.model_id = self.pool.model_id
+        session = self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        if self.tgi_service is not None:
+            self.pool = BackendPool(limit=self.backend_limit, make_backend=lambda url: TGIBackend(url, session))
+            self._watch(ServiceRef.parse(self.tgi_service))
+            log.info("waiting for a ready pod of %s", self.tgi_service)
+        else:
+            self.pool = BackendPool([make_backend(spec, session) for spec in self.backend_specs], self.backend_limit)
+            await self.pool.start()
+        self.model_id = await self.pool.wait_ready()
         (self.cache_dir / "served-model").write_text(self.model_id + "\n", encoding="utf-8")
 
+    def _watch(self, service: ServiceRef) -> None:
+        """Follow the TGI pods of `service`; each change of the ready set updates the pool."""
+        loop, pool = asyncio.get_running_loop(), self.pool
+        assert pool is not None
+
+        def on_change(urls: set[str]) -> None:  # called from the watcher's thread
+            loop.call_soon_threadsafe(lambda: asyncio.ensure_future(pool.update(urls)))
+
+        self.watcher = EndpointSliceWatcher(discovery_api(self.kubernetes_api), service, on_change)
+        self.watcher.start()
+
     async def close(self) -> None:
+        if self.watcher is not None:
+            self.watcher.close()
         if self.session is not None:
             await self.session.close()
         if self.cache is not None:

@@ -7,6 +7,7 @@ runs in a cluster (settings from the chart, as environment variables) and on a l
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -37,6 +38,8 @@ class Settings:
     partition: int = 0  # which partition this gateway serves (a StatefulSet ordinal)
     backends: tuple[str, ...] = field(default=())  # gateway: URLs; "openai+" prefix for OpenAI-compatible
     backend_concurrency: int = 0  # gateway: per-backend limit; 0 asks TGI's /info
+    tgi_service: str | None = None  # gateway: namespace/name[:port] of TGI pods to discover
+    kubernetes_api: str | None = None  # gateway: API server URL (default: in-cluster)
     offline: bool = False  # gateway: answer from the cache alone
     ack_wait: float = 15.0  # seconds before an unacknowledged message is redelivered
     concurrency: int = 256  # messages processed at once by one service process
@@ -60,6 +63,8 @@ class Settings:
             raise InvalidSettings(f"partitions must be at least 1, got {self.partitions}")
         if not 0 <= self.partition < self.partitions:
             raise InvalidSettings(f"partition {self.partition} is outside 0..{self.partitions - 1}")
+        if self.tgi_service is not None and not re.fullmatch(r"[^/:\s]+/[^/:\s]+(:[^/:\s]+)?", self.tgi_service):
+            raise InvalidSettings(f"tgi_service is namespace/name[:port-name], got {self.tgi_service!r}")
         if self.ack_wait <= 0:
             raise InvalidSettings(f"ack_wait must be positive, got {self.ack_wait}")
         if self.concurrency < 1 or self.batch < 1:

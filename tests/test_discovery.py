@@ -1,0 +1,143 @@
+"""TGI discovery against a local server that answers like the Kubernetes API for EndpointSlices."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from services.backends.tgi import TGIBackend
+from services.core.chat import LLAMA2, ChatTurn, generation_defaults
+from services.gateway.discovery import EndpointSliceWatcher, ServiceRef, discovery_api, ready_urls
+from services.gateway.pool import BackendPool
+from services.standin.server import StandInSettings, create_app
+
+PATH = "/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices"
+
+
+def endpoint_slice(name: str, port: int, ready: dict[str, bool]) -> dict[str, Any]:
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {"name": name, "namespace": "gpu", "labels": {"kubernetes.io/service-name": "tgi-llama"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [address], "conditions": {"ready": up}} for address, up in ready.items()],
+        "ports": [
+            {"name": "metrics", "port": 9000, "protocol": "TCP"},
+            {"name": "http", "port": port, "protocol": "TCP"},
+        ],
+    }
+
+
+class FakeKubernetes:
+    """List and watch of EndpointSlices, as the API server answers them (JSON lines for a watch)."""
+
+    def __init__(self) -> None:
+        self.slices: dict[str, dict[str, Any]] = {}
+        self.events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()  # None ends a watch
+        self.selectors: list[str] = []
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.selectors.append(request.query.get("labelSelector", ""))
+        if request.query.get("watch") not in ("true", "True", "1"):
+            items = list(self.slices.values())
+            return web.json_response({"kind": "EndpointSliceList", "apiVersion": "discovery.k8s.io/v1",
+                                      "metadata": {"resourceVersion": "1"}, "items": items})  # fmt: skip
+        response = web.StreamResponse()
+        response.content_type = "application/json"
+        await response.prepare(request)
+        while (event := await self.events.get()) is not None:
+            await response.write(json.dumps(event).encode() + b"\n")
+        return response
+
+    def publish(self, kind: str, body: dict[str, Any]) -> None:
+        self.events.put_nowait({"type": kind, "object": body})
+
+
+@pytest.fixture
+async def kubernetes() -> AsyncIterator[tuple[FakeKubernetes, str]]:
+    fake = FakeKubernetes()
+    app = web.Application()
+    app.router.add_get(PATH, fake.handle)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    yield fake, str(server.make_url("")).rstrip("/")
+    for _ in range(4):  # end the open watches, so the server can close
+        fake.events.put_nowait(None)
+    await server.close()
+
+
+def test_ready_urls_take_the_named_port_and_skip_unready_endpoints() -> None:
+    from kubernetes.client import ApiClient
+
+    api_client = ApiClient()
+    raw = endpoint_slice("a", 8080, {"10.0.0.1": True, "10.0.0.2": False, "fd00::3": True})
+    parsed = api_client.deserialize(json.dumps(raw), "V1EndpointSlice", "application/json")
+    assert ready_urls([parsed], "http") == {"http://10.0.0.1:8080", "http://[fd00::3]:8080"}
+    assert ready_urls([parsed], "grpc") == set()
+    assert ServiceRef.parse("gpu/tgi-llama:http") == ServiceRef("gpu", "tgi-llama", "http")
+    with pytest.raises(ValueError, match="namespace/name"):
+        ServiceRef.parse("tgi-llama")
+
+
+async def _until(condition, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    for _ in range(int(timeout / 0.02)):
+        if condition():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition never held")
+
+
+async def test_pods_that_come_and_go_change_the_pool(kubernetes) -> None:
+    fake, host = kubernetes
+    pods = [TestServer(create_app(StandInSettings(max_concurrent=4)), host="127.0.0.1") for _ in range(2)]
+    for pod in pods:
+        await pod.start_server()
+    ports = [pod.port for pod in pods]
+    fake.slices["tgi-a"] = endpoint_slice("tgi-a", ports[0], {"127.0.0.1": True})
+    loop = asyncio.get_running_loop()
+    async with aiohttp.ClientSession() as session:
+        pool = BackendPool(make_backend=lambda url: TGIBackend(url, session))
+
+        def on_change(urls: set[str]) -> None:
+            loop.call_soon_threadsafe(lambda: asyncio.ensure_future(pool.update(urls)))
+
+        watcher = EndpointSliceWatcher(discovery_api(host), ServiceRef("gpu", "tgi-llama", "http"), on_change)
+        watcher.start()
+        try:
+            members = lambda: sorted(m.backend.url for m in pool.members)  # noqa: E731
+            await _until(lambda: members() == [f"http://127.0.0.1:{ports[0]}"])
+            assert await pool.wait_ready() == "introspect-stand-in" and pool.capacity == 4
+            assert fake.selectors[0] == "kubernetes.io/service-name=tgi-llama"
+
+            fake.publish("ADDED", endpoint_slice("tgi-b", ports[1], {"127.0.0.1": True}))
+            await _until(lambda: len(members()) == 2)
+            parameters = generation_defaults(LLAMA2)
+            prompts = [LLAMA2.render([ChatTurn(f"Question {i}?")]) for i in range(24)]
+            await asyncio.gather(*(pool.complete(prompt, parameters) for prompt in prompts))
+            for pod in pods:
+                async with session.get(f"http://127.0.0.1:{pod.port}/stand-in/stats") as response:
+                    stats = await response.json()
+                assert stats["generated"] > 0 and stats["peak_in_flight"] <= 4  # both used, each at its limit
+
+            fake.publish("MODIFIED", endpoint_slice("tgi-a", ports[0], {"127.0.0.1": False}))  # not ready
+            await _until(lambda: members() == [f"http://127.0.0.1:{ports[1]}"])
+            fake.publish("DELETED", endpoint_slice("tgi-b", ports[1], {"127.0.0.1": True}))
+            await _until(lambda: members() == [])
+
+            waiting = asyncio.ensure_future(pool.complete(prompts[0], parameters))
+            await asyncio.sleep(0.2)
+            assert not waiting.done()  # no pod: the request waits rather than fails
+            fake.publish("MODIFIED", endpoint_slice("tgi-a", ports[0], {"127.0.0.1": True}))
+            text, _ = await asyncio.wait_for(waiting, 10)
+            assert text
+        finally:
+            watcher.close()
+            for pod in pods:
+                await pod.close()
