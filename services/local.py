@@ -132,7 +132,7 @@ class LocalPipeline:
         while time.monotonic() < deadline:
             process = self.processes[name]
             if process.poll() is not None:
-                raise PipelineError(f"{name} exited with {process.returncode}; see {self.log_path(name)}")
+                raise PipelineError(f"{name} exited ({self.last_log_line(name)}); see {self.log_path(name)}")
             try:
                 with urllib.request.urlopen(url, timeout=1) as response:
                     if response.status == 200:
@@ -141,6 +141,11 @@ class LocalPipeline:
                 pass
             time.sleep(0.05)
         raise PipelineError(f"{name} did not become healthy in {timeout:.0f} s; see {self.log_path(name)}")
+
+    def last_log_line(self, name: str) -> str:
+        """The last line a process logged: usually the error it stopped with."""
+        lines = self.log_path(name).read_text(encoding="utf-8", errors="replace").strip().splitlines()
+        return lines[-1] if lines else "no output"
 
     def log_path(self, name: str) -> Path:
         return self.data_dir / "logs" / f"{name}.log"

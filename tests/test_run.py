@@ -159,3 +159,10 @@ def test_local_paths_travel_absolute(tmp_path, monkeypatch) -> None:
     job = _job(args, args.model, args.dataset, args.task, args.config)
     assert job.dataset == str(tmp_path / "x.csv") and job.mirror == str(tmp_path / "m")
     assert Path(job.dataset).is_absolute()
+
+
+def test_run_with_an_unreachable_endpoint_names_the_cause_in_one_line(tmp_path, capsys) -> None:
+    argv = ["run", *COMMON, "--endpoint", f"http://127.0.0.1:{free_port()}", "--data-dir", str(tmp_path)]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err.startswith("introspect: error: gateway-0 exited (") and "Cannot connect to host" in err
