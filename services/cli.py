@@ -16,14 +16,14 @@ from nats.errors import NoServersError
 
 from proto import Job
 
-from .core.chat import MODELS, ChatTurn, SystemMessageNotSupported, UnknownModel
-from .core.config import TASK_OPTIONS, InvalidTaskConfig
+from .core.chat import MODELS, ChatTurn
+from .core.config import TASK_OPTIONS
 from .core.datasets import DATASETS, UnknownDataset
 from .core.observations import DATASET_CATEGORIES, SPLIT_NAMES, InvalidObservation, Observation
 from .core.records import ResultRecord
 from .core.results import Aggregate, summary
-from .core.tasks import TASK_KINDS, UnknownTask
-from .jobs import LOCAL_FILE_SUFFIXES, PreparedJob, prepare_job
+from .core.tasks import TASK_KINDS
+from .jobs import JOB_ERRORS, LOCAL_FILE_SUFFIXES, PreparedJob, prepare_job
 from .models import load_model
 from .runtime.settings import InvalidSettings, Settings
 
@@ -31,16 +31,7 @@ SERVICE_NAMES = ("producer", "scorer", "gateway", "aggregator")
 DEFAULT_AGGREGATOR = "http://127.0.0.1:9090"
 
 # Mistakes a user can make; each becomes one line on stderr, never a traceback.
-_USER_ERRORS = (
-    InvalidTaskConfig,
-    UnknownDataset,
-    UnknownModel,
-    UnknownTask,
-    SystemMessageNotSupported,
-    InvalidObservation,
-    InvalidSettings,
-    FileNotFoundError,
-)
+_USER_ERRORS = (*JOB_ERRORS, InvalidSettings)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -13,16 +13,35 @@ from pathlib import Path
 
 from proto import Chat, Job, Sampling
 
-from .core.chat import ChatTurn, GenerationParameters, SystemMessage, generation_defaults
-from .core.config import TaskConfig
+from .core.chat import (
+    ChatTurn,
+    GenerationParameters,
+    SystemMessage,
+    SystemMessageNotSupported,
+    UnknownModel,
+    generation_defaults,
+)
+from .core.config import InvalidTaskConfig, TaskConfig
 from .core.datasets import UnknownDataset, resolve_dataset
 from .core.observations import DATASET_CATEGORIES, InvalidObservation, Observation
 from .core.results import ExperimentSpec
-from .core.tasks import Task
+from .core.tasks import Task, UnknownTask
 from .datasets import LocalFileDataset, load_split
 from .models import ResolvedModel, load_model
 
 LOCAL_FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+
+# What is wrong with a job as its user wrote it: the CLI prints these in one line, the
+# producer dead-letters the job with them.
+JOB_ERRORS: tuple[type[Exception], ...] = (
+    InvalidTaskConfig,
+    UnknownDataset,
+    UnknownModel,
+    UnknownTask,
+    SystemMessageNotSupported,
+    InvalidObservation,
+    FileNotFoundError,
+)
 
 
 @dataclass(frozen=True, slots=True)

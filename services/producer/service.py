@@ -16,29 +16,16 @@ from proto import Job, JobEvent, JobManifest, ObservationMessage, WorkItem
 from proto import subjects as sub
 from proto.subjects import ConsumerSpec
 
-from ..core.chat import SystemMessageNotSupported, UnknownModel
-from ..core.config import InvalidTaskConfig
-from ..core.datasets import UnknownDataset
-from ..core.observations import InvalidObservation, observation_to_dict
-from ..core.tasks import UnknownTask
+from ..core.observations import observation_to_dict
 from ..datasets import DatasetLoadError
-from ..jobs import prepare_job
+from ..jobs import JOB_ERRORS, prepare_job
 from ..runtime.bus import Outgoing, Reject
 from ..runtime.service import ServiceBase
 from . import metrics
 
 CHUNK = 500  # observations published per round trip; in-progress is signalled between chunks
 
-_BAD_JOB = (
-    InvalidTaskConfig,
-    UnknownDataset,
-    UnknownModel,
-    UnknownTask,
-    SystemMessageNotSupported,
-    InvalidObservation,
-    DatasetLoadError,
-    FileNotFoundError,
-)
+_BAD_JOB = (*JOB_ERRORS, DatasetLoadError)
 
 
 class Producer(ServiceBase):
