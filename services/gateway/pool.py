@@ -57,6 +57,7 @@ class BackendPool:
         self.model_id = ""
         self._freed = asyncio.Event()  # set when a member has room again, or members changed
         self._has_members = asyncio.Event()
+        self._updating = asyncio.Lock()  # one update at a time: each describes new pods (awaits)
 
     async def start(self) -> None:
         """Describe the configured backends; they must all serve one model."""
@@ -81,12 +82,16 @@ class BackendPool:
         A dropped member gets no new requests; the ones it is serving finish normally.
         """
         assert self.make_backend is not None, "a pool of fixed backends cannot be updated"
+        async with self._updating:
+            await self._update(urls, self.make_backend)
+
+    async def _update(self, urls: set[str], make_backend: Callable[[str], CompletionBackend]) -> None:
         current = {member.backend.url: member for member in self.members}
         for url in set(current) - urls:
             self.members.remove(current[url])
             log.info("backend %s left the pool", url)
         for url in sorted(urls - set(current)):
-            backend = self.make_backend(url)
+            backend = make_backend(url)
             try:
                 info = await backend.describe()
             except BackendUnavailable as error:
