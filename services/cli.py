@@ -401,7 +401,9 @@ def _run(args: argparse.Namespace) -> int:
                 progress.update(received - progress.n)
 
             settings = Settings.from_env(nats_url=pipeline.nats_url)
-            status = asyncio.run(wait_for_job(settings, pipeline.aggregator_url, job, on_progress))
+            status = asyncio.run(
+                wait_for_job(settings, pipeline.aggregator_url, job, on_progress, check=pipeline.check_alive)
+            )
     except PipelineError as error:
         return _fail(str(error))
     except JobRejected as error:

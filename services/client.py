@@ -82,14 +82,20 @@ async def wait_for_job(
     job: Job,
     on_progress: Callable[[int, int], None],
     poll: float = 0.25,
+    check: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
-    """Submit `job`, then report (received, expected) until it completes; its final status."""
+    """Submit `job`, then report (received, expected) until it completes; its final status.
+
+    `check` runs at every poll and may raise to give up (a local service died).
+    """
     bus = await Bus.open(settings, "cli")
     try:
         watch = await watch_events(bus)
         await bus.publish([Outgoing(sub.JOBS, job, job.job_id)])
         async with aiohttp.ClientSession() as session:
             while True:
+                if check is not None:
+                    check()
                 event = watch.last(job.job_id)
                 if event is not None and event.event == "rejected":
                     raise JobRejected(event.detail)

@@ -142,6 +142,12 @@ class LocalPipeline:
             time.sleep(0.05)
         raise PipelineError(f"{name} did not become healthy in {timeout:.0f} s; see {self.log_path(name)}")
 
+    def check_alive(self) -> None:
+        """Raise if a process of the pipeline has exited, naming it and what it last logged."""
+        for name, process in self.processes.items():
+            if process.poll() is not None:
+                raise PipelineError(f"{name} exited ({self.last_log_line(name)}); see {self.log_path(name)}")
+
     def last_log_line(self, name: str) -> str:
         """The last line a process logged: usually the error it stopped with."""
         lines = self.log_path(name).read_text(encoding="utf-8", errors="replace").strip().splitlines()

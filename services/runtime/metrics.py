@@ -53,7 +53,7 @@ def health_app(is_healthy: Callable[[], bool]) -> web.Application:
         return response
 
     async def healthz(_: web.Request) -> web.Response:
-        return web.Response(text="ok\n") if is_healthy() else web.Response(status=503, text="not connected\n")
+        return web.Response(text="ok\n") if is_healthy() else web.Response(status=503, text="not ready\n")
 
     app = web.Application()
     app.add_routes([web.get("/metrics", metrics), web.get("/healthz", healthz)])

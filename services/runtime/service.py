@@ -70,7 +70,8 @@ async def serve(service: Service, settings: Settings, stop: asyncio.Event | None
         loop.add_signal_handler(signum, stop.set)
 
     bus = await Bus.open(settings, service.name)
-    app = health_app(lambda: bus.client.is_connected)
+    started = asyncio.Event()  # /healthz says ready only once the service has started
+    app = health_app(lambda: started.is_set() and bus.client.is_connected)
     app.add_routes(service.routes())
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -87,6 +88,7 @@ async def serve(service: Service, settings: Settings, stop: asyncio.Event | None
     pending = asyncio.create_task(_watch_pending(bus, service, stop))
     try:
         await service.start(bus)
+        started.set()
         await worker.run(stop)
     finally:
         pending.cancel()
