@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,8 +126,6 @@ class LocalPipeline:
         self._spawn(name, [*_introspect(), "serve", service], env)
 
     def wait_healthy(self, name: str, timeout: float = 30.0) -> None:
-        import urllib.request
-
         deadline = time.monotonic() + timeout
         url = f"http://127.0.0.1:{self.ports[name]}/healthz"
         while time.monotonic() < deadline:

@@ -34,6 +34,20 @@ def _wait_until_received(pipeline: LocalPipeline, job_id: str, at_least: int, ti
     raise AssertionError(f"{job_id} never reached {at_least} records")
 
 
+def _submit_and_reach_a_quarter(pipeline: LocalPipeline, job: Job) -> Job:
+    """Submit `job` and return once a quarter of it is stored but not all: the moment to interrupt."""
+    (job,) = submit_jobs(pipeline, [job])
+    received = _wait_until_received(pipeline, job.job_id, ROWS // 4)
+    assert received < ROWS, "the job finished before it could be interrupted"
+    return job
+
+
+def _restart(pipeline: LocalPipeline, names: tuple[str, ...]) -> None:
+    for name in names:
+        pipeline.start_service(name)
+        pipeline.wait_healthy(name)
+
+
 def _check_against_in_process(pipeline: LocalPipeline, job: Job, tmp) -> None:
     records = records_frame(pipeline, job.job_id)
     assert len(records) == ROWS and records["idx"].is_unique  # every observation, none twice
@@ -50,14 +64,10 @@ def test_sigkill_of_scorer_gateway_and_aggregator_mid_job(tmp_path) -> None:
     with pipeline:
         job = Job(job_id="", model="llama2-7b", dataset=str(files["sentiment"]), category="sentiment",
                   task="counterfactual")  # fmt: skip
-        (job,) = submit_jobs(pipeline, [job])
-        received = _wait_until_received(pipeline, job.job_id, ROWS // 4)
-        assert received < ROWS, "the job finished before it could be interrupted"
+        job = _submit_and_reach_a_quarter(pipeline, job)
         for name in ("scorer-0", "gateway-0", "aggregator"):
             pipeline.kill(name)
-        for name in ("scorer-0", "gateway-0", "aggregator"):
-            pipeline.start_service(name)
-            pipeline.wait_healthy(name)
+        _restart(pipeline, ("scorer-0", "gateway-0", "aggregator"))
         wait_complete(pipeline, [job.job_id], timeout=120)
         _check_against_in_process(pipeline, job, tmp_path)
 
@@ -68,9 +78,7 @@ def test_a_nats_server_restart_mid_job(tmp_path) -> None:
     with pipeline:
         job = Job(job_id="", model="llama2-7b", dataset=str(files["entailment"]), category="entailment",
                   task="redacted")  # fmt: skip
-        (job,) = submit_jobs(pipeline, [job])
-        received = _wait_until_received(pipeline, job.job_id, ROWS // 4)
-        assert received < ROWS, "the job finished before it could be interrupted"
+        job = _submit_and_reach_a_quarter(pipeline, job)
         pipeline.restart_nats()  # same port, same store folder: the services reconnect
         wait_complete(pipeline, [job.job_id], timeout=120)
         _check_against_in_process(pipeline, job, tmp_path)
@@ -84,16 +92,13 @@ def test_sigterm_finishes_or_hands_back_in_flight_work(tmp_path) -> None:
     with pipeline:
         job = Job(job_id="", model="llama2-7b", dataset=str(files["multi-choice"]), category="multi-choice",
                   task="importance")  # fmt: skip
-        (job,) = submit_jobs(pipeline, [job])
-        assert _wait_until_received(pipeline, job.job_id, ROWS // 4) < ROWS
+        job = _submit_and_reach_a_quarter(pipeline, job)
         for name in ("gateway-0", "scorer-0"):
             process = pipeline.processes[name]
             started = time.monotonic()
             pipeline.stop_process(name)
             assert process.returncode == 0 and time.monotonic() - started < 20
-        for name in ("gateway-0", "scorer-0"):
-            pipeline.start_service(name)
-            pipeline.wait_healthy(name)
+        _restart(pipeline, ("gateway-0", "scorer-0"))
         wait_complete(pipeline, [job.job_id], timeout=40)
         _check_against_in_process(pipeline, job, tmp_path)
 
@@ -106,8 +111,7 @@ def test_a_restarted_aggregator_remembers_finished_jobs_without_rescanning(tmp_p
         (job,) = submit_jobs(pipeline, [job])
         before = wait_complete(pipeline, [job.job_id])[job.job_id]
         pipeline.kill("aggregator")
-        pipeline.start_service("aggregator")
-        pipeline.wait_healthy("aggregator")
+        _restart(pipeline, ("aggregator",))
         after = get_json(f"{pipeline.aggregator_url}/jobs/{job.job_id}")
         assert after == before and after["complete"] and after["received"] == 12
         assert len(records_frame(pipeline, job.job_id)) == 12

@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -25,9 +26,9 @@ import aiohttp
 from proto import Job, replace
 from services.backends.tgi import TGIBackend, tgi_payload
 from services.jobs import prepare_job
-from services.local import LocalPipeline
+from services.local import LocalPipeline, free_port
 from services.runner import ChatModel, evaluate
-from tests.pipeline_helpers import get_json, submit_jobs
+from tests.pipeline_helpers import get_json, metric_total, submit_jobs
 from tests.synthetic import write_synthetic
 
 CONCURRENCY = 256  # the services' default messages in flight; the baselines get the same
@@ -97,8 +98,6 @@ def standin_counts(pipeline: LocalPipeline) -> list[int]:
 
 
 def questions(pipeline: LocalPipeline) -> int:
-    from tests.pipeline_helpers import metric_total
-
     return int(metric_total(pipeline, "scorer", "introspect_questions_total"))
 
 
@@ -167,9 +166,6 @@ def overhead_and_throughput(tmp: Path, files: dict[str, Path], rows: Callable[[R
 
 
 def saturation(tmp: Path, files: dict[str, Path], rows: Callable[[Row], None], size: int) -> None:
-    import subprocess
-
-    from services.local import free_port
 
     ports = [free_port() for _ in range(4)]
     command = [sys.executable, "-m", "services.cli", "standin", "--latency", "0.2", "--max-concurrent", "32"]
