@@ -10,6 +10,7 @@ upsert by (job, idx) makes any later one harmless.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 
 from .messages import Chat, encode_part
@@ -24,9 +25,15 @@ RESULTS = f"{PREFIX}.results.record"
 EVENTS = f"{PREFIX}.events"
 
 
-def generation_subject(partition: int) -> str:
-    """Requests for one gateway partition: each partition has its own cache."""
-    return f"{PREFIX}.generate.{partition}"
+def model_route(model: str) -> str:
+    """A model's name as one subject token: the characters NATS gives a meaning become '_'."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", model) or "_"
+
+
+def generation_subject(model: str, partition: int) -> str:
+    """Requests for one model's gateway partition: each model has its own gateways (its own
+    servers), and each partition its own cache."""
+    return f"{PREFIX}.generate.{model_route(model)}.{partition}"
 
 
 def dead_letter_subject(service: str) -> str:
@@ -45,7 +52,7 @@ class StreamSpec:
 STREAMS: tuple[StreamSpec, ...] = (
     StreamSpec("INTROSPECT_JOBS", (JOBS,), work_queue=True),
     StreamSpec("INTROSPECT_SCORE", (OBSERVATIONS, REPLIES), work_queue=True),
-    StreamSpec("INTROSPECT_GENERATE", (f"{PREFIX}.generate.*",), work_queue=True),
+    StreamSpec("INTROSPECT_GENERATE", (f"{PREFIX}.generate.*.*",), work_queue=True),
     StreamSpec("INTROSPECT_RESULTS", (MANIFESTS, RESULTS), work_queue=True),
     StreamSpec("INTROSPECT_EVENTS", (EVENTS,), work_queue=False, max_age=30 * 86400),
     StreamSpec("INTROSPECT_DEAD", (f"{PREFIX}.dead.*",), work_queue=False, max_age=30 * 86400),
@@ -70,15 +77,18 @@ class ConsumerSpec:
     max_deliver: int = 20  # then the message goes to the dead letters
 
 
-def consumer_for(service: str, partition: int = 0) -> ConsumerSpec:
+def consumer_for(service: str, partition: int = 0, model: str | None = None) -> ConsumerSpec:
+    """`model` only for a gateway: the model it serves; None serves every model (one-model setups)."""
     match service:
         case "producer":
             return ConsumerSpec("producer", STREAM_OF[service], JOBS, max_ack_pending=4)
         case "scorer":
             return ConsumerSpec("scorer", STREAM_OF[service], f"{PREFIX}.score.>")
         case "gateway":
-            subject = generation_subject(partition)
-            return ConsumerSpec(f"gateway-{partition}", STREAM_OF[service], subject)
+            if model is None:
+                return ConsumerSpec(f"gateway-{partition}", STREAM_OF[service], f"{PREFIX}.generate.*.{partition}")
+            subject = generation_subject(model, partition)
+            return ConsumerSpec(f"gateway-{model_route(model)}-{partition}", STREAM_OF[service], subject)
         case "aggregator":
             return ConsumerSpec("aggregator", STREAM_OF[service], f"{PREFIX}.results.>")
     raise ValueError(f"unknown service {service!r}")

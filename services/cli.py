@@ -137,6 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tgi-service", default=None, metavar="NAMESPACE/NAME[:PORT]",
                        help="gateway: find TGI pods through the Kubernetes API (EndpointSlices)")  # fmt: skip
     serve.add_argument("--offline", action="store_true", default=None, help="gateway: answer from the cache alone")
+    serve.add_argument("--model", default=None,
+                       help="gateway: the model its servers run, as jobs name it (default: every model)")  # fmt: skip
+    serve.add_argument("--served-model", action="append", default=None, dest="served_models", metavar="MODEL",
+                       help="producer: refuse jobs for other models (repeatable; default: any)")  # fmt: skip
 
     submit = commands.add_parser("submit", help="publish one job, or a grid of jobs, to a running pipeline")
     _job_arguments(submit, grid=True)
@@ -286,13 +290,15 @@ def _serve(args: argparse.Namespace) -> int:
         backend_concurrency=args.backend_concurrency,
         offline=args.offline,
         tgi_service=args.tgi_service,
+        model=args.model,
+        served_models=tuple(args.served_models) if args.served_models else None,
     )
     service: Service
     match args.service:
         case "producer":
             from .producer.service import Producer
 
-            service = Producer()
+            service = Producer(settings.served_models)
         case "scorer":
             from .scorer.service import Scorer
 
@@ -308,6 +314,7 @@ def _serve(args: argparse.Namespace) -> int:
                 settings.offline,
                 settings.tgi_service,
                 settings.kubernetes_api,
+                settings.model,
             )
         case _:
             from .aggregator.service import Aggregator

@@ -41,6 +41,16 @@ def load_model(argument: str) -> ResolvedModel:
     return ResolvedModel(model.shorthand, model.format, PAPER_SYSTEM_MESSAGE[model.format.name])
 
 
+def model_name(argument: str) -> str:
+    """The name messages carry for a `--model` argument, without reading a file: a known
+    model's shorthand, else the folder name of a local tokenizer_config.json."""
+    try:
+        return resolve_model(argument).shorthand
+    except UnknownModel:
+        path = Path(argument)
+        return (path.parent if path.suffix == ".json" else path).name or argument
+
+
 def chat_format_of(model: str, template: Mapping[str, Any] | None) -> ChatFormat:
     """The chat format a message names: a local model's template, else a known model's."""
     if template is not None:

@@ -6,13 +6,17 @@ import subprocess
 from collections.abc import Iterator
 
 import nats.errors
+import nats.js.errors
 import pytest
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 
-from proto import JobEvent
+from proto import Chat, JobEvent, Sampling, WorkItem
 from proto import subjects as sub
 from services.local import free_port, nats_server_binary, wait_for_port
 from services.runtime.bus import Bus, Outgoing, connect
 from services.runtime.settings import Settings
+from services.scorer.service import next_message
 
 
 @pytest.fixture
@@ -52,3 +56,37 @@ async def test_streams_are_declared_idempotently_and_repeats_are_dropped(nats_wi
         assert names == {spec.name for spec in sub.STREAMS}
     finally:
         await bus.close()
+
+
+async def test_each_model_s_questions_reach_only_that_model_s_gateways(nats_with_password: str) -> None:
+    settings = Settings(nats_url=nats_with_password, nats_user="introspect", nats_password="s3cret")
+    bus = await Bus.open(settings, "test")
+    try:
+        gateways = {
+            model: await bus.pull_subscription(sub.consumer_for("gateway", 0, model))
+            for model in ("llama2-7b", "mistral-v2-7b")
+        }
+        for model, idx in (("llama2-7b", 0), ("mistral-v2-7b", 0), ("mistral-v2-7b", 1)):
+            observation = {"idx": idx, "text": "A fine film.", "label": "positive"}
+            work = WorkItem(f"job-{model}", "classify", "sentiment", [], observation, Chat(model, "none", Sampling()))
+            await bus.publish([next_message(work, partitions=1)])
+        received = {model: await _drain(gateway) for model, gateway in gateways.items()}
+        assert {model: len(messages) for model, messages in received.items()} == {"llama2-7b": 1, "mistral-v2-7b": 2}
+        assert all(m.subject == f"introspect.generate.{model}.0" for model, ms in received.items() for m in ms)
+        # A gateway taking every model's requests cannot start beside model-specific ones:
+        # JetStream refuses overlapping consumers on a work-queue stream, so no request is
+        # ever answered by a server of another model.
+        with pytest.raises(nats.js.errors.BadRequestError):
+            await bus.pull_subscription(sub.consumer_for("gateway", 0))
+    finally:
+        await bus.close()
+
+
+async def _drain(subscription: JetStreamContext.PullSubscription) -> list[Msg]:
+    """Every message the consumer has now (one fetch may return fewer than are there)."""
+    messages: list[Msg] = []
+    while True:
+        try:
+            messages += await subscription.fetch(10, timeout=0.5)
+        except nats.errors.TimeoutError:
+            return messages

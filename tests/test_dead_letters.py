@@ -21,7 +21,14 @@ from .pipeline_helpers import metric_total, submit_jobs, wait_complete
 
 pytestmark = pytest.mark.slow
 
-INPUT_SUBJECTS = (sub.JOBS, sub.OBSERVATIONS, sub.REPLIES, sub.generation_subject(0), sub.MANIFESTS, sub.RESULTS)
+INPUT_SUBJECTS = (
+    sub.JOBS,
+    sub.OBSERVATIONS,
+    sub.REPLIES,
+    sub.generation_subject("llama2-7b", 0),
+    sub.MANIFESTS,
+    sub.RESULTS,
+)
 RECORD = {"idx": 7, "label": "positive", "predict_prompt": "p", "predict_answer": "a", "predict": "positive",
           "correct": True, "duration": 0.0, "error": None}  # fmt: skip
 

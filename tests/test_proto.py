@@ -117,7 +117,10 @@ def test_partitions_are_stable_and_spread() -> None:
 
 
 def test_consumers_filter_their_own_subjects() -> None:
-    assert sub.consumer_for("gateway", 3).filter_subject == sub.generation_subject(3) == "introspect.generate.3"
+    mistral = sub.consumer_for("gateway", 3, "mistral-7b")
+    assert mistral.filter_subject == sub.generation_subject("mistral-7b", 3) == "introspect.generate.mistral-7b.3"
+    assert mistral.durable == "gateway-mistral-7b-3"
+    assert sub.consumer_for("gateway", 3).filter_subject == "introspect.generate.*.3"  # every model's partition 3
     assert sub.consumer_for("gateway", 3).durable == "gateway-3"
     streams = {spec.name: spec for spec in sub.STREAMS}
     for service in ("producer", "scorer", "gateway", "aggregator"):
@@ -125,6 +128,13 @@ def test_consumers_filter_their_own_subjects() -> None:
         assert streams[spec.stream].work_queue
     with pytest.raises(ValueError, match="unknown service"):
         sub.consumer_for("janitor")
+
+
+def test_any_model_name_becomes_one_subject_token() -> None:
+    assert sub.model_route("llama2-7b") == "llama2-7b"
+    assert sub.model_route("meta-llama/Llama-3.1-8B Instruct") == "meta-llama_Llama-3_1-8B_Instruct"
+    assert sub.generation_subject("a.b>*", 0) == "introspect.generate.a_b__.0"
+    assert sub.model_route("") == "_"
 
 
 def test_settings_from_the_environment_with_flags_on_top() -> None:

@@ -29,7 +29,7 @@ from ..backends.openai import OpenAICompletionsBackend
 from ..backends.tgi import TGIBackend
 from ..core.chat import ChatTurn, GenerationParameters, SystemMessageNotSupported, UnknownModel, clean_answer
 from ..jobs import parameters_of, system_of
-from ..models import chat_format_of
+from ..models import chat_format_of, model_name
 from ..runner import GenerationRejected
 from ..runtime.bus import Bus, Outgoing, Reject
 from ..runtime.service import ServiceBase
@@ -62,6 +62,7 @@ class Gateway(ServiceBase):
         offline: bool = False,
         tgi_service: str | None = None,
         kubernetes_api: str | None = None,
+        model: str | None = None,
     ) -> None:
         self.cache_dir = cache_dir
         self.backend_specs = backends
@@ -70,6 +71,9 @@ class Gateway(ServiceBase):
         self.tgi_service = tgi_service  # namespace/name[:port]: find its pods through the Kubernetes API
         self.kubernetes_api = kubernetes_api  # None: the in-cluster API server
         self.offline = offline or not (backends or tgi_service)
+        # The model this gateway's servers run, as messages name it; None takes every model's
+        # requests, which is right only where one model is served.
+        self.model = None if model is None else model_name(model)
         self.watcher: EndpointSliceWatcher | None = None
         self.bus: Bus | None = None
         self.cache: GenerationCache | None = None
@@ -79,7 +83,7 @@ class Gateway(ServiceBase):
         self._in_flight: dict[bytes, asyncio.Future[CachedGeneration]] = {}
 
     def consumer(self) -> ConsumerSpec:
-        return sub.consumer_for("gateway", self.partition)
+        return sub.consumer_for("gateway", self.partition, self.model)
 
     async def start(self, bus: Bus) -> None:
         self.bus = bus
@@ -121,6 +125,13 @@ class Gateway(ServiceBase):
     async def handle(self, request: GenerationRequest, msg: Msg) -> None:
         assert self.bus is not None and self.cache is not None
         work = request.work
+        if self.model is not None and work.chat.model != self.model:
+            # Only a model name that maps to the same subject token lands here: never answer
+            # one model's question with another model's server.
+            raise Reject(
+                f"job {work.job_id}: a request for {work.chat.model!r} reached the gateway of {self.model!r}",
+                "wrong-model",
+            )
         try:
             chat_format = chat_format_of(work.chat.model, work.chat.template)
             prompt = chat_format.render([ChatTurn(request.message)], system_of(work.chat))

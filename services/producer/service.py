@@ -19,20 +19,28 @@ from proto.subjects import ConsumerSpec
 from ..core.observations import observation_to_dict
 from ..datasets import DatasetLoadError
 from ..jobs import JOB_ERRORS, prepare_job
+from ..models import model_name
 from ..runtime.bus import Outgoing, Reject
 from ..runtime.service import ServiceBase
 from . import metrics
 
 CHUNK = 500  # observations published per round trip; in-progress is signalled between chunks
 
-_BAD_JOB = (*JOB_ERRORS, DatasetLoadError)
+
+class NotServed(ValueError):
+    """The job's model is not one this deployment serves."""
+
+
+_BAD_JOB = (*JOB_ERRORS, DatasetLoadError, NotServed)
 
 
 class Producer(ServiceBase):
     name = "producer"
     accepts = (Job,)
 
-    def __init__(self) -> None:
+    def __init__(self, served_models: tuple[str, ...] = ()) -> None:
+        # A job for a model no gateway serves would wait forever: refuse it up front.
+        self.served_models = frozenset(model_name(m) for m in served_models)
         # One split loads at a time: Hugging Face `datasets` is not safe to use from several
         # threads at once, and one load already keeps a core busy.
         self._loading = asyncio.Lock()
@@ -45,6 +53,10 @@ class Producer(ServiceBase):
         started = time.monotonic()
         try:
             prepared = prepare_job(job)
+            if self.served_models and prepared.model.name not in self.served_models:
+                raise NotServed(
+                    f"no gateway serves model {prepared.model.name!r} (served: {', '.join(sorted(self.served_models))})"
+                )
             # Loading a split can take a while (a download, a parse): keep the event loop free.
             async with self._loading:
                 observations = await asyncio.to_thread(prepared.load_observations)

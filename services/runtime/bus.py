@@ -23,7 +23,7 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js import api
+from nats.js import JetStreamContext, api
 
 from proto import MAX_MESSAGE_BYTES, DeadLetter, InvalidMessage, Message, decode, encode
 from proto.subjects import STREAMS, ConsumerSpec, StreamSpec, dead_letter_subject
@@ -118,6 +118,21 @@ class Bus:
             except nats.js.errors.BadRequestError:  # exists with another config
                 await self.js.update_stream(config)
 
+    async def pull_subscription(self, spec: ConsumerSpec) -> JetStreamContext.PullSubscription:
+        """Bind to the durable consumer `spec`, creating it if needed. JetStream refuses a
+        consumer whose subjects overlap another's on a work-queue stream."""
+        config = api.ConsumerConfig(
+            durable_name=spec.durable,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            ack_wait=spec.ack_wait,
+            max_ack_pending=spec.max_ack_pending,
+            max_deliver=-1,  # the worker dead-letters after spec.max_deliver itself, with the reason
+            filter_subject=spec.filter_subject,
+        )
+        return await self.js.pull_subscribe(
+            spec.filter_subject, durable=spec.durable, stream=spec.stream, config=config
+        )
+
     async def publish(self, outgoing: Iterable[Outgoing], timeout: float = 10.0) -> None:
         """Publish all, then wait until JetStream has stored every one.
 
@@ -199,18 +214,7 @@ class Worker:
         self._slot_free = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
-        spec = self.consumer
-        config = api.ConsumerConfig(
-            durable_name=spec.durable,
-            ack_policy=api.AckPolicy.EXPLICIT,
-            ack_wait=spec.ack_wait,
-            max_ack_pending=spec.max_ack_pending,
-            max_deliver=-1,  # the worker dead-letters after spec.max_deliver itself, with the reason
-            filter_subject=spec.filter_subject,
-        )
-        subscription = await self.bus.js.pull_subscribe(
-            spec.filter_subject, durable=spec.durable, stream=spec.stream, config=config
-        )
+        subscription = await self.bus.pull_subscription(self.consumer)
         keepalive = asyncio.create_task(self._keep_alive(stop))
         try:
             while not stop.is_set():

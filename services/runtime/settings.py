@@ -36,6 +36,8 @@ class Settings:
     metrics_port: int = 9090  # /metrics and /healthz (the aggregator also serves its API here)
     partitions: int = 1  # gateway partitions: each has its own subject and cache
     partition: int = 0  # which partition this gateway serves (a StatefulSet ordinal)
+    model: str | None = None  # gateway: the model it serves, as jobs name it; None: every model
+    served_models: tuple[str, ...] = field(default=())  # producer: refuse jobs for other models; empty: any
     backends: tuple[str, ...] = field(default=())  # gateway: URLs; "openai+" prefix for OpenAI-compatible
     backend_concurrency: int = 0  # gateway: per-backend limit; 0 asks TGI's /info
     tgi_service: str | None = None  # gateway: namespace/name[:port] of TGI pods to discover

@@ -45,7 +45,9 @@ def next_message(work: WorkItem, partitions: int) -> Outgoing:
         request = GenerationRequest(message=outcome.prompt, work=work)
         partition = sub.partition_of(work.chat, outcome.prompt, partitions)
         return Outgoing(
-            sub.generation_subject(partition), request, sub.request_id(work.job_id, observation.idx, outcome.step)
+            sub.generation_subject(work.chat.model, partition),
+            request,
+            sub.request_id(work.job_id, observation.idx, outcome.step),
         )
     result = ScoredResult(work.job_id, task.kind, observation.idx, record_to_dict(outcome.record))
     return Outgoing(sub.RESULTS, result, sub.result_id(work.job_id, observation.idx))
