@@ -19,8 +19,20 @@ from .core.tasks import Task
 
 # Answers one user message (the task's question) with a Generation.
 Generate = Callable[[str], Awaitable[Generation]]
-# Completes one fully rendered prompt: (generated text, server seconds).
-Complete = Callable[[str, GenerationParameters], Awaitable[tuple[str, float]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """What a server generated for one rendered prompt."""
+
+    text: str
+    seconds: float = 0.0  # the server's own inference time; 0 where it does not say
+    prompt_tokens: int | None = None  # as the server counted them; None where it does not say
+    generated_tokens: int | None = None
+
+
+# Completes one fully rendered prompt.
+Complete = Callable[[str, GenerationParameters], Awaitable[Completion]]
 
 
 class GenerationRejected(Exception):
@@ -39,10 +51,10 @@ class ChatModel:
     async def generate(self, message: str) -> Generation:
         prompt = self.chat_format.render([ChatTurn(message)], self.system)
         try:
-            text, seconds = await self.complete(prompt, self.parameters)
+            completion = await self.complete(prompt, self.parameters)
         except GenerationRejected as rejected:
             return Generation("", error=str(rejected))
-        return Generation(clean_answer(text, self.parameters.stop), duration=seconds)
+        return Generation(clean_answer(completion.text, self.parameters.stop), duration=completion.seconds)
 
 
 async def run_observation(task: Task, observation: Observation, generate: Generate) -> ResultRecord:

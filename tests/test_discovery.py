@@ -135,8 +135,7 @@ async def test_pods_that_come_and_go_change_the_pool(kubernetes) -> None:
             await asyncio.sleep(0.2)
             assert not waiting.done()  # no pod: the request waits rather than fails
             fake.publish("MODIFIED", endpoint_slice("tgi-a", ports[0], {"127.0.0.1": True}))
-            text, _ = await asyncio.wait_for(waiting, 10)
-            assert text
+            assert (await asyncio.wait_for(waiting, 10)).text
         finally:
             watcher.close()
             for pod in pods:

@@ -66,7 +66,10 @@ async def test_the_pool_keeps_each_backend_at_the_limit_its_info_gives(session) 
         await pool.start()
         assert pool.model_id == STANDIN_MODEL_ID and pool.capacity == 8
         answers = await asyncio.gather(*(pool.complete(prompt, PARAMETERS) for prompt in PROMPTS))
-        assert [text.removesuffix("[INST]") for text, _ in answers] == [standin_answer(p) for p in PROMPTS]
+        assert [answer.text.removesuffix("[INST]") for answer in answers] == [standin_answer(p) for p in PROMPTS]
+        # TGI's token headers (the stand-in counts words): the pool counts them per backend.
+        assert all(answer.prompt_tokens == len(p.split()) for answer, p in zip(answers, PROMPTS, strict=True))
+        assert all(answer.generated_tokens == len(answer.text.split()) for answer in answers)
         for server in servers:
             async with session.get(f"{_url(server)}/stand-in/stats") as response:
                 stats = await response.json()
@@ -108,8 +111,9 @@ async def test_the_openai_backend_gets_the_stand_in_answers(session) -> None:
         backend = OpenAICompletionsBackend(_url(server) + "/v1", session, RetryPolicy(max_attempts=2))
         assert (await backend.describe()).model_id == STANDIN_MODEL_ID
         short = LLAMA2.render([ChatTurn("Is it positive?")], NO_SYSTEM)
-        text, _ = await backend.complete(short, PARAMETERS)
-        assert text == standin_answer(short)
+        answer = await backend.complete(short, PARAMETERS)
+        assert answer.text == standin_answer(short)
+        assert (answer.prompt_tokens, answer.generated_tokens) == (len(short.split()), len(answer.text.split()))
         with pytest.raises(GenerationRejected, match="422"):
             await backend.complete(PROMPTS[0] * 3, PARAMETERS)
     finally:

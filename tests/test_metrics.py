@@ -51,6 +51,9 @@ def test_counters_equal_the_work_done_and_a_rerun_is_all_cache_hits(tmp_path) ->
         assert gateway[f'introspect_generations_total{{{backend},outcome="ok"}}'] == calls <= misses
         assert gateway[f"introspect_backend_seconds_count{{{backend}}}"] == calls
         assert gateway[f"introspect_backend_in_flight{{{backend}}}"] == 0
+        stats = standin_stats(pipeline)
+        assert gateway[f"introspect_prompt_tokens_total{{{backend}}}"] == stats["prompt_tokens"] > 0
+        assert gateway[f"introspect_generated_tokens_total{{{backend}}}"] == stats["generated_tokens"] > 0
 
         aggregator = _metrics(pipeline, "aggregator")
         assert aggregator['introspect_observations_completed_total{task="counterfactual"}'] == 12
@@ -67,4 +70,5 @@ def test_counters_equal_the_work_done_and_a_rerun_is_all_cache_hits(tmp_path) ->
         gateway = _metrics(pipeline, "gateway-0")
         assert gateway["introspect_cache_hits_total"] == hits + questions
         assert gateway["introspect_cache_misses_total"] == misses
+        assert gateway[f"introspect_prompt_tokens_total{{{backend}}}"] == stats["prompt_tokens"]  # hits cost none
         assert _metrics(pipeline, "aggregator")["introspect_jobs_completed_total"] == 2

@@ -14,7 +14,7 @@ from services.core.replay import Generation
 from services.core.results import aggregate
 from services.core.tasks import TASK_KINDS, Task
 from services.datasets import load_split
-from services.runner import ChatModel, GenerationRejected, evaluate, run_observation
+from services.runner import ChatModel, Completion, GenerationRejected, evaluate, run_observation
 from services.standin import complete_in_process, standin_answer
 
 from .conftest import DATASET_MIRROR
@@ -56,9 +56,9 @@ async def standin_generate(message: str) -> Generation:
 async def test_chat_model_renders_the_template_and_cleans_the_answer() -> None:
     seen: list[tuple[str, GenerationParameters]] = []
 
-    async def complete(prompt: str, parameters: GenerationParameters) -> tuple[str, float]:
+    async def complete(prompt: str, parameters: GenerationParameters) -> Completion:
         seen.append((prompt, parameters))
-        return " negative </s>", 0.3
+        return Completion(" negative </s>", 0.3)
 
     model = ChatModel(LLAMA2, NO_SYSTEM, generation_defaults(LLAMA2, seed=7), complete)
     record = await run_observation(Task("classify", "sentiment"), REVIEWS[0], model.generate)
@@ -71,7 +71,7 @@ async def test_chat_model_renders_the_template_and_cleans_the_answer() -> None:
 
 
 async def test_a_rejected_generation_becomes_an_error_record() -> None:
-    async def complete(prompt: str, parameters: GenerationParameters) -> tuple[str, float]:
+    async def complete(prompt: str, parameters: GenerationParameters) -> Completion:
         raise GenerationRejected("422 Unprocessable Entity: input is too long")
 
     model = ChatModel(LLAMA2, NO_SYSTEM, generation_defaults(LLAMA2), complete)

@@ -89,7 +89,7 @@ async def test_the_backend_retries_overload_and_failures_until_answered() -> Non
         async with aiohttp.ClientSession() as session:
             backend = TGIBackend(_url(server), session, RetryPolicy(max_attempts=50, first_delay=0.01, max_delay=0.05))
             answers = await asyncio.gather(*(backend.complete(f"prompt {i}", PARAMETERS) for i in range(8)))
-            assert len(answers) == 8 and all(seconds == pytest.approx(0.05) for _, seconds in answers)
+            assert len(answers) == 8 and all(answer.seconds == pytest.approx(0.05) for answer in answers)
             stats = await _stats(session, server)
             assert stats["generated"] == 8
             assert stats["overloaded"] + stats["failed"] == backend.retries > 0

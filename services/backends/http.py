@@ -17,7 +17,7 @@ import aiohttp
 import msgspec
 
 from ..core.chat import GenerationParameters
-from ..runner import GenerationRejected
+from ..runner import Completion, GenerationRejected
 
 
 class BackendUnavailable(RuntimeError):
@@ -51,7 +51,7 @@ class CompletionBackend(Protocol):
 
     async def describe(self) -> BackendInfo: ...
 
-    async def complete(self, prompt: str, parameters: GenerationParameters) -> tuple[str, float]: ...
+    async def complete(self, prompt: str, parameters: GenerationParameters) -> Completion: ...
 
 
 _JSON = {"Content-Type": "application/json"}
@@ -95,6 +95,14 @@ class JsonEndpoint:
             ) as error:
                 last_problem = f"{type(error).__name__}: {error}"
         raise BackendUnavailable(f"{self.url} gave no answer after {self.retry.max_attempts} attempts ({last_problem})")
+
+
+def header_int(headers: Mapping[str, str], name: str) -> int | None:
+    """A whole-number response header, None where it is absent or malformed."""
+    try:
+        return int(headers[name])
+    except (KeyError, ValueError):
+        return None
 
 
 async def get_json(session: aiohttp.ClientSession, url: str, timeout: float = 10.0) -> Any:

@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 
 from ..core.chat import GenerationParameters
+from ..runner import Completion
 from .http import DEFAULT_RETRY, BackendInfo, JsonEndpoint, RetryPolicy, get_json
 
 
@@ -58,8 +59,15 @@ class OpenAICompletionsBackend:
             self.model = str(models[0].get("id", "unknown"))
         return BackendInfo(self.model)
 
-    async def complete(self, prompt: str, parameters: GenerationParameters) -> tuple[str, float]:
+    async def complete(self, prompt: str, parameters: GenerationParameters) -> Completion:
         if self.model is None:
             await self.describe()
         body, _ = await self.endpoint.post(openai_payload(str(self.model), prompt, parameters))
-        return body["choices"][0]["text"], 0.0
+        usage = body.get("usage") or {}
+        return Completion(
+            body["choices"][0]["text"], 0.0, _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
+        )
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) else None

@@ -7,7 +7,8 @@ from typing import Any
 import aiohttp
 
 from ..core.chat import GenerationParameters
-from .http import DEFAULT_RETRY, BackendInfo, BackendUnavailable, JsonEndpoint, RetryPolicy, get_json
+from ..runner import Completion
+from .http import DEFAULT_RETRY, BackendInfo, BackendUnavailable, JsonEndpoint, RetryPolicy, get_json, header_int
 
 __all__ = ["BackendUnavailable", "RetryPolicy", "TGIBackend", "tgi_payload"]
 
@@ -44,8 +45,12 @@ class TGIBackend:
         limit = info.get("max_concurrent_requests")
         return BackendInfo(str(info.get("model_id", "unknown")), limit if isinstance(limit, int) else None)
 
-    async def complete(self, prompt: str, parameters: GenerationParameters) -> tuple[str, float]:
-        """(generated text, server inference seconds) for a rendered prompt."""
+    async def complete(self, prompt: str, parameters: GenerationParameters) -> Completion:
+        """The generated text, with the inference time and token counts TGI puts in its headers."""
         body, headers = await self.endpoint.post(tgi_payload(prompt, parameters))
-        seconds = float(headers.get("x-inference-time", 0)) / 1000
-        return body["generated_text"], seconds
+        return Completion(
+            body["generated_text"],
+            (header_int(headers, "x-inference-time") or 0) / 1000,
+            header_int(headers, "x-prompt-tokens"),
+            header_int(headers, "x-generated-tokens"),
+        )

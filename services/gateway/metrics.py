@@ -15,6 +15,10 @@ GENERATIONS = Counter(
 RETRIES = Counter(
     "introspect_backend_retries_total", "Backend calls retried after 429, 5xx, timeouts, resets", ["backend"]
 )
+# As the servers count them (TGI's x-prompt-tokens and x-generated-tokens headers, an
+# OpenAI server's usage); a cache hit costs no tokens and counts none.
+PROMPT_TOKENS = Counter("introspect_prompt_tokens_total", "Prompt tokens sent to backends", ["backend"])
+GENERATED_TOKENS = Counter("introspect_generated_tokens_total", "Tokens backends generated", ["backend"])
 BACKEND_IN_FLIGHT = Gauge("introspect_backend_in_flight", "Backend calls in flight", ["backend"])
 BACKEND_SECONDS = Histogram(
     "introspect_backend_seconds",

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from ..backends.http import BackendUnavailable, CompletionBackend
 from ..core.chat import GenerationParameters
-from ..runner import GenerationRejected
+from ..runner import Completion, GenerationRejected
 from ..runtime.metrics import child
 from . import metrics
 
@@ -125,14 +125,19 @@ class BackendPool:
             self._freed.clear()
             await self._freed.wait()
 
-    async def complete(self, prompt: str, parameters: GenerationParameters) -> tuple[str, float]:
+    async def complete(self, prompt: str, parameters: GenerationParameters) -> Completion:
         member = await self._acquire()
         url = member.backend.url
         child(metrics.BACKEND_IN_FLIGHT, url).inc()
         started = time.perf_counter()
         outcome = "ok"
         try:
-            return await member.backend.complete(prompt, parameters)
+            completion = await member.backend.complete(prompt, parameters)
+            if completion.prompt_tokens is not None:
+                child(metrics.PROMPT_TOKENS, url).inc(completion.prompt_tokens)
+            if completion.generated_tokens is not None:
+                child(metrics.GENERATED_TOKENS, url).inc(completion.generated_tokens)
+            return completion
         except GenerationRejected:
             outcome = "rejected"
             raise

@@ -183,10 +183,10 @@ class Gateway(ServiceBase):
     async def _generate(self, prompt: str, parameters: GenerationParameters) -> CachedGeneration:
         assert self.pool is not None
         try:
-            text, seconds = await self.pool.complete(prompt, parameters)
+            completion = await self.pool.complete(prompt, parameters)
         except GenerationRejected as rejected:
             return CachedGeneration("", 0.0, str(rejected))
-        return CachedGeneration(text, seconds)
+        return CachedGeneration(completion.text, completion.seconds)
 
 
 def _offline_model_id(cache_dir: Path) -> str:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from ..core.chat import GenerationParameters
+from ..runner import Completion
 from .answers import STANDIN_NAME, standin_answer
 
 __all__ = ["STANDIN_NAME", "complete_in_process", "standin_answer"]
 
 
-async def complete_in_process(prompt: str, parameters: GenerationParameters) -> tuple[str, float]:
-    """The stand-in as a completion backend without a server: (answer, zero seconds)."""
-    return standin_answer(prompt), 0.0
+async def complete_in_process(prompt: str, parameters: GenerationParameters) -> Completion:
+    """The stand-in as a completion backend without a server: its answer, in zero seconds."""
+    return Completion(standin_answer(prompt))

@@ -25,6 +25,7 @@ from .answers import STANDIN_NAME, prompt_roll, standin_answer
 
 STANDIN_MODEL_ID = "introspect-stand-in"
 _HEADER = {"X-Introspect-Stand-In": STANDIN_NAME}
+Reply = tuple[int, Any, float, tuple[int, int]]  # status, body, seconds, (prompt, generated) tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,8 +43,8 @@ def create_app(settings: StandInSettings = StandInSettings()) -> web.Application
     window: dict[str, float] = {}
     in_flight = 0
 
-    async def generate_one(request: web.Request, openai: bool = False) -> tuple[int, dict[str, Any], float]:
-        """(HTTP status, body, seconds) for one request, in TGI's shape or, with `openai`, OpenAI's."""
+    async def generate_one(request: web.Request, openai: bool = False) -> Reply:
+        """(HTTP status, body, seconds, tokens) for one request, in TGI's shape or, with `openai`, OpenAI's."""
         nonlocal in_flight
         stats["requests"] += 1
         try:
@@ -57,17 +58,22 @@ def create_app(settings: StandInSettings = StandInSettings()) -> web.Application
         except (json.JSONDecodeError, KeyError, TypeError):
             stats["rejected"] += 1
             expected = "prompt (string)" if openai else "inputs (string) and parameters"
-            return 422, {"error": f"Input validation error: expected {expected}", "error_type": "validation"}, 0.0
+            return (
+                422,
+                {"error": f"Input validation error: expected {expected}", "error_type": "validation"},
+                0.0,
+                (0, 0),
+            )
         if len(prompt) > settings.max_input_chars:
             stats["rejected"] += 1
             message = f"Input validation error: `inputs` must have less than {settings.max_input_chars} characters"
-            return 422, {"error": message, "error_type": "validation"}, 0.0
+            return 422, {"error": message, "error_type": "validation"}, 0.0, (0, 0)
         if in_flight >= settings.max_concurrent:
             stats["overloaded"] += 1
-            return 429, {"error": "Model is overloaded", "error_type": "overloaded"}, 0.0
+            return 429, {"error": "Model is overloaded", "error_type": "overloaded"}, 0.0, (0, 0)
         if settings.error_every and (stats["requests"] % settings.error_every == 0):
             stats["failed"] += 1
-            return 503, {"error": "stand-in: injected failure", "error_type": "generation"}, 0.0
+            return 503, {"error": "stand-in: injected failure", "error_type": "generation"}, 0.0, (0, 0)
 
         in_flight += 1
         window.setdefault("first_started_at", time.time())
@@ -79,25 +85,31 @@ def create_app(settings: StandInSettings = StandInSettings()) -> web.Application
             in_flight -= 1
         stats["generated"] += 1
         window["last_finished_at"] = time.time()
+        # The stand-in counts words as tokens.
         if openai:
-            return 200, _openai_response(prompt), settings.latency
-        return 200, _response(prompt, parameters), settings.latency
+            text = standin_answer(prompt)
+            tokens = (len(prompt.split()), len(text.split()))
+            return 200, _openai_response(text, tokens), settings.latency, tokens
+        body = _response(prompt, parameters)
+        return 200, body, settings.latency, (len(prompt.split()), body["details"]["generated_tokens"])
 
-    def reply(status: int, payload: Any, seconds: float) -> web.Response:
+    def reply(status: int, payload: Any, seconds: float, tokens: tuple[int, int]) -> web.Response:
         headers = {**_HEADER, "x-inference-time": str(round(seconds * 1000))}
+        if status == 200:  # TGI's token headers
+            stats["prompt_tokens"] += tokens[0]
+            stats["generated_tokens"] += tokens[1]
+            headers["x-prompt-tokens"], headers["x-generated-tokens"] = str(tokens[0]), str(tokens[1])
         return web.json_response(payload, status=status, headers=headers)
 
     async def generate(request: web.Request) -> web.Response:
-        status, payload, seconds = await generate_one(request)
-        return reply(status, payload, seconds)
+        return reply(*await generate_one(request))
 
     async def compat(request: web.Request) -> web.Response:
-        status, payload, seconds = await generate_one(request)
-        return reply(status, [payload] if status == 200 else payload, seconds)
+        status, payload, seconds, tokens = await generate_one(request)
+        return reply(status, [payload] if status == 200 else payload, seconds, tokens)
 
     async def completions(request: web.Request) -> web.Response:
-        status, payload, seconds = await generate_one(request, openai=True)
-        return reply(status, payload, seconds)
+        return reply(*await generate_one(request, openai=True))
 
     async def models(_: web.Request) -> web.Response:
         listing = {"object": "list", "data": [{"id": STANDIN_MODEL_ID, "object": "model", "owned_by": STANDIN_NAME}]}
@@ -157,15 +169,14 @@ def _response(prompt: str, parameters: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _openai_response(prompt: str) -> dict[str, Any]:
+def _openai_response(text: str, tokens: tuple[int, int]) -> dict[str, Any]:
     """An OpenAI completions answer: like vLLM, the text ends before any stop sequence."""
-    text = standin_answer(prompt)
     return {
-        "id": f"stand-in-{prompt_roll(prompt, 'id')}",
+        "id": f"stand-in-{prompt_roll(text, 'id')}",
         "object": "text_completion",
         "model": STANDIN_MODEL_ID,
         "choices": [{"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}],
-        "usage": {"prompt_tokens": len(prompt.split()), "completion_tokens": len(text.split())},
+        "usage": {"prompt_tokens": tokens[0], "completion_tokens": tokens[1]},
     }
 
 

@@ -27,7 +27,7 @@ from proto import Job, replace
 from services.backends.tgi import TGIBackend, tgi_payload
 from services.jobs import prepare_job
 from services.local import LocalPipeline, free_port
-from services.runner import ChatModel, evaluate
+from services.runner import ChatModel, Completion, evaluate
 from tests.pipeline_helpers import get_json, metric_total, submit_jobs
 from tests.synthetic import write_synthetic
 
@@ -121,12 +121,12 @@ async def naive(job: Job, url: str, concurrency: int) -> float:
     prepared = prepare_job(job)
     observations = prepared.load_observations()
 
-    async def complete(prompt: str, parameters) -> tuple[str, float]:  # type: ignore[no-untyped-def]
+    async def complete(prompt: str, parameters) -> Completion:  # type: ignore[no-untyped-def]
         async with (
             aiohttp.ClientSession() as session,
             session.post(f"{url}/generate", json=tgi_payload(prompt, parameters)) as response,
         ):
-            return (await response.json())["generated_text"], 0.0
+            return Completion((await response.json())["generated_text"])
 
     started = time.monotonic()
     model = ChatModel(prepared.model.chat_format, prepared.system, prepared.parameters, complete)
