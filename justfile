@@ -53,3 +53,15 @@ bench *ARGS:
 helm *ARGS:
     {{python}} charts/tools/fetch_helm.py --dest .cache/helm > /dev/null
     .cache/helm/helm {{ARGS}}
+
+# the chart, checked offline: helm lint --strict, then helm template (defaults and two models) validated against Kubernetes 1.33
+chart-lint:
+    {{python}} charts/tools/fetch_helm.py --dest .cache/helm > /dev/null
+    .cache/helm/helm lint --strict charts/introspect
+    .cache/helm/helm lint --strict charts/introspect -f charts/introspect/ci/two-models-values.yaml
+    .cache/helm/helm template introspect charts/introspect | {{python}} -m kubernetes_validate --strict --quiet -k 1.33.0 -
+    .cache/helm/helm template introspect charts/introspect -f charts/introspect/ci/two-models-values.yaml | {{python}} -m kubernetes_validate --strict --quiet --no-warn -k 1.33.0 -
+
+# the one image of every service (needs a Docker engine; none runs on the development machines)
+image tag="introspect:0.1.0":
+    docker build -t {{tag}} .

