@@ -137,6 +137,8 @@ def test_nats_keeps_its_streams_on_a_persistent_volume() -> None:
     (container,) = nats["spec"]["template"]["spec"]["containers"]
     assert {"name": claim["metadata"]["name"], "mountPath": "/data"} in container["volumeMounts"]
     assert "store_dir: /data" in named(objects, "ConfigMap", "introspect-nats-config")["data"]["nats.conf"]
+    assert container["command"] == ["nats-server", "--config", "/etc/nats/nats.conf"]
+    assert {"name": "config", "mountPath": "/etc/nats", "readOnly": True} in container["volumeMounts"]
 
 
 @pytest.mark.parametrize("values", list(VALUES))

@@ -71,6 +71,8 @@ app.kubernetes.io/component: {{ .component }}
   value: "9090"
 - name: INTROSPECT_PARTITIONS
   value: {{ .Values.gateway.partitions | quote }}
+- name: XDG_CACHE_HOME  # the root filesystem is read-only: any library cache goes to /tmp
+  value: /tmp/.cache
 {{- end -}}
 
 {{/* The container fields every Introspect service shares. */}}
