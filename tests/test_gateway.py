@@ -9,12 +9,13 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
+from services.backends.http import BackendInfo
 from services.backends.openai import OpenAICompletionsBackend
 from services.backends.tgi import RetryPolicy, TGIBackend
-from services.core.chat import LLAMA2, NO_SYSTEM, ChatTurn, generation_defaults
+from services.core.chat import LLAMA2, NO_SYSTEM, ChatTurn, GenerationParameters, generation_defaults
 from services.gateway.cache import CachedGeneration, GenerationCache, cache_key
 from services.gateway.pool import BackendPool, PoolMisconfigured
-from services.runner import GenerationRejected
+from services.runner import Completion, GenerationRejected
 from services.standin import standin_answer
 from services.standin.server import STANDIN_MODEL_ID, StandInSettings, create_app
 
@@ -118,3 +119,41 @@ async def test_the_openai_backend_gets_the_stand_in_answers(session) -> None:
             await backend.complete(PROMPTS[0] * 3, PARAMETERS)
     finally:
         await server.close()
+
+
+class GatedBackend:
+    """A backend that answers a prompt only when the test opens its gate."""
+
+    url = "gated://one"
+    retries = 0
+
+    def __init__(self) -> None:
+        self.gates: dict[str, asyncio.Event] = {}
+        self.started: list[str] = []
+
+    async def describe(self) -> BackendInfo:
+        return BackendInfo("gated-model", max_concurrent=1)
+
+    async def complete(self, prompt: str, parameters: GenerationParameters) -> Completion:
+        self.started.append(prompt)
+        await self.gates.setdefault(prompt, asyncio.Event()).wait()
+        return Completion(prompt.upper())
+
+
+async def test_a_freed_slot_goes_to_the_oldest_waiter_and_survives_its_cancellation() -> None:
+    backend = GatedBackend()
+    pool = BackendPool([backend])
+    await pool.start()
+    first = asyncio.ensure_future(pool.complete("a", PARAMETERS))
+    await asyncio.sleep(0)
+    second = asyncio.ensure_future(pool.complete("b", PARAMETERS))
+    third = asyncio.ensure_future(pool.complete("c", PARAMETERS))
+    await asyncio.sleep(0.01)
+    assert backend.started == ["a"]  # one slot: the others wait, in order
+    backend.gates["a"].set()
+    await asyncio.sleep(0)  # "a" finishes and hands its slot to "b" ...
+    assert first.done() and not backend.started[1:]
+    second.cancel()  # ... which is cancelled before it runs: the slot must pass on to "c"
+    backend.gates.setdefault("c", asyncio.Event()).set()
+    assert (await asyncio.wait_for(third, 2)).text == "C"
+    assert backend.started == ["a", "c"] and second.cancelled()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -55,7 +56,10 @@ class BackendPool:
         self.make_backend = make_backend
         self.members: list[Member] = []
         self.model_id = ""
-        self._freed = asyncio.Event()  # set when a member has room again, or members changed
+        # Requests waiting for room, first come first served. A freed slot wakes one of them,
+        # not all: with hundreds waiting, waking all on every completion costs more CPU than
+        # the requests themselves.
+        self._waiting: deque[asyncio.Future[None]] = deque()
         self._has_members = asyncio.Event()
         self._updating = asyncio.Lock()  # one update at a time: each describes new pods (awaits)
 
@@ -103,12 +107,12 @@ class BackendPool:
             self.model_id = info.model_id
             self._add(Member(backend, self.configured_limit or info.max_concurrent or DEFAULT_LIMIT))
             log.info("backend %s joined the pool", url)
-        self._freed.set()
+        self._wake(len(self._waiting))
 
     def _add(self, member: Member) -> None:
         self.members.append(member)
         self._has_members.set()
-        self._freed.set()
+        self._wake(member.limit)
 
     @property
     def capacity(self) -> int:
@@ -122,8 +126,22 @@ class BackendPool:
                 member = min(free, key=lambda m: m.load)
                 member.in_flight += 1
                 return member
-            self._freed.clear()
-            await self._freed.wait()
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiting.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake(1)  # woken, then cancelled: pass the slot on
+                raise
+
+    def _wake(self, count: int) -> None:
+        """Wake up to `count` waiting requests, oldest first."""
+        while count > 0 and self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                count -= 1
 
     async def complete(self, prompt: str, parameters: GenerationParameters) -> Completion:
         member = await self._acquire()
@@ -146,7 +164,7 @@ class BackendPool:
             raise
         finally:
             member.in_flight -= 1
-            self._freed.set()
+            self._wake(1)
             child(metrics.BACKEND_IN_FLIGHT, url).dec()
             child(metrics.BACKEND_SECONDS, url).observe(time.perf_counter() - started)
             child(metrics.GENERATIONS, url, outcome).inc()
