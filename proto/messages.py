@@ -233,7 +233,7 @@ def decode(payload: bytes, *expected: type[M], max_bytes: int = MAX_MESSAGE_BYTE
         raise InvalidMessage(f"not msgpack ({error})") from None
     if envelope.v != SCHEMA_VERSION:
         raise InvalidMessage(f"field 'v': schema version {envelope.v!r} is not {SCHEMA_VERSION}")
-    if envelope.kind not in {t.KIND for t in allowed}:
+    if envelope.kind not in _kinds(allowed):
         raise InvalidMessage(f"field 'kind': {envelope.kind!r} is not {' or '.join(t.KIND for t in allowed)}")
     try:
         return typing.cast(M, _decoder(allowed).decode(payload))
@@ -241,6 +241,11 @@ def decode(payload: bytes, *expected: type[M], max_bytes: int = MAX_MESSAGE_BYTE
         raise InvalidMessage(_field_error(str(error))) from None
     except msgspec.DecodeError as error:
         raise InvalidMessage(f"not msgpack ({error})") from None
+
+
+@lru_cache(maxsize=64)
+def _kinds(types: tuple[type[Message], ...]) -> frozenset[str]:
+    return frozenset(t.KIND for t in types)
 
 
 @lru_cache(maxsize=64)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
+import time
 from collections.abc import Iterator
 
 import nats.errors
@@ -20,17 +22,23 @@ from services.scorer.service import next_message
 
 
 @pytest.fixture
-def nats_with_password(tmp_path) -> Iterator[str]:
+def nats_server(tmp_path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     port = free_port()
     command = [nats_server_binary(), "-js", "-sd", str(tmp_path), "-a", "127.0.0.1", "-p", str(port),
                "--user", "introspect", "--pass", "s3cret"]  # fmt: skip
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for_port(port, "nats-server", server)
-        yield f"nats://127.0.0.1:{port}"
+        yield f"nats://127.0.0.1:{port}", server
     finally:
+        server.send_signal(signal.SIGCONT)
         server.terminate()
         server.wait()
+
+
+@pytest.fixture
+def nats_with_password(nats_server) -> str:
+    return nats_server[0]
 
 
 async def test_credentials_are_used_and_wrong_ones_refused(nats_with_password: str) -> None:
@@ -88,5 +96,22 @@ async def _drain(subscription: JetStreamContext.PullSubscription) -> list[Msg]:
     while True:
         try:
             messages += await subscription.fetch(10, timeout=0.5)
-        except nats.errors.TimeoutError:
+        except (TimeoutError, nats.errors.TimeoutError):  # nats-py raises either
             return messages
+
+
+async def test_a_publication_jetstream_never_acknowledges_fails_after_its_timeout(nats_server) -> None:
+    url, server = nats_server
+    bus = await Bus.open(Settings(nats_url=url, nats_user="introspect", nats_password="s3cret"), "test")
+    try:
+        event = JobEvent("job", "accepted", "", 1.0)
+        server.send_signal(signal.SIGSTOP)  # the server takes the bytes but never answers
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            await bus.publish([Outgoing(sub.EVENTS, event, "job:1")], timeout=0.5)
+        assert 0.5 <= time.monotonic() - started < 3.0
+        server.send_signal(signal.SIGCONT)
+        await bus.publish([Outgoing(sub.EVENTS, event, "job:2")], timeout=5.0)  # and then works again
+        assert not bus._unacked  # nothing left waiting
+    finally:
+        await bus.close()
