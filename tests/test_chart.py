@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import pytest
 from proto import subjects as sub
 from services.local import free_port, nats_server_binary, wait_for_port
 from services.runtime.bus import Bus
-from services.runtime.settings import Settings
+from services.runtime.settings import ENV_PREFIX, Settings
 
 from .chart_helpers import CHART, TWO_MODELS, env_of, helm, named, of_kind, pod_specs, render
 from .pipeline_helpers import get_bytes
@@ -274,3 +275,31 @@ async def test_the_rendered_nats_config_runs_and_the_services_credentials_open_i
     finally:
         server.terminate()
         server.wait()
+
+
+@pytest.mark.parametrize("values", list(VALUES))
+def test_the_services_accept_the_settings_the_chart_gives_them(values: str) -> None:
+    """Every INTROSPECT_* variable the chart sets is a setting the services know, and the
+    settings loader takes the rendered values (a misspelt name would be silently ignored)."""
+    known = {ENV_PREFIX + spec.name.upper() for spec in fields(Settings)}
+    checked = 0
+    for workload, pod in pod_specs(render(*VALUES[values])):
+        for container in pod["containers"]:
+            if container.get("args", [None])[0] != "serve":
+                continue
+            env = env_of(container)
+            introspect = {name: value for name, value in env.items() if name.startswith(ENV_PREFIX)}
+            assert set(introspect) <= known, f"{workload}: {set(introspect) - known}"
+            # What Kubernetes puts there: a Secret's value; the pod index of the last gateway.
+            last = str(int(introspect["INTROSPECT_PARTITIONS"]) - 1)
+            resolved = {name: value if isinstance(value, str) else last if "fieldRef" in value else "from-a-secret"
+                        for name, value in introspect.items()}  # fmt: skip
+            settings = Settings.from_env(resolved)
+            assert settings.nats_user == settings.nats_password == "from-a-secret"
+            assert settings.metrics_port == 9090 and settings.partitions >= 1
+            if container["args"][1] == "gateway":
+                assert settings.partition == settings.partitions - 1 and settings.model and settings.tgi_service
+            if container["args"][1] == "producer":
+                assert settings.served_models
+            checked += 1
+    assert checked == (4 if values == "default" else 5)

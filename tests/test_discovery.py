@@ -5,11 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from services.backends.tgi import TGIBackend
@@ -18,59 +16,13 @@ from services.gateway.discovery import EndpointSliceWatcher, ServiceRef, discove
 from services.gateway.pool import BackendPool
 from services.standin.server import StandInSettings, create_app
 
-PATH = "/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices"
-
-
-def endpoint_slice(name: str, port: int, ready: dict[str, bool]) -> dict[str, Any]:
-    return {
-        "apiVersion": "discovery.k8s.io/v1",
-        "kind": "EndpointSlice",
-        "metadata": {"name": name, "namespace": "gpu", "labels": {"kubernetes.io/service-name": "tgi-llama"}},
-        "addressType": "IPv4",
-        "endpoints": [{"addresses": [address], "conditions": {"ready": up}} for address, up in ready.items()],
-        "ports": [
-            {"name": "metrics", "port": 9000, "protocol": "TCP"},
-            {"name": "http", "port": port, "protocol": "TCP"},
-        ],
-    }
-
-
-class FakeKubernetes:
-    """List and watch of EndpointSlices, as the API server answers them (JSON lines for a watch)."""
-
-    def __init__(self) -> None:
-        self.slices: dict[str, dict[str, Any]] = {}
-        self.events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()  # None ends a watch
-        self.selectors: list[str] = []
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        self.selectors.append(request.query.get("labelSelector", ""))
-        if request.query.get("watch") not in ("true", "True", "1"):
-            items = list(self.slices.values())
-            return web.json_response({"kind": "EndpointSliceList", "apiVersion": "discovery.k8s.io/v1",
-                                      "metadata": {"resourceVersion": "1"}, "items": items})  # fmt: skip
-        response = web.StreamResponse()
-        response.content_type = "application/json"
-        await response.prepare(request)
-        while (event := await self.events.get()) is not None:
-            await response.write(json.dumps(event).encode() + b"\n")
-        return response
-
-    def publish(self, kind: str, body: dict[str, Any]) -> None:
-        self.events.put_nowait({"type": kind, "object": body})
+from .kubernetes_fake import FakeKubernetes, endpoint_slice, serve_fake_kubernetes
 
 
 @pytest.fixture
 async def kubernetes() -> AsyncIterator[tuple[FakeKubernetes, str]]:
-    fake = FakeKubernetes()
-    app = web.Application()
-    app.router.add_get(PATH, fake.handle)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    yield fake, str(server.make_url("")).rstrip("/")
-    for _ in range(4):  # end the open watches, so the server can close
-        fake.events.put_nowait(None)
-    await server.close()
+    async with serve_fake_kubernetes() as served:
+        yield served
 
 
 def test_ready_urls_take_the_named_port_and_skip_unready_endpoints() -> None:

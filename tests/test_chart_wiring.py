@@ -1,0 +1,138 @@
+"""The chart's wiring, run for real: every service started with the environment the chart
+renders for it (credentials, partitions, model, served models, TGI discovery), against a
+nats-server with the chart's credentials and a local stand-in for the Kubernetes API
+whose EndpointSlices point at the stand-in model server. What the cluster would supply is
+put in by the test: Secret values, the pod index, free ports and local folders."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+
+from proto import Job
+from services.client import JobRejected, wait_for_job, with_job_id
+from services.local import free_port, nats_server_binary, wait_for_port
+from services.runtime.settings import Settings
+from services.standin.server import StandInSettings, create_app
+
+from .chart_helpers import env_of, pod_specs, render
+from .conftest import DATASET_MIRROR
+from .kubernetes_fake import endpoint_slice, serve_fake_kubernetes
+
+pytestmark = pytest.mark.slow
+
+NAMESPACE = "research"
+USER, PASSWORD = "introspect", "not-a-real-password-5678"
+
+
+def _containers() -> dict[str, dict[str, Any]]:
+    """The rendered `introspect serve` container of each service, by service."""
+    containers = {}
+    for _, pod in pod_specs(render("--set", f"nats.auth.password={PASSWORD}", namespace=NAMESPACE)):
+        (container,) = pod["containers"]
+        if container.get("args", [None])[0] == "serve":
+            containers[container["args"][1]] = container
+    return containers
+
+
+def _environment(container: dict[str, Any], index: int, nats_url: str, data: Path, kubernetes: str) -> dict[str, str]:
+    """The container's environment as Kubernetes would give it, made to run on this machine."""
+    env: dict[str, str] = {}
+    for name, value in env_of(container).items():
+        if isinstance(value, str):
+            env[name] = value
+        elif "fieldRef" in value:  # the StatefulSet pod index
+            env[name] = str(index)
+        else:
+            secret = value["secretKeyRef"]
+            env[name] = {"user": USER, "password": PASSWORD}[secret["key"]]
+    local = {"INTROSPECT_NATS_URL": nats_url, "INTROSPECT_METRICS_HOST": "127.0.0.1",
+             "INTROSPECT_METRICS_PORT": str(free_port()), "INTROSPECT_KUBERNETES_API": kubernetes}  # fmt: skip
+    for path_setting in ("INTROSPECT_DATA_DIR", "INTROSPECT_RESULTS_DIR", "HF_HOME", "XDG_CACHE_HOME"):
+        if path_setting in env:
+            local[path_setting] = str(data / env[path_setting].strip("/"))
+    return {**os.environ, **env, **local}
+
+
+@pytest.fixture
+def nats_with_chart_credentials(tmp_path: Path) -> Iterator[str]:
+    port = free_port()
+    command = [nats_server_binary(), "-js", "-sd", str(tmp_path / "nats"), "-a", "127.0.0.1", "-p", str(port),
+               "--user", USER, "--pass", PASSWORD]  # fmt: skip
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, "nats-server", server)
+        yield f"nats://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait()
+
+
+async def test_the_services_as_the_chart_configures_them_run_a_job(tmp_path: Path, nats_with_chart_credentials) -> None:
+    containers = _containers()
+    assert set(containers) == {"producer", "scorer", "gateway", "aggregator"}
+    gateway_env = env_of(containers["gateway"])
+    namespace, service_and_port = gateway_env["INTROSPECT_TGI_SERVICE"].split("/")
+    service, port_name = service_and_port.split(":")
+    partitions = int(gateway_env["INTROSPECT_PARTITIONS"])
+    model_server = TestServer(create_app(StandInSettings()), host="127.0.0.1")
+    await model_server.start_server()
+    running: dict[str, tuple[dict[str, str], subprocess.Popen[bytes]]] = {}
+    async with serve_fake_kubernetes() as (fake, kubernetes):
+        fake.slices["tgi"] = endpoint_slice(
+            "tgi-1", model_server.port, {"127.0.0.1": True}, service=service, namespace=namespace, port_name=port_name
+        )
+        try:
+            pods = [("producer", 0), ("scorer", 0), ("aggregator", 0), *(("gateway", k) for k in range(partitions))]
+            for name, index in pods:
+                env = _environment(containers[name], index, nats_with_chart_credentials, tmp_path / f"{name}-{index}",
+                                   kubernetes)  # fmt: skip
+                log = (tmp_path / f"{name}-{index}.log").open("wb")
+                command = [sys.executable, "-m", "services.cli", *containers[name]["args"]]
+                running[f"{name}-{index}"] = (
+                    env,
+                    subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT),
+                )
+            for name, (env, process) in running.items():
+                await _healthy(name, int(env["INTROSPECT_METRICS_PORT"]), process, tmp_path / f"{name}.log")
+            assert f"kubernetes.io/service-name={service}" in fake.selectors  # the gateways found TGI through the API
+
+            settings = Settings(nats_url=nats_with_chart_credentials, nats_user=USER, nats_password=PASSWORD)
+            aggregator = f"http://127.0.0.1:{running['aggregator-0'][0]['INTROSPECT_METRICS_PORT']}"
+            job = with_job_id(Job("", "llama2-7b", "IMDB", "counterfactual", limit=8, mirror=str(DATASET_MIRROR)))
+            status = await asyncio.wait_for(wait_for_job(settings, aggregator, job, lambda _r, _e: None), 120)
+            assert status["complete"] and status["received"] == 8
+            # A job for a model this release does not serve is refused, not left waiting.
+            other = with_job_id(Job("", "mistral-v2-7b", "IMDB", "classify", limit=2, mirror=str(DATASET_MIRROR)))
+            with pytest.raises(JobRejected, match="no gateway serves model 'mistral-v2-7b'"):
+                await asyncio.wait_for(wait_for_job(settings, aggregator, other, lambda _r, _e: None), 60)
+        finally:
+            for _, process in running.values():
+                process.terminate()
+            for _, process in running.values():
+                process.wait(timeout=30)
+            await model_server.close()
+
+
+async def _healthy(name: str, port: int, process: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:
+    """Wait for /healthz to say ready, without blocking this loop (it serves the fake API)."""
+    async with aiohttp.ClientSession() as session:
+        for _ in range(int(timeout / 0.1)):
+            assert process.poll() is None, f"{name} exited: {log.read_text()[-2000:]}"
+            try:
+                async with session.get(f"http://127.0.0.1:{port}/healthz") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"{name} not ready after {timeout} s: {log.read_text()[-2000:]}")
