@@ -240,9 +240,13 @@ class Worker:
         subscription = await self.bus.pull_subscription(self.consumer)
         keepalive = asyncio.create_task(self._keep_alive(stop))
         try:
+            # Fetch only once there is room for a good handful: with slow handlers (a gateway
+            # waiting 200 ms on each generation) slots free one at a time, and a pull request
+            # per freed slot cost the gateway more CPU than the messages themselves.
+            low_water = max(1, min(self.batch, self.concurrency // 8))
             while not stop.is_set():
                 room = self.concurrency - len(self.in_flight)
-                if room <= 0:
+                if room < low_water and self.in_flight:
                     self._slot_free.clear()
                     await _first(self._slot_free.wait(), stop.wait())
                     continue
