@@ -15,7 +15,7 @@ import pytest
 from proto import Job
 from services.local import LocalPipeline
 
-from .pipeline_helpers import get_json, in_process, records_frame, result_json, submit_jobs, wait_complete
+from .pipeline_helpers import get_json, in_process, records_frame, result_json, scrape, submit_jobs, wait_complete
 from .synthetic import write_synthetic
 
 pytestmark = pytest.mark.slow
@@ -115,3 +115,9 @@ def test_a_restarted_aggregator_remembers_finished_jobs_without_rescanning(tmp_p
         after = get_json(f"{pipeline.aggregator_url}/jobs/{job.job_id}")
         assert after == before and after["complete"] and after["received"] == 12
         assert len(records_frame(pipeline, job.job_id)) == 12
+        # The dashboard's per-job series come back too, from the kept counts.
+        gauges = scrape(f"{pipeline.aggregator_url}/metrics")
+        label = f'job_id="{job.job_id}"'
+        assert gauges[f'introspect_job_observations{{{label},state="received"}}'] == 12
+        assert gauges[f"introspect_job_correct{{{label}}}"] == before["results"]["correct"]
+        assert gauges[f"introspect_job_faithful_and_correct{{{label}}}"] == before["results"]["introspect_and_correct"]

@@ -83,8 +83,11 @@ class Aggregator:
             if completion is not None:  # finished: its counts were kept, its records stay on disk
                 state.complete, state.received = True, completion["received"]
                 state.result_file, state.records_file = completion["result_file"], completion["records_file"]
-                state.final_results = completion["results"]
+                state.final_results = results = completion["results"]
                 metrics.JOB_PROGRESS.labels(job_id, "received").set(state.received)
+                metrics.JOB_CORRECT.labels(job_id).set(results["correct"])
+                both = results.get("faithful_and_correct", results.get("introspect_and_correct", 0))
+                metrics.JOB_FAITHFUL.labels(job_id).set(both)
                 continue
             for record in self._records(state):
                 self._count(state, record)
