@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -14,11 +13,10 @@ import kubernetes_validate
 import pytest
 
 from proto import subjects as sub
-from services.local import free_port, nats_server_binary, wait_for_port
 from services.runtime.bus import Bus
 from services.runtime.settings import ENV_PREFIX, Settings
 
-from .chart_helpers import CHART, TWO_MODELS, env_of, helm, named, of_kind, pod_specs, render
+from .chart_helpers import CHART, TWO_MODELS, env_of, helm, named, of_kind, pod_specs, render, run_chart_nats
 from .pipeline_helpers import get_bytes
 
 KUBERNETES = "1.33.0"
@@ -253,28 +251,17 @@ async def test_the_rendered_nats_config_runs_and_the_services_credentials_open_i
     user and password accepted, every stream of the pipeline declared within its limits."""
     password = "not-a-real-password-5678"
     objects = render("--set", f"nats.auth.password={password}")
-    config = named(objects, "ConfigMap", "introspect-nats-config")["data"]["nats.conf"]
-    (tmp_path / "nats.conf").write_text(config.replace("store_dir: /data", f"store_dir: {tmp_path / 'js'}"))
-    port, monitor = free_port(), free_port()
-    env = {"POD_NAME": "introspect-nats-0", "NATS_USER": "introspect", "NATS_PASSWORD": password}
-    command = [nats_server_binary(), "-c", str(tmp_path / "nats.conf"), "-a", "127.0.0.1", "-p", str(port),
-               "-m", str(monitor)]  # fmt: skip
-    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for_port(port, "nats-server", server)
-        settings = Settings(nats_url=f"nats://127.0.0.1:{port}", nats_user="introspect", nats_password=password)
+    with run_chart_nats(objects, tmp_path, "introspect", password) as nats:
+        settings = Settings(nats_url=nats.url, nats_user="introspect", nats_password=password)
         bus = await Bus.open(settings, "chart-test")
         try:
             names = {stream.config.name for stream in await bus.js.streams_info()}
             assert names == {spec.name for spec in sub.STREAMS}
         finally:
             await bus.close()
-        jetstream = json.loads(get_bytes(f"http://127.0.0.1:{monitor}/varz"))["jetstream"]["config"]
+        jetstream = json.loads(get_bytes(f"{nats.monitor}/varz"))["jetstream"]["config"]
         assert jetstream["max_storage"] == 20 * 1024**3  # jetstream.storage: 20Gi
         assert jetstream["max_memory"] == 1024**3  # jetstream.maxMemory: 1Gi
-    finally:
-        server.terminate()
-        server.wait()
 
 
 @pytest.mark.parametrize("values", list(VALUES))

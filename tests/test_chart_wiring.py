@@ -1,6 +1,6 @@
 """The chart's wiring, run for real: every service started with the environment the chart
 renders for it (credentials, partitions, model, served models, TGI discovery), against a
-nats-server with the chart's credentials and a local stand-in for the Kubernetes API
+nats-server running the chart's nats.conf and credentials, and a local stand-in for the Kubernetes API
 whose EndpointSlices point at the stand-in model server. What the cluster would supply is
 put in by the test: Secret values, the pod index, free ports and local folders."""
 
@@ -10,7 +10,6 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +19,11 @@ from aiohttp.test_utils import TestServer
 
 from proto import Job
 from services.client import JobRejected, wait_for_job, with_job_id
-from services.local import free_port, nats_server_binary, wait_for_port
+from services.local import free_port
 from services.runtime.settings import Settings
 from services.standin.server import StandInSettings, create_app
 
-from .chart_helpers import env_of, pod_specs, render
+from .chart_helpers import env_of, pod_specs, render, run_chart_nats
 from .conftest import DATASET_MIRROR
 from .kubernetes_fake import endpoint_slice, serve_fake_kubernetes
 
@@ -34,10 +33,10 @@ NAMESPACE = "research"
 USER, PASSWORD = "introspect", "not-a-real-password-5678"
 
 
-def _containers() -> dict[str, dict[str, Any]]:
+def _containers(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The rendered `introspect serve` container of each service, by service."""
     containers = {}
-    for _, pod in pod_specs(render("--set", f"nats.auth.password={PASSWORD}", namespace=NAMESPACE)):
+    for _, pod in pod_specs(objects):
         (container,) = pod["containers"]
         if container.get("args", [None])[0] == "serve":
             containers[container["args"][1]] = container
@@ -63,22 +62,14 @@ def _environment(container: dict[str, Any], index: int, nats_url: str, data: Pat
     return {**os.environ, **env, **local}
 
 
-@pytest.fixture
-def nats_with_chart_credentials(tmp_path: Path) -> Iterator[str]:
-    port = free_port()
-    command = [nats_server_binary(), "-js", "-sd", str(tmp_path / "nats"), "-a", "127.0.0.1", "-p", str(port),
-               "--user", USER, "--pass", PASSWORD]  # fmt: skip
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for_port(port, "nats-server", server)
-        yield f"nats://127.0.0.1:{port}"
-    finally:
-        server.terminate()
-        server.wait()
+async def test_the_services_as_the_chart_configures_them_run_a_job(tmp_path: Path) -> None:
+    objects = render("--set", f"nats.auth.password={PASSWORD}", namespace=NAMESPACE)
+    with run_chart_nats(objects, tmp_path, USER, PASSWORD) as nats:
+        await _run_a_job(objects, tmp_path, nats.url)
 
 
-async def test_the_services_as_the_chart_configures_them_run_a_job(tmp_path: Path, nats_with_chart_credentials) -> None:
-    containers = _containers()
+async def _run_a_job(objects: list[dict[str, Any]], tmp_path: Path, nats_url: str) -> None:
+    containers = _containers(objects)
     assert set(containers) == {"producer", "scorer", "gateway", "aggregator"}
     gateway_env = env_of(containers["gateway"])
     namespace, service_and_port = gateway_env["INTROSPECT_TGI_SERVICE"].split("/")
@@ -94,7 +85,7 @@ async def test_the_services_as_the_chart_configures_them_run_a_job(tmp_path: Pat
         try:
             pods = [("producer", 0), ("scorer", 0), ("aggregator", 0), *(("gateway", k) for k in range(partitions))]
             for name, index in pods:
-                env = _environment(containers[name], index, nats_with_chart_credentials, tmp_path / f"{name}-{index}",
+                env = _environment(containers[name], index, nats_url, tmp_path / f"{name}-{index}",
                                    kubernetes)  # fmt: skip
                 log = (tmp_path / f"{name}-{index}.log").open("wb")
                 command = [sys.executable, "-m", "services.cli", *containers[name]["args"]]
@@ -106,7 +97,7 @@ async def test_the_services_as_the_chart_configures_them_run_a_job(tmp_path: Pat
                 await _healthy(name, int(env["INTROSPECT_METRICS_PORT"]), process, tmp_path / f"{name}.log")
             assert f"kubernetes.io/service-name={service}" in fake.selectors  # the gateways found TGI through the API
 
-            settings = Settings(nats_url=nats_with_chart_credentials, nats_user=USER, nats_password=PASSWORD)
+            settings = Settings(nats_url=nats_url, nats_user=USER, nats_password=PASSWORD)
             aggregator = f"http://127.0.0.1:{running['aggregator-0'][0]['INTROSPECT_METRICS_PORT']}"
             job = with_job_id(Job("", "llama2-7b", "IMDB", "counterfactual", limit=8, mirror=str(DATASET_MIRROR)))
             status = await asyncio.wait_for(wait_for_job(settings, aggregator, job, lambda _r, _e: None), 120)
