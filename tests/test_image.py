@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import fnmatch
 import shlex
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
 
 from .chart_helpers import ROOT, pod_specs, render
 
@@ -60,3 +64,15 @@ def test_the_chart_runs_the_image_as_the_user_the_image_has() -> None:
     assert len(services) == 4  # producer, scorer, the gateway of the one default model, aggregator
     for workload, pod in services:
         assert (pod["securityContext"]["runAsUser"], pod["securityContext"]["runAsGroup"]) == (10001, 10001), workload
+
+
+def test_the_wheel_the_image_installs_holds_every_module_of_the_services(tmp_path: Path) -> None:
+    """The image runs `pip install .`: what that builds must carry every module the repository has."""
+    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--wheel-dir", str(tmp_path), str(ROOT)]
+    subprocess.run(build, check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("introspect-*.whl")
+    packaged = {name for name in zipfile.ZipFile(wheel).namelist() if name.endswith(".py")}
+    modules = {str(path.relative_to(ROOT)) for top in ("services", "proto") for path in (ROOT / top).rglob("*.py")}
+    assert packaged == modules
+    entry_points = zipfile.ZipFile(wheel).read(f"{wheel.name.split('-py3')[0]}.dist-info/entry_points.txt").decode()
+    assert "introspect = services.cli:entry_point" in entry_points
