@@ -115,6 +115,7 @@ def test_the_dashboard_has_the_panels_researchers_watch() -> None:
         "Dead letters (last hour)",
         "Progress per job",
         "Live correctness and faithfulness per job",
+        "Backend utilisation",
         "TGI queue size",
         "TGI batch size",
         "TGI request duration",

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
+from prometheus_client import REGISTRY
 
 from services.backends.tgi import TGIBackend
 from services.core.chat import LLAMA2, ChatTurn, generation_defaults
@@ -80,6 +81,9 @@ async def test_pods_that_come_and_go_change_the_pool(kubernetes) -> None:
 
             fake.publish("MODIFIED", endpoint_slice("tgi-a", ports[0], {"127.0.0.1": False}))  # not ready
             await _until(lambda: members() == [f"http://127.0.0.1:{ports[1]}"])
+            limits = {p: REGISTRY.get_sample_value("introspect_backend_limit", {"backend": f"http://127.0.0.1:{p}"})
+                      for p in ports}  # fmt: skip
+            assert limits == {ports[0]: None, ports[1]: 4}  # a pod that left has no series on the dashboard
             fake.publish("DELETED", endpoint_slice("tgi-b", ports[1], {"127.0.0.1": True}))
             await _until(lambda: members() == [])
 

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
+from prometheus_client import REGISTRY
 
 from services.backends.http import BackendInfo
 from services.backends.openai import OpenAICompletionsBackend
@@ -66,6 +67,8 @@ async def test_the_pool_keeps_each_backend_at_the_limit_its_info_gives(session) 
         pool = BackendPool([TGIBackend(_url(server), session) for server in servers])
         await pool.start()
         assert pool.model_id == STANDIN_MODEL_ID and pool.capacity == 8
+        for server in servers:
+            assert REGISTRY.get_sample_value("introspect_backend_limit", {"backend": _url(server)}) == 4
         answers = await asyncio.gather(*(pool.complete(prompt, PARAMETERS) for prompt in PROMPTS))
         assert [answer.text.removesuffix("[INST]") for answer in answers] == [standin_answer(p) for p in PROMPTS]
         # TGI's token headers (the stand-in counts words): the pool counts them per backend.

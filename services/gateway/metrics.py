@@ -20,6 +20,11 @@ RETRIES = Counter(
 PROMPT_TOKENS = Counter("introspect_prompt_tokens_total", "Prompt tokens sent to backends", ["backend"])
 GENERATED_TOKENS = Counter("introspect_generated_tokens_total", "Tokens backends generated", ["backend"])
 BACKEND_IN_FLIGHT = Gauge("introspect_backend_in_flight", "Backend calls in flight", ["backend"])
+BACKEND_LIMIT = Gauge(
+    "introspect_backend_limit",
+    "Calls a backend takes at once (its /info max_concurrent_requests, or the configured limit)",
+    ["backend"],
+)
 BACKEND_SECONDS = Histogram(
     "introspect_backend_seconds",
     "Seconds a backend call took, retries included",

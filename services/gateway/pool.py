@@ -93,6 +93,7 @@ class BackendPool:
         current = {member.backend.url: member for member in self.members}
         for url in set(current) - urls:
             self.members.remove(current[url])
+            metrics.BACKEND_LIMIT.remove(url)
             log.info("backend %s left the pool", url)
         for url in sorted(urls - set(current)):
             backend = make_backend(url)
@@ -111,6 +112,7 @@ class BackendPool:
 
     def _add(self, member: Member) -> None:
         self.members.append(member)
+        metrics.BACKEND_LIMIT.labels(member.backend.url).set(member.limit)
         self._has_members.set()
         self._wake(member.limit)
 
