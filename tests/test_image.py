@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fnmatch
 import shlex
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -67,8 +68,19 @@ def test_the_chart_runs_the_image_as_the_user_the_image_has() -> None:
 
 
 def test_the_wheel_the_image_installs_holds_every_module_of_the_services(tmp_path: Path) -> None:
-    """The image runs `pip install .`: what that builds must carry every module the repository has."""
-    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--wheel-dir", str(tmp_path), str(ROOT)]
+    """The build stage copies its sources and runs `pip install .`: from exactly those
+    sources, the wheel pip builds must carry every module the repository has."""
+    source = tmp_path / "src"
+    source.mkdir()
+    build_stage, _ = _stages()
+    for kind, args in build_stage:
+        if kind == "COPY":
+            *paths, _destination = shlex.split(args)
+            for path in paths:
+                copy = shutil.copytree if (ROOT / path).is_dir() else shutil.copy
+                copy(ROOT / path, source / path)
+    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
+             "--wheel-dir", str(tmp_path), str(source)]  # fmt: skip
     subprocess.run(build, check=True, capture_output=True)
     (wheel,) = tmp_path.glob("introspect-*.whl")
     packaged = {name for name in zipfile.ZipFile(wheel).namelist() if name.endswith(".py")}
