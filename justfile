@@ -56,11 +56,17 @@ helm *ARGS:
 
 # the chart, checked offline: helm lint --strict, then helm template (defaults and two models) validated against Kubernetes 1.33
 chart-lint:
+    #!/usr/bin/env bash
+    set -euo pipefail
     {{python}} charts/tools/fetch_helm.py --dest .cache/helm > /dev/null
+    two_models=charts/introspect/ci/two-models-values.yaml
     .cache/helm/helm lint --strict charts/introspect
-    .cache/helm/helm lint --strict charts/introspect -f charts/introspect/ci/two-models-values.yaml
+    .cache/helm/helm lint --strict charts/introspect -f $two_models
     .cache/helm/helm template introspect charts/introspect | {{python}} -m kubernetes_validate --strict --quiet -k 1.33.0 -
-    .cache/helm/helm template introspect charts/introspect -f charts/introspect/ci/two-models-values.yaml | {{python}} -m kubernetes_validate --strict --quiet --no-warn -k 1.33.0 -
+    # the ServiceMonitor is a custom resource: Kubernetes has no schema for it (tests/test_chart.py checks it)
+    .cache/helm/helm template introspect charts/introspect -f $two_models \
+        | {{python}} -m kubernetes_validate --strict --quiet --no-warn -k 1.33.0 -
+    echo "chart: lint and Kubernetes 1.33 schemas clean"
 
 # the one image of every service (needs a Docker engine; none runs on the development machines)
 image tag="introspect:0.1.0":
