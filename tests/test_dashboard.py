@@ -47,7 +47,7 @@ TGI_METRICS = {
 # Labels Prometheus adds to every series it scrapes (target labels of Kubernetes discovery).
 TARGET_LABELS = {"job", "instance", "namespace", "pod", "service", "container", "endpoint"}
 # Grafana's variables, replaced by what Grafana would put there before the query runs.
-GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$job_id": ".*"}
+GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$job_id": ".*", "$namespace": ".*"}
 
 
 def _sample_names(name: str, kind: str) -> set[str]:
@@ -170,5 +170,13 @@ def test_a_wrong_metric_or_label_would_be_caught() -> None:
 
 def test_the_job_variable_lists_the_jobs_the_aggregator_reports() -> None:
     (variable,) = [v for v in DASHBOARD["templating"]["list"] if v["name"] == "job_id"]
-    assert variable["definition"] == "label_values(introspect_job_observations, job_id)"
+    assert variable["definition"] == 'label_values(introspect_job_observations{namespace=~"$namespace"}, job_id)'
     assert "job_id" in exported()["introspect_job_observations"]
+
+
+def test_every_series_is_filtered_by_the_namespace_variable() -> None:
+    """Two releases, or other TGI servers in the cluster, never mix into one panel."""
+    for title, expr in expressions():
+        for selector in _selectors(_parse(expr)):
+            names = {(m.name, m.value) for m in selector.matchers.matchers}
+            assert ("namespace", ".*") in names, f"{title}: {selector.name} is not filtered by namespace"
