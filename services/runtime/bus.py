@@ -234,19 +234,19 @@ class Worker:
         self.grace = grace  # seconds in-flight work may take to finish on shutdown
         self.in_flight: dict[asyncio.Task[None], Msg] = {}
         self._started: dict[asyncio.Task[None], float] = {}
-        self._slot_free = asyncio.Event()
+        self._slot_free = asyncio.Event()  # set once there is room to fetch again
+        # Fetch only once there is room for a good handful: with slow handlers (a gateway
+        # waiting 200 ms on each generation) slots free one at a time, and a pull request
+        # (and a wake-up of the fetch loop) per freed slot cost more CPU than the messages.
+        self.low_water = max(1, min(self.batch, self.concurrency // 8))
 
     async def run(self, stop: asyncio.Event) -> None:
         subscription = await self.bus.pull_subscription(self.consumer)
         keepalive = asyncio.create_task(self._keep_alive(stop))
         try:
-            # Fetch only once there is room for a good handful: with slow handlers (a gateway
-            # waiting 200 ms on each generation) slots free one at a time, and a pull request
-            # per freed slot cost the gateway more CPU than the messages themselves.
-            low_water = max(1, min(self.batch, self.concurrency // 8))
             while not stop.is_set():
                 room = self.concurrency - len(self.in_flight)
-                if room < low_water and self.in_flight:
+                if room < self.low_water and self.in_flight:
                     self._slot_free.clear()
                     await _first(self._slot_free.wait(), stop.wait())
                     continue
@@ -275,7 +275,8 @@ class Worker:
         self.in_flight.pop(task, None)
         self._started.pop(task, None)
         metrics.child(metrics.IN_FLIGHT, self.bus.service).dec()
-        self._slot_free.set()
+        if self.concurrency - len(self.in_flight) >= self.low_water or not self.in_flight:
+            self._slot_free.set()
 
     async def _process(self, msg: Msg) -> None:
         try:
