@@ -49,10 +49,12 @@ def named(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]
 
 
 def pod_specs(objects: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(workload name, pod spec) of every Deployment and StatefulSet."""
+    """(workload name, pod spec) of every Deployment and StatefulSet, and of every bare Pod (`helm test`)."""
     for o in objects:
         if o["kind"] in ("Deployment", "StatefulSet"):
             yield o["metadata"]["name"], o["spec"]["template"]["spec"]
+        elif o["kind"] == "Pod":
+            yield o["metadata"]["name"], o["spec"]
 
 
 def env_of(container: dict[str, Any]) -> dict[str, Any]:

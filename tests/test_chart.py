@@ -121,7 +121,7 @@ def test_the_scorer_producer_and_aggregator_agree_with_the_gateways() -> None:
     (container,) = aggregator["spec"]["template"]["spec"]["containers"]
     assert env_of(container)["INTROSPECT_RESULTS_DIR"] == "/data/results"
     assert named(objects, "Service", "introspect-aggregator")["spec"]["ports"][0]["port"] == 9090
-    for _, pod in pod_specs(objects):
+    for _, pod in pod_specs([o for o in objects if o["kind"] != "Pod"]):  # the services, not `helm test`
         for c in pod["containers"]:
             if c["image"].startswith("registry.example.org/research/introspect"):
                 assert c["image"] == "registry.example.org/research/introspect:0.1.0"
@@ -290,3 +290,19 @@ def test_the_services_accept_the_settings_the_chart_gives_them(values: str) -> N
                 assert settings.served_models
             checked += 1
     assert checked == (4 if values == "default" else 5)
+
+
+def test_helm_test_checks_the_aggregator_api_and_nats_with_the_release_credentials() -> None:
+    objects = render()
+    (pod,) = of_kind(objects, "Pod")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    api, nats = pod["spec"]["containers"]
+    assert api["args"] == ["status", "--aggregator", "http://introspect-aggregator:9090"]
+    assert nats["args"] == ["dead-letters", "list"]
+    env = env_of(nats)
+    assert env["INTROSPECT_NATS_URL"] == "nats://introspect-nats:4222"
+    assert env["INTROSPECT_NATS_PASSWORD"] == {"secretKeyRef": {"name": "introspect-nats-auth", "key": "password"}}
+    assert pod["spec"]["restartPolicy"] == "Never"
+    # The release's NetworkPolicies admit it: it carries the release's labels.
+    labels = pod["metadata"]["labels"]
+    assert labels["app.kubernetes.io/instance"] == "introspect" and labels["app.kubernetes.io/part-of"] == "introspect"

@@ -37,9 +37,9 @@ def _containers(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The rendered `introspect serve` container of each service, by service."""
     containers = {}
     for _, pod in pod_specs(objects):
-        (container,) = pod["containers"]
-        if container.get("args", [None])[0] == "serve":
-            containers[container["args"][1]] = container
+        for container in pod["containers"]:
+            if container.get("args", [None])[0] == "serve":
+                containers[container["args"][1]] = container
     return containers
 
 
@@ -106,6 +106,20 @@ async def _run_a_job(objects: list[dict[str, Any]], tmp_path: Path, nats_url: st
             other = with_job_id(Job("", "mistral-v2-7b", "IMDB", "classify", limit=2, mirror=str(DATASET_MIRROR)))
             with pytest.raises(JobRejected, match="no gateway serves model 'mistral-v2-7b'"):
                 await asyncio.wait_for(wait_for_job(settings, aggregator, other, lambda _r, _e: None), 60)
+            # `helm test`: its pod's two commands pass against the running release.
+            (test_pod,) = [o for o in objects if o["kind"] == "Pod"]
+            for container in test_pod["spec"]["containers"]:
+                args = [aggregator if arg.startswith("http://") else arg for arg in container["args"]]
+                env = _environment(container, 0, nats_url, tmp_path / "helm-test", kubernetes)
+                check = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "services.cli", *args, env=env, stdout=asyncio.subprocess.PIPE
+                )
+                out, _ = await asyncio.wait_for(check.communicate(), 60)
+                assert check.returncode == 0, f"helm test {container['name']}: {out.decode()}"
+                if container["name"] == "aggregator-api":
+                    assert f"{job.job_id}  [" in out.decode()  # the finished job, with its progress bar
+                else:
+                    assert "no gateway serves model 'mistral-v2-7b'" in out.decode()  # the refused job's letter
         finally:
             for _, process in running.values():
                 process.terminate()

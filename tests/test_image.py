@@ -62,7 +62,7 @@ def test_the_build_context_leaves_out_environments_caches_and_results() -> None:
 
 def test_the_chart_runs_the_image_as_the_user_the_image_has() -> None:
     services = [(w, pod) for w, pod in pod_specs(render()) if pod["containers"][0]["image"].startswith("introspect:")]
-    assert len(services) == 4  # producer, scorer, the gateway of the one default model, aggregator
+    assert len(services) == 5  # producer, scorer, the gateway of the one default model, aggregator, `helm test`
     for workload, pod in services:
         assert (pod["securityContext"]["runAsUser"], pod["securityContext"]["runAsGroup"]) == (10001, 10001), workload
 
