@@ -140,12 +140,12 @@ class Bus:
     async def publish(self, outgoing: Iterable[Outgoing], timeout: float = 10.0) -> None:
         """Publish all, then wait until JetStream has stored every one.
 
-        A publication not acknowledged in `timeout` seconds (the server restarting, say)
-        raises, so the message that caused it is handed back and tried again: JetStream's
+        A publication not acknowledged in `timeout` seconds (the server restarting, say;
+        checked four times a second) raises, so the message that caused it is handed back and tried again: JetStream's
         de-duplication drops whichever copies did get stored.
         """
         if self._watchdog is None:
-            self._watchdog = asyncio.create_task(self._expire_unacked(min(1.0, timeout / 4)))
+            self._watchdog = asyncio.create_task(self._expire_unacked(every=0.25))
         deadline = asyncio.get_running_loop().time() + timeout
         pending = []
         for item in outgoing:
