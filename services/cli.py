@@ -144,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     submit = commands.add_parser("submit", help="publish one job, or a grid of jobs, to a running pipeline")
     _job_arguments(submit, grid=True)
+    submit.add_argument("--wait", type=float, nargs="?", const=600.0, default=None, metavar="SECONDS",
+                        help="wait until the producer takes or refuses each job (default 600 s)")  # fmt: skip
     _nats_argument(submit)
 
     status = commands.add_parser("status", help="progress of every job the aggregator knows")
@@ -327,10 +329,16 @@ def _serve(args: argparse.Namespace) -> int:
 def _submit(args: argparse.Namespace) -> int:
     from .client import submit
 
-    jobs = asyncio.run(submit(_settings(args), _grid(args)))
-    for job in jobs:
-        print(job.job_id)
-    print(f"submitted {len(jobs)} job(s)", file=sys.stderr)
+    submitted = asyncio.run(submit(_settings(args), _grid(args), wait=args.wait or 0.0))
+    for job, verdict in submitted:
+        print(job.job_id if verdict is None else f"{job.job_id}  {verdict.event}: {verdict.detail}")
+    print(f"submitted {len(submitted)} job(s)", file=sys.stderr)
+    if args.wait:
+        rejected = sum(1 for _, verdict in submitted if verdict is not None and verdict.event == "rejected")
+        unknown = sum(1 for _, verdict in submitted if verdict is None)
+        if rejected or unknown:
+            print(f"introspect: {rejected} rejected, {unknown} not yet taken by a producer", file=sys.stderr)
+            return 1
     return 0
 
 

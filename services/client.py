@@ -31,14 +31,26 @@ def with_job_id(job: Job) -> Job:
     return replace(job, job_id=f"{experiment_id}.{time.strftime('%Y%m%d%H%M%S')}-{secrets.token_hex(2)}")
 
 
-async def submit(settings: Settings, jobs: Iterable[Job]) -> list[Job]:
+async def submit(settings: Settings, jobs: Iterable[Job], wait: float = 0.0) -> list[tuple[Job, JobEvent | None]]:
+    """Publish the jobs; with `wait`, follow them for up to that many seconds until the
+    producer has accepted or rejected each. Each job with its verdict (None: not known)."""
     bus = await Bus.open(settings, "cli")
     try:
         submitted = [with_job_id(job) for job in jobs]
+        watch = await watch_events(bus) if wait else None
         await bus.publish(Outgoing(sub.JOBS, job, job.job_id) for job in submitted)
-        return submitted
+        deadline = time.monotonic() + wait
+        while watch is not None and time.monotonic() < deadline:
+            if all(_verdict(watch, job.job_id) for job in submitted):
+                break
+            await asyncio.sleep(0.1)
+        return [(job, _verdict(watch, job.job_id) if watch else None) for job in submitted]
     finally:
         await bus.close()
+
+
+def _verdict(watch: JobWatch, job_id: str) -> JobEvent | None:
+    return next((e for e in watch.events.get(job_id, []) if e.event in ("accepted", "rejected")), None)
 
 
 @dataclass

@@ -35,7 +35,7 @@ def get_bytes(url: str) -> bytes:
 
 
 def submit_jobs(pipeline: LocalPipeline, jobs: list[Job]) -> list[Job]:
-    return asyncio.run(submit(Settings(nats_url=pipeline.nats_url), jobs))
+    return [job for job, _ in asyncio.run(submit(Settings(nats_url=pipeline.nats_url), jobs))]
 
 
 def wait_complete(pipeline: LocalPipeline, job_ids: list[str], timeout: float = 300.0) -> dict[str, dict[str, Any]]:

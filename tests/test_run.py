@@ -68,6 +68,24 @@ def test_run_refuses_a_job_in_one_line(tmp_path, capsys) -> None:
     assert err.startswith("introspect: error: no mirror of RTE in ")
 
 
+def test_submit_wait_reports_each_job_taken_or_refused(tmp_path, capsys) -> None:
+    with LocalPipeline(tmp_path / "run") as pipeline:
+        good = ["submit", "--dataset", "IMDB", "--task", "classify", "--mirror", str(DATASET_MIRROR), "--limit", "3",
+                "--nats", pipeline.nats_url, "--wait", "60"]  # fmt: skip
+        assert main(good) == 0
+        (line,) = capsys.readouterr().out.splitlines()
+        assert line.endswith("accepted: 3 observations of " + line.split(".")[0])
+        # No copy of the dataset where the producer looks: the CLI cannot know, the producer refuses it.
+        empty = tmp_path / "empty-mirror"
+        empty.mkdir()
+        bad = ["submit", "--dataset", "RTE", "--task", "classify", "--mirror", str(empty), "--nats", pipeline.nats_url,
+               "--wait", "60"]  # fmt: skip
+        assert main(bad) == 1
+        out = capsys.readouterr()
+        assert "  rejected: no mirror of RTE in " in out.out
+        assert out.err.splitlines()[-1] == "introspect: 1 rejected, 0 not yet taken by a producer"
+
+
 def test_submit_a_grid_then_status_and_results(tmp_path, capsys) -> None:
     with LocalPipeline(tmp_path / "run") as pipeline:
         argv = ["submit", "--dataset", "IMDB", "RTE", "--task", "classify", "answerable", "--variant", "none",
