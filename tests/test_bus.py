@@ -70,10 +70,11 @@ async def test_each_model_s_questions_reach_only_that_model_s_gateways(nats_with
     settings = Settings(nats_url=nats_with_password, nats_user="introspect", nats_password="s3cret")
     bus = await Bus.open(settings, "test")
     try:
-        gateways = {
-            model: await bus.pull_subscription(sub.consumer_for("gateway", 0, model))
-            for model in ("llama2-7b", "mistral-v2-7b")
-        }
+        gateways = {}
+        for model in ("llama2-7b", "mistral-v2-7b"):
+            spec = sub.consumer_for("gateway", 0, model)
+            await bus.ensure_consumer(spec)
+            gateways[model] = await bus.js.pull_subscribe_bind(spec.durable, spec.stream)
         for model, idx in (("llama2-7b", 0), ("mistral-v2-7b", 0), ("mistral-v2-7b", 1)):
             observation = {"idx": idx, "text": "A fine film.", "label": "positive"}
             work = WorkItem(f"job-{model}", "classify", "sentiment", [], observation, Chat(model, "none", Sampling()))
@@ -85,7 +86,7 @@ async def test_each_model_s_questions_reach_only_that_model_s_gateways(nats_with
         # JetStream refuses overlapping consumers on a work-queue stream, so no request is
         # ever answered by a server of another model.
         with pytest.raises(nats.js.errors.BadRequestError):
-            await bus.pull_subscription(sub.consumer_for("gateway", 0))
+            await bus.ensure_consumer(sub.consumer_for("gateway", 0))
     finally:
         await bus.close()
 

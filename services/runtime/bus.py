@@ -1,16 +1,24 @@
 """The one NATS connection helper: connect, declare streams, publish, dead-letter, consume.
 
-`Worker` is the loop every service runs: fetch a batch from its durable pull consumer,
-decode each message into the types its subject carries, hand it to the service's
-handler, and acknowledge only when the handler has returned, that is when its effect
-(a publication JetStream acknowledged, a RocksDB write) is durable. What can never be
-processed goes to the dead-letter stream with the reason; a passing failure (a backend
-down, NATS busy) hands the message back for redelivery with a growing delay.
+`Worker` is the loop every service runs: ask its durable pull consumer for as many
+messages as it has room for, decode each delivered message into the types its subject
+carries, hand it to the service's handler, and acknowledge only when the handler has
+returned, that is when its effect (a publication JetStream acknowledged, a RocksDB write)
+is durable. What can never be processed goes to the dead-letter stream with the reason;
+a passing failure (a backend down, NATS busy) hands the message back for redelivery with
+a growing delay.
+
+Both hot paths speak JetStream's protocol over plain NATS requests instead of nats-py's
+`fetch` and `publish_async`, which cost twice the CPU per message (see `Worker` and
+`Bus.publish`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
+import json
 import logging
 import ssl
 import time
@@ -23,7 +31,7 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext, api
+from nats.js import api
 
 from proto import MAX_MESSAGE_BYTES, DeadLetter, InvalidMessage, Message, decode, encode
 from proto.subjects import STREAMS, ConsumerSpec, StreamSpec, dead_letter_subject
@@ -49,7 +57,11 @@ class Outgoing:
     msg_id: str
 
 
-async def connect(settings: Settings, name: str) -> Client:
+class PublishRefused(Exception):
+    """JetStream answered a publication with an error instead of storing it."""
+
+
+async def connect(settings: Settings, name: str, reconnected: Callable[[], Awaitable[None]] | None = None) -> Client:
     options: dict[str, Any] = {
         "servers": [settings.nats_url],
         "name": name,
@@ -57,7 +69,7 @@ async def connect(settings: Settings, name: str) -> Client:
         "reconnect_time_wait": 0.5,
         "error_cb": _log_error,
         "disconnected_cb": _log_disconnected,
-        "reconnected_cb": _log_reconnected,
+        "reconnected_cb": reconnected or _log_reconnected,
     }
     if settings.nats_creds:
         options["user_credentials"] = settings.nats_creds
@@ -95,16 +107,32 @@ class Bus:
         self.client = client
         self.js = client.jetstream()
         self.service = service
-        # Publications waiting for JetStream's ack, with their deadlines. One watchdog
-        # enforces the deadlines: a timer per publication cost the gateway 7% of its CPU.
-        self._unacked: dict[asyncio.Future[Any], float] = {}
+        # Publications waiting for JetStream's ack, by reply subject: (future, deadline).
+        # One watchdog enforces the deadlines: a timer per publication cost the gateway 7%
+        # of its CPU.
+        self._unacked: dict[str, tuple[asyncio.Future[None], float]] = {}
+        self._ack_inbox: str | None = None
+        self._sequence = itertools.count()
         self._watchdog: asyncio.Task[None] | None = None
+        self._reconnect_listeners: list[Callable[[], None]] = []
 
     @classmethod
     async def open(cls, settings: Settings, service: str) -> Bus:
-        bus = cls(await connect(settings, f"introspect-{service}"), service)
+        listeners: list[Callable[[], None]] = []
+
+        async def reconnected() -> None:
+            await _log_reconnected()
+            for listener in listeners:
+                listener()
+
+        bus = cls(await connect(settings, f"introspect-{service}", reconnected), service)
+        bus._reconnect_listeners = listeners
         await bus.ensure_streams()
         return bus
+
+    def on_reconnect(self, listener: Callable[[], None]) -> None:
+        """Call `listener` after each reconnection (the server forgot our pull requests)."""
+        self._reconnect_listeners.append(listener)
 
     async def ensure_streams(self, streams: Iterable[StreamSpec] = STREAMS) -> None:
         """Create each stream, or bring its config up to date: safe to run from every service."""
@@ -122,9 +150,14 @@ class Bus:
             except nats.js.errors.BadRequestError:  # exists with another config
                 await self.js.update_stream(config)
 
-    async def pull_subscription(self, spec: ConsumerSpec) -> JetStreamContext.PullSubscription:
-        """Bind to the durable consumer `spec`, creating it if needed. JetStream refuses a
-        consumer whose subjects overlap another's on a work-queue stream."""
+    async def ensure_consumer(self, spec: ConsumerSpec) -> None:
+        """Create the durable consumer `spec` unless it exists. JetStream refuses a consumer
+        whose subjects overlap another's on a work-queue stream."""
+        try:
+            await self.js.consumer_info(spec.stream, spec.durable)
+            return
+        except nats.js.errors.NotFoundError:
+            pass
         config = api.ConsumerConfig(
             durable_name=spec.durable,
             ack_policy=api.AckPolicy.EXPLICIT,
@@ -133,37 +166,64 @@ class Bus:
             max_deliver=-1,  # the worker dead-letters after spec.max_deliver itself, with the reason
             filter_subject=spec.filter_subject,
         )
-        return await self.js.pull_subscribe(
-            spec.filter_subject, durable=spec.durable, stream=spec.stream, config=config
-        )
+        await self.js.add_consumer(spec.stream, config)
 
     async def publish(self, outgoing: Iterable[Outgoing], timeout: float = 10.0) -> None:
         """Publish all, then wait until JetStream has stored every one.
 
         A publication not acknowledged in `timeout` seconds (the server restarting, say;
-        checked four times a second) raises, so the message that caused it is handed back and tried again: JetStream's
-        de-duplication drops whichever copies did get stored.
+        checked four times a second) raises, so the message that caused it is handed back
+        and tried again: JetStream's de-duplication drops whichever copies did get stored.
+
+        Each publication is a plain NATS publish whose reply subject is one of this bus's
+        inbox subjects; JetStream's ack arrives there. nats-py's `publish_async` does the
+        same with a semaphore, random tokens and a parsed PubAck each: 20 µs more a message.
         """
-        if self._watchdog is None:
-            self._watchdog = asyncio.create_task(self._expire_unacked(every=0.25))
-        deadline = asyncio.get_running_loop().time() + timeout
-        pending = []
-        for item in outgoing:
-            headers = {"Nats-Msg-Id": item.msg_id}
-            future = await self.js.publish_async(item.subject, encode(item.message), headers=headers)
-            self._unacked[future] = deadline
-            pending.append(future)
-            metrics.child(metrics.MESSAGES_PUBLISHED, self.service, item.message.KIND).inc()
+        if self._ack_inbox is None:
+            await self._listen_for_acks()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        replies = []
         try:
-            for future in pending:
-                await future
-        except TimeoutError:
-            for future in pending:
-                future.cancel()
-            raise
+            for item in outgoing:
+                reply = f"{self._ack_inbox}.{next(self._sequence)}"
+                future: asyncio.Future[None] = loop.create_future()
+                self._unacked[reply] = (future, deadline)
+                replies.append(reply)
+                headers = {"Nats-Msg-Id": item.msg_id}
+                await self.client.publish(item.subject, encode(item.message), reply=reply, headers=headers)
+                metrics.child(metrics.MESSAGES_PUBLISHED, self.service, item.message.KIND).inc()
+            for reply in replies:
+                await self._unacked[reply][0]
         finally:
-            for future in pending:
-                self._unacked.pop(future, None)
+            for reply in replies:
+                future, _ = self._unacked.pop(reply)
+                if future.done():
+                    if not future.cancelled():
+                        future.exception()  # retrieved: a failure after the first is not logged again
+                else:
+                    future.cancel()  # nobody waits for it any more
+
+    async def _listen_for_acks(self) -> None:
+        inbox = self.client.new_inbox()
+        await self.client.subscribe(f"{inbox}.*", cb=self._on_ack, pending_msgs_limit=-1, pending_bytes_limit=-1)
+        self._ack_inbox = inbox
+        self._watchdog = asyncio.create_task(self._expire_unacked(every=0.25))
+
+    async def _on_ack(self, msg: Msg) -> None:
+        """JetStream's answer to a publication: stored (`{"stream":..,"seq":..}`) or an error."""
+        entry = self._unacked.get(msg.subject)
+        if entry is None or entry[0].done():
+            return  # its publisher gave up already
+        future = entry[0]
+        status = _header(msg.headers or {}, "Status")
+        if status:  # 503: no stream takes the subject
+            future.set_exception(PublishRefused(f"NATS status {status}: no JetStream answered"))
+        elif b'"error"' in msg.data:
+            error = json.loads(msg.data).get("error") or {}
+            future.set_exception(PublishRefused(f"JetStream refused it: {error.get('description', error)}"))
+        else:
+            future.set_result(None)
 
     async def _expire_unacked(self, every: float) -> None:
         """Fail the publications JetStream did not acknowledge by their deadline."""
@@ -171,7 +231,7 @@ class Bus:
         while True:
             await asyncio.sleep(every)
             now = loop.time()
-            for future, deadline in list(self._unacked.items()):
+            for future, deadline in list(self._unacked.values()):
                 if deadline <= now and not future.done():
                     future.set_exception(TimeoutError("JetStream did not acknowledge the publication in time"))
 
@@ -186,7 +246,7 @@ class Bus:
             subject=msg.subject,
             reason=reason,
             payload=payload,
-            msg_id=headers.get("Nats-Msg-Id"),
+            msg_id=_header(headers, "Nats-Msg-Id"),
             deliveries=_deliveries(msg),
             at=time.time(),
         )
@@ -202,6 +262,14 @@ class Bus:
             await self.client.close()
 
 
+def _header(headers: dict[str, Any], name: str) -> str | None:
+    """One header's value: nats-py gives a list instead where fast-mail-parser is installed."""
+    value = headers.get(name)
+    if isinstance(value, list):
+        return value[0] if value else None
+    return value
+
+
 def _deliveries(msg: Msg) -> int:
     try:
         return msg.metadata.num_delivered or 1
@@ -212,8 +280,21 @@ def _deliveries(msg: Msg) -> int:
 Handler = Callable[[Any, Msg], Awaitable[None]]
 
 
+PULL_EXPIRES = 5.0  # seconds a pull request waits on the server for messages to arrive
+
+
 class Worker:
-    """Consume one durable pull consumer with bounded concurrency until `stop` is set."""
+    """Consume one durable pull consumer with bounded concurrency until `stop` is set.
+
+    JetStream delivers a pull consumer's messages in answer to pull requests ("send me up
+    to n"), to an inbox this worker subscribes to. The worker keeps the messages it asked
+    for and has in hand within `concurrency`, asking again once there is room for an
+    eighth of it: messages arrive as soon as they are stored, and each costs a callback,
+    not a round trip (nats-py's `fetch` waits on each message with its own timeout).
+    JetStream ends each pull request when it is served or expires; an expired one says
+    how many of its messages it did not deliver (a 408 with Nats-Pending-Messages), and a
+    reconnection ends them all.
+    """
 
     def __init__(
         self,
@@ -224,6 +305,7 @@ class Worker:
         concurrency: int = 256,
         batch: int = 256,
         grace: float = 20.0,
+        pull_expires: float = PULL_EXPIRES,
     ) -> None:
         self.bus = bus
         self.consumer = consumer
@@ -232,51 +314,110 @@ class Worker:
         self.concurrency = concurrency
         self.batch = batch
         self.grace = grace  # seconds in-flight work may take to finish on shutdown
+        self.pull_expires = pull_expires
         self.in_flight: dict[asyncio.Task[None], Msg] = {}
         self._started: dict[asyncio.Task[None], float] = {}
-        self._slot_free = asyncio.Event()  # set once there is room to fetch again
-        # Fetch only once there is room for a good handful: with slow handlers (a gateway
+        self.requested = 0  # messages asked for in live pull requests, not yet delivered
+        self._heard_at = 0.0  # when JetStream last delivered or answered (monotonic)
+        self._recheck = False  # JetStream answered a pull with an error: check the consumer first
+        self._wake = asyncio.Event()  # set when there may be room to ask for more
+        # Ask only once there is room for a good handful: with slow handlers (a gateway
         # waiting 200 ms on each generation) slots free one at a time, and a pull request
-        # (and a wake-up of the fetch loop) per freed slot cost more CPU than the messages.
+        # (and a wake-up of the loop) per freed slot cost more CPU than the messages.
         self.low_water = max(1, min(self.batch, self.concurrency // 8))
 
     async def run(self, stop: asyncio.Event) -> None:
-        subscription = await self.bus.pull_subscription(self.consumer)
+        client, spec = self.bus.client, self.consumer
+        await self.bus.ensure_consumer(spec)
+        inbox = client.new_inbox()
+        subscription = await client.subscribe(inbox, cb=self._deliver, pending_msgs_limit=-1, pending_bytes_limit=-1)
+        self.bus.on_reconnect(self._forget_pull_requests)
+        next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{spec.stream}.{spec.durable}"
         keepalive = asyncio.create_task(self._keep_alive(stop))
         try:
             while not stop.is_set():
-                room = self.concurrency - len(self.in_flight)
-                if room < self.low_water and self.in_flight:
-                    self._slot_free.clear()
-                    await _first(self._slot_free.wait(), stop.wait())
+                now = time.monotonic()
+                if self.requested and now - self._heard_at > self.pull_expires + 2.0:
+                    self.requested = 0  # no answer to a pull request in its lifetime: it is gone
+                room = self.concurrency - len(self.in_flight) - self.requested
+                if room < self.low_water and (self.in_flight or self.requested):
+                    self._wake.clear()
+                    await _first(self._wake.wait(), stop.wait(), timeout=self.pull_expires)
                     continue
+                if self._recheck and not await self._check_consumer(stop):
+                    continue
+                count = min(room, self.batch)
+                request = json.dumps({"batch": count, "expires": int(self.pull_expires * 1e9)}).encode()
                 try:
-                    messages = await subscription.fetch(min(room, self.batch), timeout=0.5)
-                except (TimeoutError, nats.errors.TimeoutError):
-                    continue
+                    await client.publish(next_subject, request, reply=inbox)
                 except nats.errors.ConnectionClosedError:
                     break
-                except nats.errors.Error as error:  # JetStream restarting, a reconnect under way
-                    log.warning("%s: fetch failed (%s), retrying", self.bus.service, type(error).__name__)
-                    await asyncio.sleep(0.5)
+                except nats.errors.Error as error:  # reconnecting with a full buffer
+                    log.warning("%s: could not ask for messages (%s), retrying", self.bus.service, error)
+                    await _first(stop.wait(), timeout=0.5)
                     continue
-                for msg in messages:
-                    task = asyncio.create_task(self._process(msg))
-                    self.in_flight[task] = msg
-                    self._started[task] = time.monotonic()
-                    metrics.child(metrics.IN_FLIGHT, self.bus.service).inc()
-                    task.add_done_callback(self._done)
+                if not self.requested:
+                    self._heard_at = now  # the new request's lifetime starts now
+                self.requested += count
         finally:
             keepalive.cancel()
+            # Unsubscribed, the inbox has no interest, and JetStream drops the live pull
+            # requests instead of delivering into the void.
+            with contextlib.suppress(nats.errors.Error):  # the connection is closing anyway
+                await subscription.unsubscribe()
             await self._release_in_flight()
-            await subscription.unsubscribe()
+
+    async def _deliver(self, msg: Msg) -> None:
+        """A message JetStream delivered, or its answer ending a pull request."""
+        self._heard_at = time.monotonic()
+        if not msg.reply:  # a status: no ack subject
+            self._end_pull_request(msg.headers or {})
+            return
+        self.requested = max(0, self.requested - 1)
+        task = asyncio.create_task(self._process(msg))
+        self.in_flight[task] = msg
+        self._started[task] = self._heard_at
+        metrics.child(metrics.IN_FLIGHT, self.bus.service).inc()
+        task.add_done_callback(self._done)
+
+    def _end_pull_request(self, headers: dict[str, Any]) -> None:
+        status = _header(headers, "Status") or ""
+        if status == "100":  # an idle heartbeat: the request lives on
+            return
+        pending = _header(headers, "Nats-Pending-Messages")
+        if pending is not None and pending.isdigit():
+            self.requested = max(0, self.requested - int(pending))
+        else:
+            self.requested = 0  # an answer that does not say how many it ended: ask afresh
+        if status != "408":  # 408: expired, the normal end of a request nothing was left for
+            description = _header(headers, "Description") or ""
+            log.warning("%s: JetStream answered a pull request with %s %s", self.bus.service, status, description)
+            self._recheck = True
+        self._wake.set()
+
+    def _forget_pull_requests(self) -> None:
+        """Reconnected: the server dropped our pull requests with the old connection."""
+        self.requested = 0
+        self._wake.set()
+
+    async def _check_consumer(self, stop: asyncio.Event) -> bool:
+        """After an error answer (a deleted consumer, JetStream restarting): recreate the
+        consumer if it is gone. False: not yet, try again after a pause."""
+        await _first(stop.wait(), timeout=0.5)
+        try:
+            await self.bus.ensure_consumer(self.consumer)
+        except nats.errors.Error as error:
+            log.warning("%s: consumer check failed (%s), retrying", self.bus.service, type(error).__name__)
+            return False
+        self._recheck = False
+        return True
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self.in_flight.pop(task, None)
         self._started.pop(task, None)
         metrics.child(metrics.IN_FLIGHT, self.bus.service).dec()
-        if self.concurrency - len(self.in_flight) >= self.low_water or not self.in_flight:
-            self._slot_free.set()
+        if self.concurrency - len(self.in_flight) - self.requested >= self.low_water or not self.in_flight:
+            self._wake.set()
 
     async def _process(self, msg: Msg) -> None:
         try:
@@ -344,8 +485,9 @@ class Worker:
                 await msg.nak()
 
 
-async def _first(*waits: Awaitable[Any]) -> None:
+async def _first(*waits: Awaitable[Any], timeout: float | None = None) -> None:
+    """Wait until the first of `waits` is done, or `timeout` seconds."""
     tasks = [asyncio.ensure_future(w) for w in waits]
-    _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    _, pending = await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     for task in pending:
         task.cancel()

@@ -7,6 +7,7 @@ period, hands back what did not finish (JetStream redelivers it), and closes cle
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from dataclasses import replace
@@ -88,6 +89,7 @@ async def serve(service: Service, settings: Settings, stop: asyncio.Event | None
     pending = asyncio.create_task(_watch_pending(bus, service, stop))
     try:
         await service.start(bus)
+        settle_garbage_collector()
         started.set()
         await worker.run(stop)
     finally:
@@ -96,6 +98,20 @@ async def serve(service: Service, settings: Settings, stop: asyncio.Event | None
         await runner.cleanup()
         await bus.close()
         log.info("stopped")
+
+
+def settle_garbage_collector() -> None:
+    """Once started: set what the process loaded aside from the cyclic garbage collector,
+    and collect young objects less often.
+
+    A service's heap is mostly the libraries it imported, and its messages die young by
+    reference counting. With Python's defaults, a collection every 700 new containers
+    re-examined the 256 messages in flight each time: 0.4 s of a 9 s benchmark run in the
+    gateway, in pauses of up to 0.1 s that left every backend slot waiting.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 10, 10)
 
 
 async def _watch_pending(bus: Bus, service: Service, stop: asyncio.Event) -> None:

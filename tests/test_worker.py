@@ -1,0 +1,212 @@
+"""The worker loop and the publish path against a real nats-server.
+
+The worker asks its pull consumer for messages itself (pull requests with credits); these
+tests hold it to what that promises: never more in hand than its concurrency, every
+message handled once and acknowledged, expired pull requests renewed, a deleted consumer
+recreated, and a NATS restart survived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import nats.errors
+import pytest
+
+from proto import JobEvent
+from proto.subjects import ConsumerSpec, StreamSpec
+from services.local import free_port, nats_server_binary, wait_for_port
+from services.runtime.bus import Bus, Outgoing, PublishRefused, Worker
+from services.runtime.settings import Settings
+
+STREAM = StreamSpec("TEST_WORK", ("test.work",), work_queue=True)
+CONSUMER = ConsumerSpec("test-worker", STREAM.name, "test.work")
+
+
+class NatsServer:
+    """A nats-server with JetStream on a fixed port and store, so it can be restarted."""
+
+    def __init__(self, store: Path) -> None:
+        self.store = store
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        command = [nats_server_binary(), "-js", "-sd", str(self.store), "-a", "127.0.0.1", "-p", str(self.port)]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port(self.port, "nats-server", self.process)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait()
+
+    def kill(self) -> None:
+        """A crash: no goodbye (a 409 Server Shutdown) to the pull requests."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[NatsServer]:
+    server = NatsServer(tmp_path / "jetstream")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def open_bus(server: NatsServer) -> Bus:
+    bus = await Bus.open(Settings(nats_url=server.url), "test")
+    await bus.ensure_streams([STREAM])
+    return bus
+
+
+def event(n: int) -> Outgoing:
+    return Outgoing("test.work", JobEvent(f"job-{n}", "accepted", "", float(n)), f"test:{n}")
+
+
+async def eventually(condition: Callable[[], bool], within: float) -> float:
+    """Seconds until `condition` held; fails after `within`."""
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < within, "condition not met in time"
+        await asyncio.sleep(0.01)
+    return time.monotonic() - started
+
+
+async def jetstream_ready(bus: Bus) -> None:
+    """After a restart, JetStream answers once it has recovered its streams."""
+    for _ in range(100):
+        try:
+            await bus.js.stream_info(STREAM.name)
+            return
+        except (nats.errors.Error, TimeoutError):  # not ready yet: no responders, a timeout
+            await asyncio.sleep(0.1)
+    raise AssertionError("JetStream did not come back")
+
+
+class Recorder:
+    """A handler that remembers what it saw and how much was in the worker's hands."""
+
+    def __init__(self, seconds: float = 0.0) -> None:
+        self.seconds = seconds
+        self.seen: list[str] = []
+        self.running = 0
+        self.most_running = 0
+        self.most_in_hand = 0
+        self.worker: Worker | None = None
+
+    async def __call__(self, message: JobEvent, _msg: object) -> None:
+        assert self.worker is not None
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+        self.most_in_hand = max(self.most_in_hand, len(self.worker.in_flight) + self.worker.requested)
+        await asyncio.sleep(self.seconds)
+        self.seen.append(message.job_id)
+        self.running -= 1
+
+
+def start_worker(bus: Bus, recorder: Recorder, **options: float) -> tuple[Worker, asyncio.Event, asyncio.Task[None]]:
+    worker = Worker(bus, CONSUMER, (JobEvent,), recorder, **options)  # type: ignore[arg-type]
+    recorder.worker = worker
+    stop = asyncio.Event()
+    return worker, stop, asyncio.create_task(worker.run(stop))
+
+
+async def test_every_message_is_handled_once_within_the_concurrency(server: NatsServer) -> None:
+    bus = await open_bus(server)
+    recorder = Recorder(seconds=0.005)
+    _, stop, running = start_worker(bus, recorder, concurrency=16, batch=16)
+    try:
+        await bus.publish([event(n) for n in range(300)])
+        await eventually(lambda: len(recorder.seen) == 300, within=30)
+        assert sorted(recorder.seen) == sorted(f"job-{n}" for n in range(300))
+        assert recorder.most_running <= 16
+        assert recorder.most_in_hand <= 16  # asked for and in hand together
+        for _ in range(100):  # JetStream applies acks asynchronously
+            info = await bus.js.consumer_info(CONSUMER.stream, CONSUMER.durable)
+            if info.num_ack_pending == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert info.num_ack_pending == 0 and info.num_pending == 0  # all acknowledged
+        assert info.num_redelivered == 0
+    finally:
+        stop.set()
+        await running
+        await bus.close()
+
+
+async def test_expired_pull_requests_are_renewed(server: NatsServer) -> None:
+    bus = await open_bus(server)
+    recorder = Recorder()
+    worker, stop, running = start_worker(bus, recorder, concurrency=8, batch=8, pull_expires=0.3)
+    try:
+        await asyncio.sleep(1.2)  # four pull requests expire, each answered with a 408
+        assert worker.requested == 8  # their credit came back and was asked for again
+        await bus.publish([event(1)])
+        # A live pull request takes it at once; without one it would wait for the worker
+        # to give up on its lost request (2 s past its expiry).
+        assert await eventually(lambda: recorder.seen == ["job-1"], within=1.0) < 1.0
+    finally:
+        stop.set()
+        await running
+        await bus.close()
+
+
+async def test_a_deleted_consumer_is_recreated(server: NatsServer) -> None:
+    bus = await open_bus(server)
+    recorder = Recorder()
+    _, stop, running = start_worker(bus, recorder, concurrency=8, batch=8, pull_expires=1.0)
+    try:
+        await asyncio.sleep(0.2)
+        await bus.js.delete_consumer(CONSUMER.stream, CONSUMER.durable)  # live pull requests get a 409
+        await asyncio.sleep(1.0)
+        await bus.publish([event(2)])
+        await eventually(lambda: recorder.seen == ["job-2"], within=10)
+    finally:
+        stop.set()
+        await running
+        await bus.close()
+
+
+async def test_the_worker_goes_on_after_nats_restarts(server: NatsServer) -> None:
+    bus = await open_bus(server)
+    recorder = Recorder()
+    _, stop, running = start_worker(bus, recorder, concurrency=8, batch=8)
+    try:
+        await bus.publish([event(1)])
+        await eventually(lambda: recorder.seen == ["job-1"], within=5)
+        server.kill()  # the server forgets the worker's pull requests
+        server.start()
+        await eventually(lambda: bus.client.is_connected, within=10)
+        await jetstream_ready(bus)
+        await bus.publish([event(2)])
+        # Within the pull requests' 5 s lifetime: the reconnection itself renewed them.
+        await eventually(lambda: recorder.seen == ["job-1", "job-2"], within=4.5)
+    finally:
+        stop.set()
+        await running
+        await bus.close()
+
+
+async def test_a_publication_no_stream_takes_is_refused_at_once(server: NatsServer) -> None:
+    bus = await open_bus(server)
+    try:
+        started = time.monotonic()
+        with pytest.raises(PublishRefused):
+            await bus.publish([Outgoing("nobody.listens", JobEvent("job", "accepted", "", 1.0), "x:1")], timeout=10)
+        assert time.monotonic() - started < 2.0  # NATS says no responders; no waiting for the timeout
+        assert not bus._unacked
+    finally:
+        await bus.close()
