@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from .messages import Chat, encode_part
 
@@ -25,6 +26,7 @@ RESULTS = f"{PREFIX}.results.record"
 EVENTS = f"{PREFIX}.events"
 
 
+@lru_cache(maxsize=256)
 def model_route(model: str) -> str:
     """A model's name as one subject token: the characters NATS gives a meaning become '_'."""
     return re.sub(r"[^A-Za-z0-9_-]", "_", model) or "_"
@@ -119,6 +121,8 @@ def manifest_id(job_id: str) -> str:
 
 def partition_of(chat: Chat, message: str, partitions: int) -> int:
     """The gateway partition for a question: the same question always lands on the same cache."""
+    if partitions == 1:
+        return 0
     digest = hashlib.blake2b(encode_part(chat), digest_size=8)
     digest.update(message.encode())
     return int.from_bytes(digest.digest(), "big") % partitions

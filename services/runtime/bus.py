@@ -325,6 +325,7 @@ class Worker:
         # waiting 200 ms on each generation) slots free one at a time, and a pull request
         # (and a wake-up of the loop) per freed slot cost more CPU than the messages.
         self.low_water = max(1, min(self.batch, self.concurrency // 8))
+        metrics.IN_FLIGHT.labels(bus.service).set_function(lambda: len(self.in_flight))  # read when scraped
 
     async def run(self, stop: asyncio.Event) -> None:
         client, spec = self.bus.client, self.consumer
@@ -377,7 +378,6 @@ class Worker:
         task = asyncio.create_task(self._process(msg))
         self.in_flight[task] = msg
         self._started[task] = self._heard_at
-        metrics.child(metrics.IN_FLIGHT, self.bus.service).inc()
         task.add_done_callback(self._done)
 
     def _end_pull_request(self, headers: dict[str, Any]) -> None:
@@ -415,7 +415,6 @@ class Worker:
     def _done(self, task: asyncio.Task[None]) -> None:
         self.in_flight.pop(task, None)
         self._started.pop(task, None)
-        metrics.child(metrics.IN_FLIGHT, self.bus.service).dec()
         if self.concurrency - len(self.in_flight) - self.requested >= self.low_water or not self.in_flight:
             self._wake.set()
 

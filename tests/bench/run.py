@@ -3,6 +3,9 @@
 Prints one table (and the machine it ran on). Every number comes from a real run: a real
 nats-server, the services as processes, the stand-in over HTTP. CPU time is read from
 /proc for the Introspect service processes only (not nats-server, not the stand-in).
+Every throughput is of a whole job, from submit to result files: a pipeline job from
+`introspect submit` until the aggregator has written them, a baseline from preparing the
+job (loading its split) until it has written the same files.
 
     python -m tests.bench.run [--quick]
 """
@@ -17,16 +20,19 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+import uvloop
 
 from proto import Job, replace
 from services.backends.tgi import TGIBackend, tgi_payload
+from services.core.chat import GenerationParameters
 from services.jobs import prepare_job
 from services.local import LocalPipeline, free_port
+from services.result_files import write_result_files
 from services.runner import ChatModel, Completion, evaluate
 from tests.pipeline_helpers import get_json, metric_total, submit_jobs
 from tests.synthetic import write_synthetic
@@ -102,36 +108,40 @@ def questions(pipeline: LocalPipeline) -> int:
 
 
 # -- baselines without a message bus --
+#
+# Each runs the whole job as `introspect evaluate` does, timed like a pipeline job from
+# submit to result files: prepare it, load the split, run every observation, write the
+# paper's JSON and the records' Parquet.
 
 
-async def in_process(job: Job, url: str, concurrency: int) -> float:
-    """The core's in-process runner against the stand-in over HTTP, one shared session."""
+async def whole_job(job: Job, complete: Callable[..., Awaitable[Completion]], concurrency: int, out: Path) -> float:
+    started = time.monotonic()
     prepared = prepare_job(job)
     observations = prepared.load_observations()
-    started = time.monotonic()
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-        backend = TGIBackend(url, session)
-        model = ChatModel(prepared.model.chat_format, prepared.system, prepared.parameters, backend.complete)
-        await evaluate(prepared.task, observations, model.generate, concurrency)
+    setup_seconds = time.monotonic() - started
+    model = ChatModel(prepared.model.chat_format, prepared.system, prepared.parameters, complete)
+    records, running = await evaluate(prepared.task, observations, model.generate, concurrency)
+    await asyncio.to_thread(write_result_files, out, prepared.experiment, running, setup_seconds, records)
     return time.monotonic() - started
 
 
-async def naive(job: Job, url: str, concurrency: int) -> float:
-    """What research code often does: an asyncio loop that opens a new HTTP session per request."""
-    prepared = prepare_job(job)
-    observations = prepared.load_observations()
+async def in_process(job: Job, url: str, concurrency: int, out: Path) -> float:
+    """The core's in-process runner against the stand-in over HTTP, one shared session."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        return await whole_job(job, TGIBackend(url, session).complete, concurrency, out)
 
-    async def complete(prompt: str, parameters) -> Completion:  # type: ignore[no-untyped-def]
+
+async def naive(job: Job, url: str, concurrency: int, out: Path) -> float:
+    """What research code often does: an asyncio loop that opens a new HTTP session per request."""
+
+    async def complete(prompt: str, parameters: GenerationParameters) -> Completion:
         async with (
             aiohttp.ClientSession() as session,
             session.post(f"{url}/generate", json=tgi_payload(prompt, parameters)) as response,
         ):
             return Completion((await response.json())["generated_text"])
 
-    started = time.monotonic()
-    model = ChatModel(prepared.model.chat_format, prepared.system, prepared.parameters, complete)
-    await evaluate(prepared.task, observations, model.generate, concurrency)
-    return time.monotonic() - started
+    return await whole_job(job, complete, concurrency, out)
 
 
 # -- the measurements --
@@ -144,9 +154,9 @@ def overhead_and_throughput(tmp: Path, files: dict[str, Path], rows: Callable[[R
         cold = run_job(pipeline, job)
         warm = run_job(pipeline, job)
         url = pipeline.standin_url
-        baseline = asyncio.run(in_process(job, url, CONCURRENCY))
-        baseline_again = asyncio.run(in_process(job, url, CONCURRENCY))
-        research = asyncio.run(naive(job, url, CONCURRENCY))
+        baseline = uvloop.run(in_process(job, url, CONCURRENCY, tmp / "in-process"))
+        baseline_again = uvloop.run(in_process(job, url, CONCURRENCY, tmp / "in-process"))
+        research = asyncio.run(naive(job, url, CONCURRENCY, tmp / "naive"))  # plain asyncio, as research code runs
         total_generated = sum(standin_counts(pipeline))
     per_generation = 1000 * cold.cpu / cold.questions
     rows(Row(f"1. overhead, counterfactual, {size} obs, cold", f"{per_generation:.2f} CPU-ms per generation "
