@@ -8,6 +8,7 @@ same stand-in. Then the same jobs again: all from the cache, no backend call at 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -15,7 +16,7 @@ import pytest
 
 from proto import Job, replace
 from services.core.tasks import TASK_KINDS
-from services.local import LocalPipeline
+from services.local import BACKGROUND_NICENESS, LocalPipeline
 
 from .pipeline_helpers import (
     in_process,
@@ -75,6 +76,15 @@ def test_every_task_variant_equals_the_in_process_runner(first_run) -> None:
         # Non-trivial results: the stand-in drives the extractors both ways.
         assert 0 < paper["results"]["correct"] < ROWS, (job.task, job.category, paper["results"]["error"])
     assert errors > 0  # rejected prompts became error records, as in process
+
+
+def test_on_one_machine_every_service_but_the_gateways_yields_the_cpu(first_run) -> None:
+    pipeline = first_run[0]
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+    for name in pipeline.service_names():
+        niceness = os.getpriority(os.PRIO_PROCESS, pipeline.processes[name].pid)
+        expected = ours if name.startswith("gateway") else min(19, ours + BACKGROUND_NICENESS)
+        assert niceness == expected, name
 
 
 def test_a_resubmitted_job_is_answered_from_the_cache_alone(first_run) -> None:
