@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from proto import Chat, Job, Sampling
@@ -123,4 +124,9 @@ def parameters_of(sampling: Sampling) -> GenerationParameters:
 
 
 def system_of(chat: Chat) -> SystemMessage:
-    return SystemMessage.parse(chat.system)
+    return _system_message(chat.system)
+
+
+@lru_cache(maxsize=64)
+def _system_message(system: str) -> SystemMessage:
+    return SystemMessage.parse(system)

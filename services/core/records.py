@@ -7,7 +7,8 @@ error) when a generation was rejected by the server for the request itself.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
+from functools import cache
 from typing import Any, TypeAlias
 
 
@@ -53,14 +54,19 @@ RECORD_TYPES: dict[str, type[ResultRecord]] = {
 }
 
 
+@cache
+def _field_names(kind: type[ResultRecord]) -> tuple[str, ...]:
+    return tuple(field.name for field in fields(kind))
+
+
 def record_to_dict(record: ResultRecord) -> dict[str, Any]:
-    return asdict(record)
+    # Every field holds a plain value: a shallow copy is what `asdict` gives, without its deep copies.
+    return {name: getattr(record, name) for name in _field_names(type(record))}
 
 
 def record_from_dict(task_kind: str, data: dict[str, Any]) -> ResultRecord:
     kind = RECORD_TYPES[task_kind]
-    names = {field.name for field in fields(kind)}
-    unknown = sorted(set(data) - names)
+    unknown = sorted(set(data).difference(_field_names(kind)))
     if unknown:
         raise ValueError(f"{task_kind} record has unknown field(s) {', '.join(unknown)}")
     return kind(**data)

@@ -335,6 +335,7 @@ class Worker:
         self.bus.on_reconnect(self._forget_pull_requests)
         next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{spec.stream}.{spec.durable}"
         keepalive = asyncio.create_task(self._keep_alive(stop))
+        stopping = asyncio.create_task(_set_when(stop, self._wake))
         try:
             while not stop.is_set():
                 now = time.monotonic()
@@ -343,7 +344,9 @@ class Worker:
                 room = self.concurrency - len(self.in_flight) - self.requested
                 if room < self.low_water and (self.in_flight or self.requested):
                     self._wake.clear()
-                    await _first(self._wake.wait(), stop.wait(), timeout=self.pull_expires)
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self.pull_expires):
+                            await self._wake.wait()
                     continue
                 if self._recheck and not await self._check_consumer(stop):
                     continue
@@ -362,6 +365,7 @@ class Worker:
                 self.requested += count
         finally:
             keepalive.cancel()
+            stopping.cancel()
             # Unsubscribed, the inbox has no interest, and JetStream drops the live pull
             # requests instead of delivering into the void.
             with contextlib.suppress(nats.errors.Error):  # the connection is closing anyway
@@ -482,6 +486,11 @@ class Worker:
             task.cancel()
             if msg is not None and self.bus.client.is_connected:
                 await msg.nak()
+
+
+async def _set_when(done: asyncio.Event, then: asyncio.Event) -> None:
+    await done.wait()
+    then.set()
 
 
 async def _first(*waits: Awaitable[Any], timeout: float | None = None) -> None:

@@ -45,7 +45,7 @@ class Settings:
     offline: bool = False  # gateway: answer from the cache alone
     ack_wait: float = 15.0  # seconds before an unacknowledged message is redelivered
     concurrency: int = 256  # messages processed at once by one service process
-    batch: int = 256  # messages per fetch
+    batch: int = 256  # most messages one pull request asks for
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
