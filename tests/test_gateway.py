@@ -143,6 +143,26 @@ class GatedBackend:
         return Completion(prompt.upper())
 
 
+async def test_a_freed_slot_is_refilled_before_the_finished_call_s_caller_goes_on() -> None:
+    backend = GatedBackend()
+    pool = BackendPool([backend])
+    await pool.start()
+
+    async def first_caller() -> list[str]:
+        await pool.complete("a", PARAMETERS)
+        return list(backend.started)  # what had reached the server when the caller went on
+
+    first = asyncio.ensure_future(first_caller())
+    await asyncio.sleep(0)
+    second = asyncio.ensure_future(pool.complete("b", PARAMETERS))
+    await asyncio.sleep(0.01)
+    backend.gates["a"].set()
+    # The server is kept busy first; the finished generation's cache write and reply wait.
+    assert await asyncio.wait_for(first, 2) == ["a", "b"]
+    backend.gates["b"].set()
+    assert (await asyncio.wait_for(second, 2)).text == "B"
+
+
 async def test_a_freed_slot_goes_to_the_oldest_waiter_and_survives_its_cancellation() -> None:
     backend = GatedBackend()
     pool = BackendPool([backend])
@@ -155,8 +175,9 @@ async def test_a_freed_slot_goes_to_the_oldest_waiter_and_survives_its_cancellat
     assert backend.started == ["a"]  # one slot: the others wait, in order
     backend.gates["a"].set()
     await asyncio.sleep(0)  # "a" finishes and hands its slot to "b" ...
-    assert first.done() and not backend.started[1:]
+    assert pool.members[0].in_flight == 0 and not backend.started[1:]
     second.cancel()  # ... which is cancelled before it runs: the slot must pass on to "c"
     backend.gates.setdefault("c", asyncio.Event()).set()
     assert (await asyncio.wait_for(third, 2)).text == "C"
+    assert (await first).text == "A"
     assert backend.started == ["a", "c"] and second.cancelled()

@@ -157,7 +157,6 @@ class BackendPool:
                 child(metrics.PROMPT_TOKENS, url).inc(completion.prompt_tokens)
             if completion.generated_tokens is not None:
                 child(metrics.GENERATED_TOKENS, url).inc(completion.generated_tokens)
-            return completion
         except GenerationRejected:
             outcome = "rejected"
             raise
@@ -173,3 +172,8 @@ class BackendPool:
             retries = member.backend.retries
             child(metrics.RETRIES, url).inc(retries - member.retries_seen)
             member.retries_seen = retries
+        # Calls to one server finish in bursts, and each freed slot wakes a waiting request.
+        # Yield once, so that those requests reach the servers before this generation's
+        # own post-processing (its cache write, its reply) runs.
+        await asyncio.sleep(0)
+        return completion

@@ -5,7 +5,10 @@ nats-server, the services as processes, the stand-in over HTTP. CPU time is read
 /proc for the Introspect service processes only (not nats-server, not the stand-in).
 Every throughput is of a whole job, from submit to result files: a pipeline job from
 `introspect submit` until the aggregator has written them, a baseline from preparing the
-job (loading its split) until it has written the same files.
+job (loading its split) until it has written the same files. The throughput and
+saturation cases run three rounds (`--rounds`), each on a fresh pipeline, and print the
+median with the range: a single 3-second run on a shared 2-core machine moves by a
+fifth from one minute to the next.
 
     python -m tests.bench.run [--quick]
 """
@@ -16,6 +19,7 @@ import argparse
 import asyncio
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,7 +35,7 @@ from proto import Job, replace
 from services.backends.tgi import TGIBackend, tgi_payload
 from services.core.chat import GenerationParameters
 from services.jobs import prepare_job
-from services.local import LocalPipeline, free_port
+from services.local import LocalPipeline, free_port, wait_for_port
 from services.result_files import write_result_files
 from services.runner import ChatModel, Completion, evaluate
 from tests.pipeline_helpers import get_json, metric_total, submit_jobs
@@ -147,60 +151,106 @@ async def naive(job: Job, url: str, concurrency: int, out: Path) -> float:
 # -- the measurements --
 
 
-def overhead_and_throughput(tmp: Path, files: dict[str, Path], rows: Callable[[Row], None], size: int) -> None:
-    job = Job(job_id="", model="llama2-7b", dataset=str(files["sentiment"]), category="sentiment",
-              task="counterfactual", limit=size)  # fmt: skip
-    with LocalPipeline(tmp / "overhead", standin_args=("--max-concurrent", "100000")) as pipeline:
+@dataclass
+class Round:
+    """One round of the overhead case: a fresh pipeline cold then warm, then the baselines
+    against the same stand-in, close in time, so their ratios share the machine's mood."""
+
+    cold: Timed
+    warm: Timed
+    in_process: float  # seconds
+    in_process_again: float
+    naive: float
+
+
+def overhead_round(tmp: Path, job: Job) -> Round:
+    with LocalPipeline(tmp, standin_args=("--max-concurrent", "100000")) as pipeline:
         cold = run_job(pipeline, job)
         warm = run_job(pipeline, job)
+        assert cold.generations > 0 and warm.generations == 0
         url = pipeline.standin_url
         baseline = uvloop.run(in_process(job, url, CONCURRENCY, tmp / "in-process"))
         baseline_again = uvloop.run(in_process(job, url, CONCURRENCY, tmp / "in-process"))
         research = asyncio.run(naive(job, url, CONCURRENCY, tmp / "naive"))  # plain asyncio, as research code runs
-        total_generated = sum(standin_counts(pipeline))
-    per_generation = 1000 * cold.cpu / cold.questions
-    rows(Row(f"1. overhead, counterfactual, {size} obs, cold", f"{per_generation:.2f} CPU-ms per generation "
-             f"({cold.cpu:.1f} CPU-s / {cold.questions} generations)", "<= 1.0"))  # fmt: skip
-    rows(Row("2. throughput cold", f"{size / cold.seconds:.0f} obs/s, {cold.questions / cold.seconds:.0f} gen/s "
-             f"({cold.seconds:.1f} s)"))  # fmt: skip
-    warm_rate = f"{size / warm.seconds:.0f} obs/s, {warm.questions / warm.seconds:.0f} gen/s ({warm.seconds:.1f} s)"
-    rows(Row("2. throughput warm (all from cache)", f"{warm_rate}; backend calls: {warm.generations}"))
-    rows(Row("2. warm CPU", f"{1000 * warm.cpu / warm.questions:.2f} CPU-ms per generation"))
-    rows(Row("3. in-process baseline (shared session)", f"{size / baseline:.0f} obs/s ({baseline:.1f} s); "
-             f"second run {size / baseline_again:.0f} obs/s (it has no cache)"))  # fmt: skip
-    rows(Row("3. pipeline cold / in-process", f"{baseline / cold.seconds:.2f}", ">= 0.80"))
-    rows(Row("3. pipeline warm / in-process second run", f"{baseline_again / warm.seconds:.2f}", ">= 1.00"))
-    rows(Row("3. naive loop (new session per request)", f"{size / research:.0f} obs/s ({research:.1f} s)"))
-    rows(Row("3. pipeline cold / naive loop", f"{research / cold.seconds:.2f}", ">= 2.00"))
-    assert total_generated > 0
+    return Round(cold, warm, baseline, baseline_again, research)
 
 
-def saturation(tmp: Path, files: dict[str, Path], rows: Callable[[Row], None], size: int) -> None:
+def spread(values: list[float], form: str = "{:.2f}") -> str:
+    """The median of several runs, and their range."""
+    if len(values) == 1:
+        return form.format(values[0])
+    return f"{form.format(statistics.median(values))} ({form.format(min(values))} to {form.format(max(values))})"
 
+
+def overhead_and_throughput(
+    tmp: Path, files: dict[str, Path], rows: Callable[[Row], None], size: int, rounds: int
+) -> None:
+    job = Job(job_id="", model="llama2-7b", dataset=str(files["sentiment"]), category="sentiment",
+              task="counterfactual", limit=size)  # fmt: skip
+    done = [overhead_round(tmp / f"overhead-{n}", job) for n in range(rounds)]
+    questions = done[0].cold.questions
+
+    def rate(seconds: Callable[[Round], float], count: int = size) -> str:
+        return spread([count / seconds(r) for r in done], "{:.0f}")
+
+    def ratio(numerator: Callable[[Round], float], denominator: Callable[[Round], float]) -> str:
+        return spread([numerator(r) / denominator(r) for r in done])
+
+    cold_cpu = spread([1000 * r.cold.cpu / r.cold.questions for r in done])
+    warm_cpu = spread([1000 * r.warm.cpu / r.warm.questions for r in done])
+    rows(Row(f"1. overhead, counterfactual, {size} obs, cold",
+             f"{cold_cpu} CPU-ms per generation ({questions} generations)", "<= 1.0"))  # fmt: skip
+    rows(Row("2. throughput cold", f"{rate(lambda r: r.cold.seconds)} obs/s, "
+             f"{rate(lambda r: r.cold.seconds, questions)} gen/s"))  # fmt: skip
+    rows(Row("2. throughput warm (all from cache)", f"{rate(lambda r: r.warm.seconds)} obs/s, "
+             f"{rate(lambda r: r.warm.seconds, questions)} gen/s; backend calls: 0"))  # fmt: skip
+    rows(Row("2. warm CPU", f"{warm_cpu} CPU-ms per generation"))
+    rows(Row("3. in-process baseline (shared session)", f"{rate(lambda r: r.in_process)} obs/s; "
+             f"second run {rate(lambda r: r.in_process_again)} (it has no cache)"))  # fmt: skip
+    rows(Row("3. pipeline cold / in-process", ratio(lambda r: r.in_process, lambda r: r.cold.seconds), ">= 0.80"))
+    rows(Row("3. pipeline warm / in-process second run",
+             ratio(lambda r: r.in_process_again, lambda r: r.warm.seconds), ">= 1.00"))  # fmt: skip
+    rows(Row("3. naive loop (new session per request)", f"{rate(lambda r: r.naive)} obs/s"))
+    rows(Row("3. pipeline cold / naive loop", ratio(lambda r: r.naive, lambda r: r.cold.seconds), ">= 2.00"))
+
+
+@dataclass
+class Saturation:
+    steady: float  # generations per second while the backends were busy
+    achieved: float  # generations per second from submit to done
+    overloaded: int  # 429 answers
+
+
+def saturation_round(tmp: Path, job: Job) -> Saturation:
     ports = [free_port() for _ in range(4)]
     command = [sys.executable, "-m", "services.cli", "standin", "--latency", "0.2", "--max-concurrent", "32"]
     servers = [subprocess.Popen([*command, "--port", str(port)], stdout=subprocess.DEVNULL) for port in ports]
     try:
+        for port, server in zip(ports, servers, strict=True):
+            wait_for_port(port, "a stand-in", server)
         endpoint = ",".join(f"http://127.0.0.1:{port}" for port in ports)
-        time.sleep(1.5)
-        job = Job(job_id="", model="llama2-7b", dataset=str(files["sentiment"]), category="sentiment",
-                  task="classify", limit=size)  # fmt: skip
-        with LocalPipeline(tmp / "saturation", endpoint=endpoint) as pipeline:
+        with LocalPipeline(tmp, endpoint=endpoint) as pipeline:
             timed = run_job(pipeline, job)
             stats = [get_json(f"{url}/stand-in/stats") for url in endpoint.split(",")]
-            overloaded = sum(s.get("overloaded", 0) for s in stats)
     finally:
         for server in servers:
             server.terminate()
-    ideal = 4 * 32 / 0.2
-    achieved = timed.generations / timed.seconds
     # The backends' own window: from the first generation any of them started to the last
     # one finished. Dataset loading and start-up are outside it.
     busy = max(s["last_finished_at"] for s in stats) - min(s["first_started_at"] for s in stats)
-    steady = timed.generations / busy
-    rows(Row(f"4. saturation, 4 backends x 32 at 0.2 s, {size} obs", f"{steady:.0f} gen/s of ideal {ideal:.0f}: "
-             f"{steady / ideal:.1%} while generating; {achieved / ideal:.1%} submit to done (429s: {overloaded})",
-             ">= 95%"))  # fmt: skip
+    overloaded = sum(s.get("overloaded", 0) for s in stats)
+    return Saturation(timed.generations / busy, timed.generations / timed.seconds, overloaded)
+
+
+def saturation(tmp: Path, files: dict[str, Path], rows: Callable[[Row], None], size: int, rounds: int) -> None:
+    job = Job(job_id="", model="llama2-7b", dataset=str(files["sentiment"]), category="sentiment",
+              task="classify", limit=size)  # fmt: skip
+    done = [saturation_round(tmp / f"saturation-{n}", job) for n in range(rounds)]
+    ideal = 4 * 32 / 0.2
+    rows(Row(f"4. saturation, 4 backends x 32 at 0.2 s, {size} obs",
+             f"{spread([100 * r.steady / ideal for r in done], '{:.1f}')}% of ideal {ideal:.0f} gen/s while "
+             f"generating; {spread([100 * r.achieved / ideal for r in done], '{:.1f}')}% submit to done "
+             f"(429s: {sum(r.overloaded for r in done)})", ">= 95%"))  # fmt: skip
 
 
 def memory(tmp: Path, files: dict[str, Path], rows: Callable[[Row], None], sizes: tuple[int, ...]) -> None:
@@ -225,6 +275,17 @@ def scaling(tmp: Path, files: dict[str, Path], rows: Callable[[Row], None], size
                  f"{size / timed.seconds:.0f} obs/s, {timed.questions / timed.seconds:.0f} gen/s"))  # fmt: skip
 
 
+def calibration_ms() -> float:
+    """A fixed pure-Python workload, best of three: the shared machine's speed right now.
+    Printed before and after, so a reader can tell a slow minute from a slow pipeline."""
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        sum(i * i for i in range(1_000_000))
+        best = min(best, time.perf_counter() - started)
+    return 1000 * best
+
+
 def machine() -> str:
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("model name")), platform.processor())  # fmt: skip
@@ -235,13 +296,16 @@ def machine() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="small sizes, to check the bench itself")
+    parser.add_argument("--quick", action="store_true", help="small sizes, one round, to check the bench itself")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the throughput and saturation cases (median)")
     args = parser.parse_args()
     big = 10_000
     sizes = {"overhead": 3000, "saturation": 6000, "memory": (1000, big), "scaling": 2000}
+    rounds = args.rounds
     if args.quick:
         big = 600
         sizes = {"overhead": 300, "saturation": 300, "memory": (100, big), "scaling": 200}
+        rounds = 1
 
     rows: list[Row] = []
 
@@ -250,15 +314,15 @@ def main() -> None:
         print(f"  {row.what:52} {row.value}" + (f"   [goal {row.goal}]" if row.goal else ""), flush=True)
 
     started = time.monotonic()
-    print(f"machine: {machine()}")
+    print(f"machine: {machine()}; calibration loop {calibration_ms():.0f} ms")
     with tempfile.TemporaryDirectory(prefix="introspect-bench-") as folder:
         tmp = Path(folder)
         files = write_synthetic(tmp / "data", rows=big)
-        overhead_and_throughput(tmp, files, show, sizes["overhead"])
-        saturation(tmp, files, show, sizes["saturation"])
+        overhead_and_throughput(tmp, files, show, sizes["overhead"], rounds)
+        saturation(tmp, files, show, sizes["saturation"], rounds)
         memory(tmp, files, show, sizes["memory"])
         scaling(tmp, files, show, sizes["scaling"])
-    print(f"bench took {time.monotonic() - started:.0f} s")
+    print(f"bench took {time.monotonic() - started:.0f} s; calibration loop {calibration_ms():.0f} ms")
 
 
 if __name__ == "__main__":
