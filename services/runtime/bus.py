@@ -130,9 +130,11 @@ class Bus:
         await bus.ensure_streams()
         return bus
 
-    def on_reconnect(self, listener: Callable[[], None]) -> None:
-        """Call `listener` after each reconnection (the server forgot our pull requests)."""
+    def on_reconnect(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call `listener` after each reconnection (the server forgot our pull requests);
+        returns what stops it."""
         self._reconnect_listeners.append(listener)
+        return lambda: self._reconnect_listeners.remove(listener)
 
     async def ensure_streams(self, streams: Iterable[StreamSpec] = STREAMS) -> None:
         """Create each stream, or bring its config up to date: safe to run from every service."""
@@ -332,7 +334,7 @@ class Worker:
         await self.bus.ensure_consumer(spec)
         inbox = client.new_inbox()
         subscription = await client.subscribe(inbox, cb=self._deliver, pending_msgs_limit=-1, pending_bytes_limit=-1)
-        self.bus.on_reconnect(self._forget_pull_requests)
+        forget = self.bus.on_reconnect(self._forget_pull_requests)
         next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{spec.stream}.{spec.durable}"
         keepalive = asyncio.create_task(self._keep_alive(stop))
         stopping = asyncio.create_task(_set_when(stop, self._wake))
@@ -364,6 +366,7 @@ class Worker:
                     self._heard_at = now  # the new request's lifetime starts now
                 self.requested += count
         finally:
+            forget()
             keepalive.cancel()
             stopping.cancel()
             # Unsubscribed, the inbox has no interest, and JetStream drops the live pull
