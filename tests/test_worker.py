@@ -180,6 +180,7 @@ async def test_a_deleted_consumer_is_recreated(server: NatsServer) -> None:
         await bus.close()
 
 
+@pytest.mark.slow  # a chaos test: kills the server
 async def test_the_worker_goes_on_after_nats_restarts(server: NatsServer) -> None:
     bus = await open_bus(server)
     recorder = Recorder()
