@@ -32,13 +32,17 @@ import aiohttp
 import uvloop
 
 from proto import Job, replace
+from proto import subjects as sub
 from services.backends.tgi import TGIBackend, tgi_payload
+from services.client import watch_events, with_job_id
 from services.core.chat import GenerationParameters
 from services.jobs import prepare_job
 from services.local import LocalPipeline, free_port, wait_for_port
 from services.result_files import write_result_files
 from services.runner import ChatModel, Completion, evaluate
-from tests.pipeline_helpers import get_json, metric_total, submit_jobs
+from services.runtime.bus import Bus, Outgoing
+from services.runtime.settings import Settings
+from tests.pipeline_helpers import get_json, metric_total
 from tests.synthetic import write_synthetic
 
 CONCURRENCY = 256  # the services' default messages in flight; the baselines get the same
@@ -68,17 +72,26 @@ def service_pids(pipeline: LocalPipeline) -> dict[str, int]:
     return {name: pipeline.processes[name].pid for name in pipeline.service_names()}
 
 
-def wait_done(pipeline: LocalPipeline, job_id: str, timeout: float = 600.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            status = get_json(f"{pipeline.aggregator_url}/jobs/{job_id}")
-            if status["complete"]:
-                return status
-        except OSError:
-            pass
-        time.sleep(0.02)
-    raise TimeoutError(f"{job_id} did not complete in {timeout} s")
+async def submit_and_wait(pipeline: LocalPipeline, job: Job, timeout: float = 600.0) -> float:
+    """Submit `job`; seconds until the aggregator announces it complete (result files
+    written). The bench listens for the `completed` event instead of polling the
+    aggregator, so that measuring does not take the CPUs it measures."""
+    bus = await Bus.open(Settings(nats_url=pipeline.nats_url), "bench")
+    try:
+        watch = await watch_events(bus)
+        started = time.monotonic()
+        submitted = with_job_id(job)
+        await bus.publish([Outgoing(sub.JOBS, submitted, submitted.job_id)])
+        while time.monotonic() - started < timeout:
+            event = watch.last(submitted.job_id)
+            if event is not None and event.event in ("completed", "rejected"):
+                if event.event == "rejected":
+                    raise RuntimeError(f"the producer refused the job: {event.detail}")
+                return time.monotonic() - started
+            await asyncio.sleep(0.005)
+        raise TimeoutError(f"{submitted.job_id} did not complete in {timeout} s")
+    finally:
+        await bus.close()
 
 
 @dataclass
@@ -94,10 +107,7 @@ def run_job(pipeline: LocalPipeline, job: Job) -> Timed:
     cpu_before = sum(cpu_seconds(pid) for pid in pids.values())
     generated_before = sum(standin_counts(pipeline))
     questions_before = questions(pipeline)
-    started = time.monotonic()
-    (submitted,) = submit_jobs(pipeline, [replace(job, job_id="")])
-    wait_done(pipeline, submitted.job_id)
-    seconds = time.monotonic() - started
+    seconds = uvloop.run(submit_and_wait(pipeline, replace(job, job_id="")))
     cpu = sum(cpu_seconds(pid) for pid in pids.values()) - cpu_before
     return Timed(seconds, cpu, sum(standin_counts(pipeline)) - generated_before, questions(pipeline) - questions_before)
 
