@@ -9,9 +9,10 @@ recreated, and a NATS restart survived.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import nats.errors
@@ -117,18 +118,25 @@ class Recorder:
         self.running -= 1
 
 
-def start_worker(bus: Bus, recorder: Recorder, **options: float) -> tuple[Worker, asyncio.Event, asyncio.Task[None]]:
+@contextlib.asynccontextmanager
+async def running_worker(server: NatsServer, recorder: Recorder, **options: float) -> AsyncIterator[tuple[Bus, Worker]]:
+    """A bus and a worker running `recorder` until the block ends."""
+    bus = await open_bus(server)
     worker = Worker(bus, CONSUMER, (JobEvent,), recorder, **options)  # type: ignore[arg-type]
     recorder.worker = worker
     stop = asyncio.Event()
-    return worker, stop, asyncio.create_task(worker.run(stop))
+    running = asyncio.create_task(worker.run(stop))
+    try:
+        yield bus, worker
+    finally:
+        stop.set()
+        await running
+        await bus.close()
 
 
 async def test_every_message_is_handled_once_within_the_concurrency(server: NatsServer) -> None:
-    bus = await open_bus(server)
     recorder = Recorder(seconds=0.005)
-    _, stop, running = start_worker(bus, recorder, concurrency=16, batch=16)
-    try:
+    async with running_worker(server, recorder, concurrency=16, batch=16) as (bus, _):
         await bus.publish([event(n) for n in range(300)])
         await eventually(lambda: len(recorder.seen) == 300, within=30)
         assert sorted(recorder.seen) == sorted(f"job-{n}" for n in range(300))
@@ -141,51 +149,33 @@ async def test_every_message_is_handled_once_within_the_concurrency(server: Nats
             await asyncio.sleep(0.05)
         assert info.num_ack_pending == 0 and info.num_pending == 0  # all acknowledged
         assert info.num_redelivered == 0
-    finally:
-        stop.set()
-        await running
-        await bus.close()
 
 
 async def test_expired_pull_requests_are_renewed(server: NatsServer) -> None:
-    bus = await open_bus(server)
     recorder = Recorder()
-    worker, stop, running = start_worker(bus, recorder, concurrency=8, batch=8, pull_expires=0.3)
-    try:
+    async with running_worker(server, recorder, concurrency=8, batch=8, pull_expires=0.3) as (bus, worker):
         await asyncio.sleep(1.2)  # four pull requests expire, each answered with a 408
         assert worker.requested == 8  # their credit came back and was asked for again
         await bus.publish([event(1)])
         # A live pull request takes it at once; without one it would wait for the worker
         # to give up on its lost request (2 s past its expiry).
         assert await eventually(lambda: recorder.seen == ["job-1"], within=1.0) < 1.0
-    finally:
-        stop.set()
-        await running
-        await bus.close()
 
 
 async def test_a_deleted_consumer_is_recreated(server: NatsServer) -> None:
-    bus = await open_bus(server)
     recorder = Recorder()
-    _, stop, running = start_worker(bus, recorder, concurrency=8, batch=8, pull_expires=1.0)
-    try:
+    async with running_worker(server, recorder, concurrency=8, batch=8, pull_expires=1.0) as (bus, _):
         await asyncio.sleep(0.2)
         await bus.js.delete_consumer(CONSUMER.stream, CONSUMER.durable)  # live pull requests get a 409
         await asyncio.sleep(1.0)
         await bus.publish([event(2)])
         await eventually(lambda: recorder.seen == ["job-2"], within=10)
-    finally:
-        stop.set()
-        await running
-        await bus.close()
 
 
 @pytest.mark.slow  # a chaos test: kills the server
 async def test_the_worker_goes_on_after_nats_restarts(server: NatsServer) -> None:
-    bus = await open_bus(server)
     recorder = Recorder()
-    _, stop, running = start_worker(bus, recorder, concurrency=8, batch=8)
-    try:
+    async with running_worker(server, recorder, concurrency=8, batch=8) as (bus, _):
         await bus.publish([event(1)])
         await eventually(lambda: recorder.seen == ["job-1"], within=5)
         server.kill()  # the server forgets the worker's pull requests
@@ -195,10 +185,6 @@ async def test_the_worker_goes_on_after_nats_restarts(server: NatsServer) -> Non
         await bus.publish([event(2)])
         # Within the pull requests' 5 s lifetime: the reconnection itself renewed them.
         await eventually(lambda: recorder.seen == ["job-1", "job-2"], within=4.5)
-    finally:
-        stop.set()
-        await running
-        await bus.close()
 
 
 async def test_a_publication_no_stream_takes_is_refused_at_once(server: NatsServer) -> None:
