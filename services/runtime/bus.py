@@ -346,9 +346,7 @@ class Worker:
                 room = self.concurrency - len(self.in_flight) - self.requested
                 if room < self.low_water and (self.in_flight or self.requested):
                     self._wake.clear()
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(self.pull_expires):
-                            await self._wake.wait()
+                    await _wait(self._wake, self.pull_expires)
                     continue
                 if self._recheck and not await self._check_consumer(stop):
                     continue
@@ -360,7 +358,7 @@ class Worker:
                     break
                 except nats.errors.Error as error:  # reconnecting with a full buffer
                     log.warning("%s: could not ask for messages (%s), retrying", self.bus.service, error)
-                    await _first(stop.wait(), timeout=0.5)
+                    await _wait(stop, 0.5)
                     continue
                 if not self.requested:
                     self._heard_at = now  # the new request's lifetime starts now
@@ -410,7 +408,7 @@ class Worker:
     async def _check_consumer(self, stop: asyncio.Event) -> bool:
         """After an error answer (a deleted consumer, JetStream restarting): recreate the
         consumer if it is gone. False: not yet, try again after a pause."""
-        await _first(stop.wait(), timeout=0.5)
+        await _wait(stop, 0.5)
         try:
             await self.bus.ensure_consumer(self.consumer)
         except nats.errors.Error as error:
@@ -496,9 +494,8 @@ async def _set_when(done: asyncio.Event, then: asyncio.Event) -> None:
     then.set()
 
 
-async def _first(*waits: Awaitable[Any], timeout: float | None = None) -> None:
-    """Wait until the first of `waits` is done, or `timeout` seconds."""
-    tasks = [asyncio.ensure_future(w) for w in waits]
-    _, pending = await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    for task in pending:
-        task.cancel()
+async def _wait(event: asyncio.Event, seconds: float) -> None:
+    """Until `event` is set, for at most `seconds`."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await event.wait()
