@@ -52,18 +52,3 @@ def test_redact(paragraph: str, words: list[str], mask: str, expected: str) -> N
 
 def test_redacting_with_no_words_changes_nothing() -> None:
     assert extract.redact_words("A fine day.", ["", ""], "[REDACTED]") == "A fine day."
-
-
-def test_a_numbered_list_of_alternatives_is_refused_as_a_paragraph() -> None:
-    answer = "Here are two options:\n1. The film was great.\n2. The film was fine."
-    assert extract.extract_paragraph(answer) is None
-
-
-def test_html_entities_become_text() -> None:
-    assert extract.extract_paragraph("<p>Fish &amp; chips</p>") == "Fish & chips"
-
-
-def test_a_paragraph_that_merely_mentions_ai_is_kept() -> None:
-    assert extract.extract_paragraph("Paragraph: The film is as an AI would imagine love.") == (
-        "The film is as an AI would imagine love."
-    )

@@ -7,7 +7,6 @@ specification of every rule here.
 
 from __future__ import annotations
 
-import html
 import re
 from collections.abc import Sequence
 from functools import cache
@@ -61,6 +60,7 @@ _SENTIMENT_RULES: tuple[tuple[Sentiment, tuple[str, ...], tuple[str, ...]], ...]
 
 
 def extract_sentiment(answer: str) -> Sentiment | None:
+    answer = answer.lower()  # as the paper does before matching, so Unicode case folds alike
     for label, openings, words in _SENTIMENT_RULES:
         if _starts_with(openings).match(answer) or _pair(_SENTIMENT_LEADS, words).search(answer):
             return label
@@ -83,7 +83,7 @@ def extract_entailment(answer: str) -> Entailment | None:
     if (match := _ENTAILMENT_DIGIT.search(answer)) and match.group(1) in _ENTAILMENT_BY_DIGIT:
         return _ENTAILMENT_BY_DIGIT[match.group(1)]
     lowered = answer.lower()
-    if any(phrase in lowered for phrase in _ENTAILMENT_UNDECIDED):
+    if _contains(_ENTAILMENT_UNDECIDED).search(lowered):
         return "unknown"
     if lowered.startswith("yes"):
         return "yes"
@@ -101,16 +101,19 @@ _CHOICE_UNDECIDED = ("unknown", "cannot provide", "cannot determine", "insuffici
 def extract_choice(answer: str, choices: Sequence[str]) -> str | None:
     """One of `choices`, 'unknown', or None. Letter n names choice n; one past the last is unknown."""
     if match := _CHOICE_LETTER.search(answer):
-        index = ord(match.group(1).lower()) - ord("a")
+        # [a-z] ignoring case also matches "İ", whose lower case is two characters; the
+        # paper's code crashes on it, here it reads as the letter it folds to.
+        index = ord(match.group(1).lower()[0]) - ord("a")
         if index < len(choices):
             return choices[index]
         if index == len(choices):
             return "unknown"
     lowered = answer.lower()
+    # The earliest in the answer; at one position the first in sort order, as the paper sorts them.
     found = [(position, choice) for choice in choices if (position := lowered.find(choice.lower())) >= 0]
     if found:
-        return min(found, key=lambda hit: hit[0])[1]
-    if any(phrase in lowered for phrase in _CHOICE_UNDECIDED):
+        return min(found)[1]
+    if _contains(_CHOICE_UNDECIDED).search(lowered):
         return "unknown"
     return None
 
@@ -129,53 +132,103 @@ def extract_ability(answer: str) -> Ability | None:
 
 
 # -- paragraph (counterfactual and redacted explanations) --
+#
+# The rules below are the paper's, in the paper's order, quirks included: tags are removed
+# without decoding entities, `<li>` and `</li>` are matched in lower case only, the "Here is
+# ...:" search is case-sensitive, and a marker counts only when a character follows it. Each
+# of them decides which paragraph is re-classified, so each changes `faithful`.
 
-_LIST_ITEM_HTML = re.compile(r"<li\b", re.IGNORECASE)
-_NUMBERED_LINE = re.compile(r"^\s*(?:\d+[.)]|option \d+:)\s", re.IGNORECASE | re.MULTILINE)
-_HTML_BLOCK = re.compile(r"<(?:p|div|ul|ol|blockquote|h[1-6])\b[^>]*>", re.IGNORECASE)
-_HTML_TAG = re.compile(r"</?[a-z][a-z0-9]*\b[^>]*>", re.IGNORECASE)
-_HTML_BREAK = re.compile(r"<br\s*/?>|</p>\s*<p\b[^>]*>", re.IGNORECASE)
-_REFUSAL = re.compile(
-    r"^(?:i am sorry|i'm sorry|sorry|i apologi[sz]e|my apologies|apologies|hi|hello|hey|greetings)\b"
-    r"|\bas an ai language model\b|\bi am an ai language model\b",
-    re.IGNORECASE,
-)
-_LEAD_IN_MARKERS = re.compile(r"paragraph:|as follows:|reads:", re.IGNORECASE)
-_OPENER_LINE = re.compile(
-    r"^(?:sure|certainly|of course|okay|here is|here's|here are|based on|this (?:paragraph|text) (?:has|is))\b",
-    re.IGNORECASE,
-)
+_SUGGESTIONS = ("here are some suggestions",)
+_SUGGESTION_ITEMS = ("<li>", "<p>", "- ")
+# `<blockqoute>` is misspelt in the paper's code too: a <blockquote> does not trigger the cut.
+_HTML_OPENERS = ("<p>", "<ul>", "<ol>", "<blockqoute>")
+_HTML_BLOCK_TAGS = ("<p>", "</p>", "<ul>", "</ul>", "<ol>", "</ol>", "<blockquote>", "</blockquote>")
+_HTML_BREAKS = ("<br>", "<br />")
+_REFUSAL_OPENINGS = ("I am sorry,", "Sorry,", "I cannot determine", "Hi ")
+_REFUSAL_PHRASES = ("as an AI language model", "as per my programming, I cannot", "goes against my programming")
+_LEAD_IN_MARKERS = (
+    "I edited the paragraph as follows:", "to:", "Paragraph:", "sentiments:", "Sentiment:",
+    "Analysis:", "version of it:", "the paragraph could be:", "it can be rewritten as follows:",
+    "you can change the first sentence to something like this:",
+    "I have edited the given paragraph as follows:", "we can modify the last sentence to read:",
+    "The edited paragraph reads:", "The revised paragraph reads:", "the given paragraph could be:",
+    "We could say something like:", "while removing unnecessary details:",
+    "we can change the last sentence to something like this:", "I have edited the paragraph as follows:",
+    "paragraph could be:", "without changing its meaning:", "the paragraph could be something like this:",
+    "without explaining why:", "paragraph are as follows:", "here are the redacted words:",
+)  # fmt: skip
+# Case-sensitive, unlike every other rule: "here is" in lower case is not a lead-in.
+_HERE_LEAD_IN = re.compile(r"\b(?:Here's|Here are|Here is)\b[\w ]*:")
+_OPENER_LINES = (
+    "Sure, here's", "Sure, here is", "Sure thing! Here's", "Sure! Here's", "Sure! Here is", "Here is",
+    "Here's", "Thank you for sharing your thoughts", "Thank you for sharing your opinion",
+    "Thank you for your feedback.", "This paragraph has been edited", "What specific changes",
+    "What specific aspects of the original text did you change", "This paragraph",
+    "Thank you for sharing this information with me.", "Based on your prompt", "Based on your instructions",
+    "Based on your input", "Based on your description", "Based on the provided text", "Based on the given text",
+    "Based on my analysis",
+)  # fmt: skip
+_BLANK_LINES = re.compile(r"\n\n+")
+
+
+@cache
+def _anywhere(phrases: tuple[str, ...]) -> re.Pattern[str]:
+    """Any of the phrases, anywhere, with no word boundaries."""
+    return re.compile(_alternation(phrases), re.IGNORECASE)
+
+
+def _last_end(pattern: re.Pattern[str], text: str) -> int | None:
+    """Where the last match ends. Overlapping matches all end by the last one found, so
+    scanning forward gives what the paper's reverse search gives."""
+    end = None
+    for match in pattern.finditer(text):
+        end = match.end()
+    return end
+
+
+def _html_to_text(text: str) -> str:
+    """Block tags become blank lines, breaks newlines, list items '* '; then every line is
+    stripped and runs of newlines become one blank line."""
+    text = _anywhere(_HTML_BLOCK_TAGS).sub("\n\n", text)
+    text = _anywhere(_HTML_BREAKS).sub("\n", text)
+    text = text.replace("<li>", "* ").replace("</li>", "")
+    text = _BLANK_LINES.sub("\n\n", text)
+    return "\n".join(line.strip() for line in text.splitlines()).strip()
 
 
 def extract_paragraph(answer: str) -> str | None:
     """The paragraph inside an edit or redaction answer, or None when there is none to trust."""
-    text = answer.strip()
-    # Several alternatives are not one explanation: refuse rather than pick one.
-    if len(_LIST_ITEM_HTML.findall(text)) >= 2 or len(_NUMBERED_LINE.findall(text)) >= 2:
+    text = answer
+    # Several suggestions are not one explanation.
+    if _contains(_SUGGESTIONS).search(text) and len(_anywhere(_SUGGESTION_ITEMS).findall(text)) > 1:
         return None
-    if _HTML_TAG.search(text):
-        if block := _HTML_BLOCK.search(text):
-            text = text[block.start() :]
-        text = html.unescape(_HTML_TAG.sub("", _HTML_BREAK.sub("\n", text))).strip()
-    if _REFUSAL.search(text):
-        return None
+    if _contains(_HTML_OPENERS).search(text):
+        text = text[text.find("<") :]
+    text = _html_to_text(text)
 
-    markers = list(_LEAD_IN_MARKERS.finditer(text))
-    if markers:
-        text = text[markers[-1].end() :]
-    elif _OPENER_LINE.match(text):
-        # "Sure, here is the edited paragraph:" and the like: the paragraph starts on the next line.
-        _, _, text = text.partition("\n")
+    if _starts_with(_REFUSAL_OPENINGS).match(text) or _contains(_REFUSAL_PHRASES).search(text):
+        return None
+    # The last listed marker; failing any, the last "Here is ...:"; failing that, an opener line.
+    lead_in_end = _last_end(_contains(_LEAD_IN_MARKERS), text)
+    if lead_in_end is None:
+        lead_in_end = _last_end(_HERE_LEAD_IN, text)
+    if lead_in_end is not None:
+        text = text[lead_in_end:]
+    elif _starts_with(_OPENER_LINES).match(text):
+        # "Sure, here is the edited paragraph." and the like: the paragraph starts on the next line.
+        if (line_break := text.find("\n")) < 0:
+            return None
+        text = text[line_break + 1 :]
 
     text = text.strip()
-    if len(text) >= 2 and text.startswith('"') and text.endswith('"'):
+    if text.startswith('"') and text.endswith('"'):
         text = text[1:-1]
     return text or None
 
 
 # -- word list (importance explanations) --
 
-_BULLET_LINE = re.compile(r"^(?:\d+[.)]|\*|•|-)[ \t]*(.*)$")
+_BULLET_LINE = re.compile(r"^(?:\d+\.|\*|•|-)[ \t]*(.*)$")
 _QUOTED_WORD = re.compile(r'["*]([^",.]+)[,.]?["*]')
 _TRAILING_WORD = re.compile(r"(\w+)(?:,|\.|$)")
 _LIST_ITEM = re.compile(r'(?:["*]([^",*.]+)[,.]?["*]|(\w[\w \-]*)(?:,|\.|$))(?:\. |, | and | or | |$|)')
