@@ -44,14 +44,14 @@ _SOURCE_FEATURES: dict[tuple[str, str | None], datasets.Features] = {
     ("stanfordnlp/imdb", "plain_text"): datasets.Features(
         {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])}
     ),
-    ("glue", "sst2"): datasets.Features(
+    ("nyu-mll/glue", "sst2"): datasets.Features(
         {
             "sentence": datasets.Value("string"),
             "label": datasets.ClassLabel(names=["negative", "positive"]),
             "idx": datasets.Value("int32"),
         }
     ),
-    ("glue", "rte"): datasets.Features(
+    ("nyu-mll/glue", "rte"): datasets.Features(
         {
             "sentence1": datasets.Value("string"),
             "sentence2": datasets.Value("string"),
@@ -59,7 +59,7 @@ _SOURCE_FEATURES: dict[tuple[str, str | None], datasets.Features] = {
             "idx": datasets.Value("int32"),
         }
     ),
-    ("sagnikrayc/mctest", None): datasets.Features(
+    ("sagnikrayc/mctest", "mc500"): datasets.Features(
         {
             "idx": datasets.Value("string"),
             "question": datasets.Value("string"),
@@ -143,7 +143,9 @@ def _load_source(definition: DatasetDefinition, selection: str, mirror: Mirror) 
         return _load_babi(definition, selection, mirror)
     try:
         if mirror is None:
-            return datasets.load_dataset(definition.source, definition.source_config, split=selection)
+            return datasets.load_dataset(
+                definition.source, definition.source_config, revision=definition.source_revision, split=selection
+            )
         folder = Path(mirror) / definition.source / (definition.source_config or "default")
         files = {path.stem: str(path) for path in sorted(folder.glob("*.jsonl"))}
         if not files:

@@ -8,6 +8,7 @@ import tarfile
 import pandas as pd
 import pytest
 
+from services import datasets as dataset_loading
 from services.core.datasets import DATASETS, UnknownDataset, parse_babi
 from services.core.observations import (
     EntailmentObservation,
@@ -15,7 +16,7 @@ from services.core.observations import (
     MultiChoiceObservation,
     SentimentObservation,
 )
-from services.datasets import DatasetLoadError, LocalFileDataset, load_split
+from services.datasets import MIRROR_ENV, DatasetLoadError, LocalFileDataset, load_split
 
 from .conftest import DATASET_MIRROR
 
@@ -62,13 +63,13 @@ def test_imdb_labels_and_line_breaks() -> None:
 
 
 def test_sst2_uses_glue_validation_as_test() -> None:
-    raw = _raw_rows("glue", "sst2", "validation.jsonl")
+    raw = _raw_rows("nyu-mll", "glue", "sst2", "validation.jsonl")
     test = sorted(_load("SST2", "test"), key=lambda o: o.idx)
     assert [(o.text, o.label) for o in test] == [(r["sentence"], ("negative", "positive")[r["label"]]) for r in raw]
 
 
 def test_rte_maps_entailment_to_yes_and_no() -> None:
-    raw = _raw_rows("glue", "rte", "validation.jsonl")
+    raw = _raw_rows("nyu-mll", "glue", "rte", "validation.jsonl")
     test = sorted(_load("RTE", "test"), key=lambda o: o.idx)
     assert all(isinstance(o, EntailmentObservation) for o in test)
     assert [(o.paragraph, o.hypothesis, o.label) for o in test] == [
@@ -77,7 +78,7 @@ def test_rte_maps_entailment_to_yes_and_no() -> None:
 
 
 def test_mctest_restructures_story_choices_and_label() -> None:
-    raw = _raw_rows("sagnikrayc", "mctest", "default", "test.jsonl")
+    raw = _raw_rows("sagnikrayc", "mctest", "mc500", "test.jsonl")
     test = sorted(_load("MCTest", "test"), key=lambda o: o.idx)
     assert all(isinstance(o, MultiChoiceObservation) for o in test)
     for observation, row in zip(test, raw, strict=True):
@@ -86,6 +87,50 @@ def test_mctest_restructures_story_choices_and_label() -> None:
         assert observation.question == row["question"]
         assert list(observation.choices) == sorted(row["answer_options"].values())
         assert observation.label == row["answer_options"][row["answer"]]
+
+
+# What each dataset asks the Hub for: id, config, revision. None of these can be fetched here;
+# README says which were checked against the Hub itself.
+HUB_SOURCES = {
+    "IMDB": ("stanfordnlp/imdb", "plain_text", None),
+    "SST2": ("nyu-mll/glue", "sst2", None),
+    "RTE": ("nyu-mll/glue", "rte", None),
+    # a loading script: its Parquet conversion, in the config the paper got by default
+    "MCTest": ("sagnikrayc/mctest", "mc500", "refs/convert/parquet"),
+}
+
+
+@pytest.mark.parametrize("name", HUB_SOURCES)
+def test_without_a_mirror_each_split_is_asked_of_the_hub(monkeypatch, name: str) -> None:
+    """The exact call to `datasets.load_dataset`, answered here with the mirror's rows in the
+    source's own schema, as the Hub's files would be."""
+    monkeypatch.delenv(MIRROR_ENV, raising=False)
+    source, config, revision = HUB_SOURCES[name]
+    from_mirror = _load(name, "test")
+    calls: list[tuple] = []
+
+    def hub(path: str, config_name: str | None = None, *, revision: str | None = None, split: str) -> object:
+        calls.append((path, config_name, revision, split))
+        source_split = split.partition("[")[0]
+        features = dataset_loading._SOURCE_FEATURES[(path, config_name)]
+        rows = _raw_rows(*path.split("/"), config_name or "", f"{source_split}.jsonl")
+        return dataset_loading.datasets.Dataset.from_list(rows, features=features)
+
+    monkeypatch.setattr(dataset_loading.datasets, "load_dataset", hub)
+    from_hub = {split: load_split(name, split) for split in ("train", "valid", "test")}
+    assert calls == [(source, config, revision, DATASETS[name].splits[split]) for split in ("train", "valid", "test")]
+    assert from_hub["test"] == from_mirror
+
+
+def test_a_hub_failure_is_a_clear_error(monkeypatch) -> None:
+    monkeypatch.delenv(MIRROR_ENV, raising=False)
+
+    def offline(*args: object, **kwargs: object) -> object:
+        raise ConnectionError("no route to the Hub")
+
+    monkeypatch.setattr(dataset_loading.datasets, "load_dataset", offline)
+    with pytest.raises(DatasetLoadError, match=r"could not load MCTest \(sagnikrayc/mctest\): no route"):
+        load_split("MCTest", "test")
 
 
 @pytest.mark.parametrize("name", ["bAbI-1", "bAbI-2", "bAbI-3"])

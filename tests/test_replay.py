@@ -64,7 +64,7 @@ def test_counterfactual_targets_oppose_the_label() -> None:
     assert counterfactual_target(quiz) == "bathroom"  # wraps around
 
 
-def test_introspection_for_an_unextracted_prediction() -> None:
+def test_introspection_for_an_unextracted_sentiment_prediction() -> None:
     assert is_introspective(REVIEW, "yes", None) is False
     assert is_introspective(REVIEW, "no", "unknown") is True
     assert is_introspective(REVIEW, None, "positive") is None

@@ -79,21 +79,29 @@ def is_correct(observation: Observation, predict: str | None) -> bool | None:
 
 
 def is_introspective(observation: Observation, ability: str | None, predict: str | None) -> bool | None:
-    """Did the model's claim of being able to answer agree with whether it answered?"""
-    if ability is None:
-        return None
-    gave_answer = predict in _real_answers(observation)
-    return gave_answer if ability == "yes" else predict == "unknown"
+    """Did the model's claim of being able to answer agree with whether it answered?
+
+    "Answered" is the paper's rule per category, and for an unreadable prediction (None) the
+    categories differ: sentiment and entailment ask for a real class, so None did not answer;
+    multi-choice asks only for "not unknown", so None did.
+    """
+    match ability:
+        case "yes":
+            return gave_answer(observation, predict)
+        case "no":
+            return predict == "unknown"
+        case _:
+            return None
 
 
-def _real_answers(observation: Observation) -> tuple[str, ...]:
+def gave_answer(observation: Observation, predict: str | None) -> bool:
     match observation:
         case SentimentObservation():
-            return ("positive", "negative", "neutral")
+            return predict in ("positive", "negative", "neutral")
         case EntailmentObservation():
-            return ("yes", "no")
-        case MultiChoiceObservation(choices=choices):
-            return choices
+            return predict in ("yes", "no")
+        case MultiChoiceObservation():
+            return predict != "unknown"
 
 
 def counterfactual_target(observation: Observation) -> str:
@@ -214,10 +222,10 @@ def _ask_paragraph(prompt: str) -> Generator[str, str, tuple[str, str | None, st
 def counterfactual(observation: Observation, config: TaskConfig) -> Generator[str, str, FaithfulRecord]:
     prompt = prompts.counterfactual_prompt(observation, counterfactual_target(observation), config)
     record = yield from _faithful(observation, config, prompt, _ask_paragraph(prompt), "counterfactual")
-    if isinstance(observation, EntailmentObservation) and record.explain_predict_answer is not None:
+    if isinstance(observation, EntailmentObservation):
         # The paper's entailment counterfactual records the re-classification answer as
-        # `explain_answer` (the edit itself survives in `explain`); the golden cases keep
-        # that, and results stay comparable only if we do too.
+        # `explain_answer` (the edit itself survives in `explain`), and so null when the edit
+        # could not be extracted; results stay comparable record by record only if we do too.
         record = replace(record, explain_answer=record.explain_predict_answer)
     return record
 
