@@ -430,7 +430,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from . import datasets as loading
-    from .backends.http import BackendUnavailable
+    from .backends.contract import BackendUnavailable
     from .result_files import write_result_files
     from .standin import STANDIN_NAME
 
@@ -461,7 +461,8 @@ async def _evaluate_in_process(
     from tqdm import tqdm
 
     from .backends.tgi import TGIBackend
-    from .runner import ChatModel, evaluate
+    from .generation import ChatModel
+    from .runner import evaluate
     from .standin import complete_in_process
 
     async with aiohttp.ClientSession() as session:

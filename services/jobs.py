@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
-from proto import Chat, Job, Sampling
+from proto import Chat, Job
 
 from .core.chat import (
     ChatTurn,
@@ -29,6 +28,7 @@ from .core.results import ExperimentSpec
 from .core.tasks import Task, UnknownTask
 from .datasets import LocalFileDataset, load_split
 from .models import ResolvedModel, load_model
+from .wire import chat_of
 
 LOCAL_FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 
@@ -57,12 +57,7 @@ class PreparedJob:
 
     @property
     def chat(self) -> Chat:
-        return Chat(
-            model=self.model.name,
-            system=self.system.text if self.system.kind == "custom" else self.system.kind,  # type: ignore[arg-type]
-            sampling=sampling_of(self.parameters),
-            template=self.model.template,
-        )
+        return chat_of(self.model, self.system, self.parameters)
 
     def load_observations(self) -> list[Observation]:
         """The job's rows: the split, shuffled with the seed, then `limit`, then `start:stop`."""
@@ -105,28 +100,3 @@ def prepare_job(job: Job) -> PreparedJob:
 def select(observations: Sequence[Observation], limit: int | None, start: int, stop: int | None) -> list[Observation]:
     chosen = list(observations if limit is None else observations[:limit])
     return chosen[start:stop]
-
-
-def sampling_of(parameters: GenerationParameters) -> Sampling:
-    return Sampling(**{**parameters.to_dict(), "stop": list(parameters.stop)})
-
-
-def parameters_of(sampling: Sampling) -> GenerationParameters:
-    return GenerationParameters(
-        temperature=sampling.temperature,
-        top_p=sampling.top_p,
-        repetition_penalty=sampling.repetition_penalty,
-        top_k=sampling.top_k,
-        max_new_tokens=sampling.max_new_tokens,
-        stop=tuple(sampling.stop),
-        seed=sampling.seed,
-    )
-
-
-def system_of(chat: Chat) -> SystemMessage:
-    return _system_message(chat.system)
-
-
-@lru_cache(maxsize=64)
-def _system_message(system: str) -> SystemMessage:
-    return SystemMessage.parse(system)

@@ -1,16 +1,15 @@
 """The in-process runner: one task over a dataset split, with bounded concurrency.
 
 It is the reference the distributed pipeline must agree with: the same task programs,
-driven by the same `advance`, over any async `generate` function. No message bus here.
+driven by the same `advance`, over any async `generate` function (usually
+`generation.ChatModel.generate`, the path the gateway takes too). No message bus here.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 
-from .core.chat import ChatFormat, ChatTurn, GenerationParameters, SystemMessage, clean_answer
 from .core.observations import Observation
 from .core.records import ResultRecord
 from .core.replay import Finished, Generation, advance
@@ -19,42 +18,6 @@ from .core.tasks import Task
 
 # Answers one user message (the task's question) with a Generation.
 Generate = Callable[[str], Awaitable[Generation]]
-
-
-@dataclass(frozen=True, slots=True)
-class Completion:
-    """What a server generated for one rendered prompt."""
-
-    text: str
-    seconds: float = 0.0  # the server's own inference time; 0 where it does not say
-    prompt_tokens: int | None = None  # as the server counted them; None where it does not say
-    generated_tokens: int | None = None
-
-
-# Completes one fully rendered prompt.
-Complete = Callable[[str, GenerationParameters], Awaitable[Completion]]
-
-
-class GenerationRejected(Exception):
-    """The server rejected the request itself (e.g. HTTP 422): a result, not a retry."""
-
-
-@dataclass(frozen=True, slots=True)
-class ChatModel:
-    """A chat format, system message and sampling settings in front of a completion backend."""
-
-    chat_format: ChatFormat
-    system: SystemMessage
-    parameters: GenerationParameters
-    complete: Complete
-
-    async def generate(self, message: str) -> Generation:
-        prompt = self.chat_format.render([ChatTurn(message)], self.system)
-        try:
-            completion = await self.complete(prompt, self.parameters)
-        except GenerationRejected as rejected:
-            return Generation("", error=str(rejected))
-        return Generation(clean_answer(completion.text, self.parameters.stop), duration=completion.seconds)
 
 
 async def run_observation(task: Task, observation: Observation, generate: Generate) -> ResultRecord:

@@ -18,9 +18,10 @@ from proto import Job
 from services.backends.tgi import TGIBackend
 from services.client import submit
 from services.core.records import record_to_dict
+from services.generation import ChatModel
 from services.jobs import prepare_job
 from services.local import LocalPipeline
-from services.runner import ChatModel, evaluate
+from services.runner import evaluate
 from services.runtime.settings import Settings
 
 

@@ -107,12 +107,27 @@ async def test_a_publication_jetstream_never_acknowledges_fails_after_its_timeou
     try:
         event = JobEvent("job", "accepted", "", 1.0)
         server.send_signal(signal.SIGSTOP)  # the server takes the bytes but never answers
-        started = time.monotonic()
-        with pytest.raises(TimeoutError):
-            await bus.publish([Outgoing(sub.EVENTS, event, "job:1")], timeout=0.5)
-        assert 0.5 <= time.monotonic() - started < 3.0
-        server.send_signal(signal.SIGCONT)
+        _wait_until_stopped(server.pid)  # kill() returns before a busy process has stopped
+        try:
+            started = time.monotonic()
+            with pytest.raises(TimeoutError):
+                await bus.publish([Outgoing(sub.EVENTS, event, "job:1")], timeout=0.5)
+            # After its own timeout, well before the default 10 s (slack for a busy machine).
+            assert 0.5 <= time.monotonic() - started < 5.0
+        finally:
+            server.send_signal(signal.SIGCONT)  # whatever happened, closing needs the server
         await bus.publish([Outgoing(sub.EVENTS, event, "job:2")], timeout=5.0)  # and then works again
         assert not bus._unacked  # nothing left waiting
     finally:
         await bus.close()
+
+
+def _wait_until_stopped(pid: int, seconds: float = 10.0) -> None:
+    """Until the kernel reports the process stopped (state T in /proc/PID/stat)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            if stat.read().rpartition(")")[2].split()[0] == "T":
+                return
+        time.sleep(0.005)
+    raise AssertionError(f"process {pid} did not stop within {seconds} s")

@@ -10,13 +10,12 @@ import pytest
 from aiohttp.test_utils import TestServer
 from prometheus_client import REGISTRY
 
-from services.backends.http import BackendInfo
+from services.backends.contract import BackendInfo, Completion, GenerationRejected
 from services.backends.openai import OpenAICompletionsBackend
 from services.backends.tgi import RetryPolicy, TGIBackend
 from services.core.chat import LLAMA2, NO_SYSTEM, ChatTurn, GenerationParameters, generation_defaults
-from services.gateway.cache import CachedGeneration, GenerationCache, cache_key
+from services.gateway.cache import CachedCompletions, CacheMiss, GenerationCache, cache_key
 from services.gateway.pool import BackendPool, PoolMisconfigured
-from services.runner import Completion, GenerationRejected
 from services.standin import standin_answer
 from services.standin.server import STANDIN_MODEL_ID, StandInSettings, create_app
 
@@ -42,15 +41,77 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 def test_the_cache_keeps_answers_and_errors_and_one_process_alone_opens_it(tmp_path) -> None:
     cache = GenerationCache(tmp_path / "cache")
-    answer, rejected = CachedGeneration("positive", 0.25), CachedGeneration("", 0.0, "422: too long")
-    cache.put(b"a", answer)
-    cache.put(b"b", rejected)
+    cache.put(b"a", Completion("positive ", 0.25, prompt_tokens=12, generated_tokens=2))
+    cache.put_rejection(b"b", "422: too long")
     with pytest.raises(Exception, match="lock"):
         GenerationCache(tmp_path / "cache")  # RocksDB's lock: one process per partition folder
     cache.close()
     reopened = GenerationCache(tmp_path / "cache")
-    assert reopened.get(b"a") == answer and reopened.get(b"b") == rejected and reopened.get(b"c") is None
+    assert reopened.get(b"a") == Completion("positive ", 0.25, cached=True)  # raw text, server seconds
+    with pytest.raises(GenerationRejected, match="422: too long") as rejected:
+        reopened.get(b"b")
+    assert rejected.value.cached
+    assert reopened.get(b"c") is None
     reopened.close()
+
+
+class _CountingServer:
+    """A completion function that counts its calls and can be held until released."""
+
+    def __init__(self, reject: bool = False) -> None:
+        self.calls = 0
+        self.reject = reject
+        self.release = asyncio.Event()
+        self.release.set()
+
+    async def __call__(self, prompt: str, parameters: GenerationParameters) -> Completion:
+        self.calls += 1
+        await self.release.wait()
+        if self.reject:
+            raise GenerationRejected("422: too long")
+        return Completion(prompt.upper(), 0.5)
+
+
+async def test_cached_completions_ask_the_server_once_per_key(tmp_path) -> None:
+    server, cache = _CountingServer(), GenerationCache(tmp_path / "cache")
+    completions = CachedCompletions(cache, "m", server)
+    first = await completions("a prompt", PARAMETERS)
+    again = await completions("a prompt", PARAMETERS)
+    assert (first.text, first.cached, again.text, again.cached) == ("A PROMPT", False, "A PROMPT", True)
+    assert again.seconds == 0.5 and server.calls == 1
+    await completions("a prompt", generation_defaults(LLAMA2, seed=1))  # other parameters: another key
+    assert server.calls == 2
+    await CachedCompletions(cache, "other model", server)("a prompt", PARAMETERS)
+    assert server.calls == 3  # the served model is part of the key
+    cache.close()
+
+
+async def test_concurrent_requests_for_one_key_share_one_completion(tmp_path) -> None:
+    server, cache = _CountingServer(), GenerationCache(tmp_path / "cache")
+    server.release.clear()
+    completions = CachedCompletions(cache, "m", server)
+    waiting = [asyncio.create_task(completions("same", PARAMETERS)) for _ in range(5)]
+    await asyncio.sleep(0.01)
+    server.release.set()
+    results = await asyncio.gather(*waiting)
+    assert server.calls == 1 and {r.text for r in results} == {"SAME"}
+    cache.close()
+
+
+async def test_a_rejection_is_remembered_and_offline_misses_are_refused(tmp_path) -> None:
+    server, cache = _CountingServer(reject=True), GenerationCache(tmp_path / "cache")
+    completions = CachedCompletions(cache, "m", server)
+    for expect_cached in (False, True):
+        with pytest.raises(GenerationRejected, match="422") as rejected:
+            await completions("too long", PARAMETERS)
+        assert rejected.value.cached is expect_cached
+    assert server.calls == 1
+    offline = CachedCompletions(cache, "m", None)
+    with pytest.raises(GenerationRejected):
+        await offline("too long", PARAMETERS)  # a remembered rejection is an answer, offline too
+    with pytest.raises(CacheMiss, match="offline"):
+        await offline("never asked", PARAMETERS)
+    cache.close()
 
 
 def test_the_cache_key_is_model_prompt_and_parameters() -> None:

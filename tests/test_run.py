@@ -15,7 +15,7 @@ import pytest
 from proto import Job
 from services.cli import main
 from services.client import dead_letters
-from services.local import LocalPipeline, free_port
+from services.local import LocalPipeline, free_port, wait_for_port
 from services.runtime.settings import Settings
 
 from .conftest import DATASET_MIRROR
@@ -49,6 +49,7 @@ def test_run_through_an_openai_compatible_server(tmp_path, capsys) -> None:
     server = subprocess.Popen([sys.executable, "-m", "services.cli", "standin", "--port", str(port)],
                               stdout=subprocess.DEVNULL)  # fmt: skip
     try:
+        wait_for_port(port, "the stand-in", server, timeout=60)  # a busy machine imports slowly
         endpoint = f"openai+http://127.0.0.1:{port}"
         argv = ["run", *COMMON, "--endpoint", endpoint, "--data-dir", str(tmp_path / "d"), "--out", str(tmp_path)]
         assert main(argv) == 0

@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from services.backends.contract import Completion, GenerationRejected
 from services.core.chat import LLAMA2, NO_SYSTEM, GenerationParameters, generation_defaults
 from services.core.config import TaskConfig
 from services.core.datasets import DATASETS
@@ -14,7 +15,8 @@ from services.core.replay import Generation
 from services.core.results import aggregate
 from services.core.tasks import TASK_KINDS, Task
 from services.datasets import load_split
-from services.runner import ChatModel, Completion, GenerationRejected, evaluate, run_observation
+from services.generation import ChatModel
+from services.runner import evaluate, run_observation
 from services.standin import complete_in_process, standin_answer
 
 from .conftest import DATASET_MIRROR

@@ -12,11 +12,13 @@ from aiohttp.test_utils import TestServer
 from text_generation import AsyncClient
 from text_generation.errors import OverloadedError, ValidationError
 
+from services.backends.contract import GenerationRejected
 from services.backends.tgi import BackendUnavailable, RetryPolicy, TGIBackend
 from services.core.chat import LLAMA2, NO_SYSTEM, generation_defaults
 from services.core.tasks import Task
 from services.datasets import load_split
-from services.runner import ChatModel, GenerationRejected, evaluate
+from services.generation import ChatModel
+from services.runner import evaluate
 from services.standin import complete_in_process
 from services.standin.server import STANDIN_MODEL_ID, StandInSettings, create_app
 

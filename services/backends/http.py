@@ -11,17 +11,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import aiohttp
 import msgspec
 
-from ..core.chat import GenerationParameters
-from ..runner import Completion, GenerationRejected
-
-
-class BackendUnavailable(RuntimeError):
-    """The server did not give an answer after every retry."""
+from .contract import BackendUnavailable, GenerationRejected
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,23 +30,6 @@ class RetryPolicy:
 
 
 DEFAULT_RETRY = RetryPolicy()
-
-
-@dataclass(frozen=True, slots=True)
-class BackendInfo:
-    """What a server says of itself: the model it serves and how many requests it takes at once."""
-
-    model_id: str
-    max_concurrent: int | None = None
-
-
-class CompletionBackend(Protocol):
-    url: str
-    retries: int
-
-    async def describe(self) -> BackendInfo: ...
-
-    async def complete(self, prompt: str, parameters: GenerationParameters) -> Completion: ...
 
 
 _JSON = {"Content-Type": "application/json"}

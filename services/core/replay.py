@@ -23,6 +23,7 @@ class Generation:
     text: str
     duration: float = 0.0
     error: str | None = None
+    cached: bool = False  # where it came from; the task reads only the fields above
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,28 +1,27 @@
-"""The generation cache: RocksDB, keyed by served model id, rendered prompt and parameters.
+"""The generation cache: RocksDB, keyed by served model id, rendered prompt and parameters,
+and `CachedCompletions`, the cache put in front of a completion function.
 
-A cached entry holds what the server said (the raw text, before answer cleaning) or the
-error it rejected the request with, so a replay gives exactly what the first run got.
+An entry holds what the server said (the raw text, before answer cleaning, and its seconds)
+or the reason it rejected the request, so a replay gives exactly what the first run got.
 RocksDB's lock file makes sure one process alone opens a cache folder; several gateways
 each open their own partition's folder.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import msgpack
 
+from ..backends.contract import Complete, Completion, GenerationRejected
 from ..core.chat import GenerationParameters
 from ..runtime.storage import open_rocksdb
 
 
-@dataclass(frozen=True, slots=True)
-class CachedGeneration:
-    text: str
-    duration: float
-    error: str | None = None
+class CacheMiss(LookupError):
+    """Offline: the cache does not hold this generation and there is no server to ask."""
 
 
 def cache_key(model_id: str, prompt: str, parameters: GenerationParameters) -> bytes:
@@ -31,19 +30,76 @@ def cache_key(model_id: str, prompt: str, parameters: GenerationParameters) -> b
 
 
 class GenerationCache:
+    """Completions and rejections by key, on disk."""
+
     def __init__(self, path: Path) -> None:
         self.db = open_rocksdb(path)
 
-    def get(self, key: bytes) -> CachedGeneration | None:
+    def get(self, key: bytes) -> Completion | None:
+        """The stored completion, marked cached; a stored rejection raises it again."""
         raw = self.db.get(key)
         if raw is None:
             return None
-        text, duration, error = msgpack.unpackb(raw)
-        return CachedGeneration(text, duration, error)
+        text, seconds, rejected = msgpack.unpackb(raw)
+        if rejected is not None:
+            raise GenerationRejected(rejected, cached=True)
+        return Completion(text, seconds, cached=True)
 
-    def put(self, key: bytes, generation: CachedGeneration) -> None:
+    def put(self, key: bytes, completion: Completion) -> None:
+        self._put(key, completion.text, completion.seconds, None)
+
+    def put_rejection(self, key: bytes, reason: str) -> None:
+        self._put(key, "", 0.0, reason)
+
+    def _put(self, key: bytes, text: str, seconds: float, rejected: str | None) -> None:
         # Written to the write-ahead log before put returns: a killed process keeps it.
-        self.db[key] = msgpack.packb([generation.text, generation.duration, generation.error], use_bin_type=True)
+        self.db[key] = msgpack.packb([text, seconds, rejected], use_bin_type=True)
 
     def close(self) -> None:
         self.db.close()
+
+
+class CachedCompletions:
+    """A completion function with the cache in front: a hit is answered from disk, a miss is
+    completed once (a request for a key already being completed waits for that one) and
+    stored, rejections included. With no `complete` (offline), a miss raises `CacheMiss`."""
+
+    def __init__(self, cache: GenerationCache, model_id: str, complete: Complete | None) -> None:
+        self.cache = cache
+        self.model_id = model_id  # the served model: part of every key
+        self.complete = complete
+        self._in_flight: dict[bytes, asyncio.Future[Completion]] = {}
+
+    async def __call__(self, prompt: str, parameters: GenerationParameters) -> Completion:
+        key = cache_key(self.model_id, prompt, parameters)
+        if (completion := self.cache.get(key)) is not None:
+            return completion
+        if self.complete is None:
+            raise CacheMiss("offline: this generation is not in the cache")
+        if key in self._in_flight:
+            return await asyncio.shield(self._in_flight[key])
+        future: asyncio.Future[Completion] = asyncio.get_running_loop().create_future()
+        self._in_flight[key] = future
+        try:
+            completion = await self._complete_and_store(key, prompt, parameters)
+            future.set_result(completion)
+            return completion
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except Exception as error:
+            future.set_exception(error)
+            future.exception()  # retrieved here, so a future nobody joined logs nothing
+            raise
+        finally:
+            del self._in_flight[key]
+
+    async def _complete_and_store(self, key: bytes, prompt: str, parameters: GenerationParameters) -> Completion:
+        assert self.complete is not None
+        try:
+            completion = await self.complete(prompt, parameters)
+        except GenerationRejected as rejected:
+            self.cache.put_rejection(key, str(rejected))
+            raise
+        self.cache.put(key, completion)
+        return completion

@@ -14,9 +14,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ..backends.http import BackendUnavailable, CompletionBackend
+from ..backends.contract import BackendUnavailable, Completion, CompletionBackend, GenerationRejected
 from ..core.chat import GenerationParameters
-from ..runner import Completion, GenerationRejected
 from ..runtime.metrics import child
 from . import metrics
 

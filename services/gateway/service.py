@@ -1,11 +1,14 @@
-"""What happens to a generation request: render, look up, generate on a miss, reply.
+"""The gateway: generation requests in, answers out, through the one generation path.
 
-1. Render the model's chat template around the question, with the system message.
-2. Look the (served model id, prompt, parameters) key up in this partition's RocksDB cache.
-3. On a miss, ask the backend pool (a request already in flight for the same key is
-   joined, not repeated), and store what the server said, errors it rejected the request
-   with included. Offline, a miss goes to the dead letters instead, to be replayed later.
-4. Reply to the scorer with the cleaned answer and the work item the request carried.
+What happens to a generation request (`Gateway.handle`):
+1. Check it is for this gateway's model, and build the model it names (chat template,
+   system message, sampling: `wire.chat_model_of`).
+2. `ChatModel.generate` (services/generation.py): render the prompt, complete it through
+   `CachedCompletions` (gateway/cache.py: the (served model id, prompt, parameters) key in
+   this partition's RocksDB; on a miss the backend pool, `pool.py`, joined if the same key
+   is already in flight; what the server said is stored, rejections included), clean the
+   answer. Offline, a miss goes to the dead letters instead, to be replayed later.
+3. Reply to the scorer with the answer and the work item the request carried.
 A backend that stays unavailable raises, and the worker hands the request back for
 redelivery: an outage delays a job, it never records wrong results.
 """
@@ -20,21 +23,20 @@ import aiohttp
 from jinja2 import TemplateError
 from nats.aio.msg import Msg
 
-from proto import Answer, GenerationReply, GenerationRequest
+from proto import GenerationReply, GenerationRequest
 from proto import subjects as sub
 from proto.subjects import ConsumerSpec
 
-from ..backends.http import CompletionBackend
+from ..backends.contract import CompletionBackend
 from ..backends.openai import OpenAICompletionsBackend
 from ..backends.tgi import TGIBackend
-from ..core.chat import ChatTurn, GenerationParameters, SystemMessageNotSupported, UnknownModel, clean_answer
-from ..jobs import parameters_of, system_of
-from ..models import chat_format_of, model_name
-from ..runner import GenerationRejected
+from ..core.chat import SystemMessageNotSupported, UnknownModel
+from ..models import model_name
 from ..runtime.bus import Bus, Outgoing, Reject
 from ..runtime.service import ServiceBase
+from ..wire import answer_of, chat_model_of
 from . import metrics
-from .cache import CachedGeneration, GenerationCache, cache_key
+from .cache import CachedCompletions, CacheMiss, GenerationCache
 from .discovery import EndpointSliceWatcher, ServiceRef, discovery_api
 from .pool import BackendPool
 
@@ -79,8 +81,7 @@ class Gateway(ServiceBase):
         self.cache: GenerationCache | None = None
         self.pool: BackendPool | None = None
         self.session: aiohttp.ClientSession | None = None
-        self.model_id = ""
-        self._in_flight: dict[bytes, asyncio.Future[CachedGeneration]] = {}
+        self.completions: CachedCompletions | None = None
 
     def consumer(self) -> ConsumerSpec:
         return sub.consumer_for("gateway", self.partition, self.model)
@@ -90,7 +91,7 @@ class Gateway(ServiceBase):
         self.cache = GenerationCache(self.cache_dir / f"partition-{self.partition}")
         if self.offline:
             # With no server to ask, the cache key needs the served model id from configuration.
-            self.model_id = _offline_model_id(self.cache_dir)
+            self.completions = CachedCompletions(self.cache, _offline_model_id(self.cache_dir), None)
             return
         session = self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         if self.tgi_service is not None:
@@ -100,8 +101,9 @@ class Gateway(ServiceBase):
         else:
             self.pool = BackendPool([make_backend(spec, session) for spec in self.backend_specs], self.backend_limit)
             await self.pool.start()
-        self.model_id = await self.pool.wait_ready()
-        (self.cache_dir / "served-model").write_text(self.model_id + "\n", encoding="utf-8")
+        model_id = await self.pool.wait_ready()
+        (self.cache_dir / "served-model").write_text(model_id + "\n", encoding="utf-8")
+        self.completions = CachedCompletions(self.cache, model_id, self.pool.complete)
 
     def _watch(self, service: ServiceRef) -> None:
         """Follow the TGI pods of `service`; each change of the ready set updates the pool."""
@@ -123,7 +125,6 @@ class Gateway(ServiceBase):
             self.cache.close()
 
     async def handle(self, request: GenerationRequest, msg: Msg) -> None:
-        assert self.bus is not None and self.cache is not None
         work = request.work
         if self.model is not None and work.chat.model != self.model:
             # Only a model name that maps to the same subject token lands here: never answer
@@ -132,61 +133,18 @@ class Gateway(ServiceBase):
                 f"job {work.job_id}: a request for {work.chat.model!r} reached the gateway of {self.model!r}",
                 "wrong-model",
             )
+        assert self.bus is not None and self.completions is not None
         try:
-            chat_format = chat_format_of(work.chat.model, work.chat.template)
-            prompt = chat_format.render([ChatTurn(request.message)], system_of(work.chat))
+            generation = await chat_model_of(work.chat, self.completions).generate(request.message)
         except (UnknownModel, SystemMessageNotSupported, TemplateError) as error:
             raise Reject(f"job {work.job_id}, observation {work.idx}: {error}", "bad-request") from None
-        parameters = parameters_of(work.chat.sampling)
-        key = cache_key(self.model_id, prompt, parameters)
-
-        generation = self.cache.get(key)
-        cached = generation is not None
-        if generation is not None:
-            metrics.CACHE_HITS.inc()
-        else:
+        except CacheMiss as miss:
             metrics.CACHE_MISSES.inc()
-            if self.offline:
-                raise Reject("offline: this generation is not in the cache", "offline-miss")
-            generation = await self._generate_once(key, prompt, parameters)
-
-        if generation.error is None:
-            answer = Answer(clean_answer(generation.text, parameters.stop), generation.duration)
-        else:
-            answer = Answer("", generation.duration, generation.error)
+            raise Reject(str(miss), "offline-miss") from None
+        (metrics.CACHE_HITS if generation.cached else metrics.CACHE_MISSES).inc()
         step = len(work.answers)
-        reply = GenerationReply(answer=answer, work=work, cached=cached)
+        reply = GenerationReply(answer=answer_of(generation), work=work, cached=generation.cached)
         await self.bus.publish([Outgoing(sub.REPLIES, reply, sub.reply_id(work.job_id, work.idx, step))])
-
-    async def _generate_once(self, key: bytes, prompt: str, parameters: GenerationParameters) -> CachedGeneration:
-        """Generate and cache; a request for a key already being generated waits for that one."""
-        if key in self._in_flight:
-            return await asyncio.shield(self._in_flight[key])
-        future: asyncio.Future[CachedGeneration] = asyncio.get_running_loop().create_future()
-        self._in_flight[key] = future
-        try:
-            generation = await self._generate(prompt, parameters)
-            assert self.cache is not None
-            self.cache.put(key, generation)
-            future.set_result(generation)
-            return generation
-        except asyncio.CancelledError:
-            future.cancel()
-            raise
-        except Exception as error:
-            future.set_exception(error)
-            future.exception()  # retrieved here, so a future nobody joined logs nothing
-            raise
-        finally:
-            del self._in_flight[key]
-
-    async def _generate(self, prompt: str, parameters: GenerationParameters) -> CachedGeneration:
-        assert self.pool is not None
-        try:
-            completion = await self.pool.complete(prompt, parameters)
-        except GenerationRejected as rejected:
-            return CachedGeneration("", 0.0, str(rejected))
-        return CachedGeneration(completion.text, completion.seconds)
 
 
 def _offline_model_id(cache_dir: Path) -> str:

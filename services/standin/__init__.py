@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from ..backends.contract import Completion
 from ..core.chat import GenerationParameters
-from ..runner import Completion
 from .answers import STANDIN_NAME, standin_answer
 
 __all__ = ["STANDIN_NAME", "complete_in_process", "standin_answer"]

@@ -1,0 +1,44 @@
+"""What happens to a generation, wherever it is asked for: the one path from a task's
+question to the answer the task reads.
+
+1. Render the model's chat template around the question, with the system message.
+2. Complete the prompt. `complete` is a backend, the backend pool, or either behind the
+   generation cache (`gateway.cache.CachedCompletions`), which answers what it has seen
+   and stores what a server says, rejections included.
+3. Clean the answer: one trailing stop sequence and surrounding white space removed.
+
+A request the server rejects is a result (a `Generation` with its error); a backend that
+stays unavailable raises `BackendUnavailable`, and no result is recorded. The in-process
+runner and the gateway both generate through `ChatModel.generate`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .backends.contract import Complete, GenerationRejected
+from .core.chat import ChatFormat, ChatTurn, GenerationParameters, SystemMessage, clean_answer
+from .core.replay import Generation
+
+
+@dataclass(frozen=True, slots=True)
+class ChatModel:
+    """A chat format, system message and sampling settings in front of a completion function."""
+
+    chat_format: ChatFormat
+    system: SystemMessage
+    parameters: GenerationParameters
+    complete: Complete
+
+    def render(self, message: str) -> str:
+        """The prompt for one user message; raises SystemMessageNotSupported or a template error."""
+        return self.chat_format.render([ChatTurn(message)], self.system)
+
+    async def generate(self, message: str) -> Generation:
+        prompt = self.render(message)
+        try:
+            completion = await self.complete(prompt, self.parameters)
+        except GenerationRejected as rejected:
+            return Generation("", error=str(rejected), cached=rejected.cached)
+        text = clean_answer(completion.text, self.parameters.stop)
+        return Generation(text, duration=completion.seconds, cached=completion.cached)
