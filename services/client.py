@@ -17,7 +17,8 @@ from proto import DeadLetter, InvalidMessage, Job, JobEvent, decode, replace
 from proto import subjects as sub
 
 from .jobs import prepare_job
-from .runtime.bus import Bus, Outgoing
+from .runtime.bus import Bus
+from .runtime.handlers import Outgoing
 from .runtime.settings import Settings
 
 DEAD_STREAM = "INTROSPECT_DEAD"

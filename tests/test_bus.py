@@ -16,7 +16,8 @@ from nats.js import JetStreamContext
 from proto import Chat, JobEvent, Sampling, WorkItem
 from proto import subjects as sub
 from services.local import free_port, nats_server_binary, wait_for_port
-from services.runtime.bus import Bus, Outgoing, connect
+from services.runtime.bus import Bus, connect
+from services.runtime.handlers import Outgoing
 from services.runtime.settings import Settings
 from services.scorer.service import next_message
 

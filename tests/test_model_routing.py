@@ -4,23 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from proto import Chat, GenerationRequest, Job, JobEvent, Sampling, WorkItem
 from services.gateway.service import Gateway
 from services.models import model_name
 from services.producer.service import Producer
-from services.runtime.bus import Outgoing, Reject
-
-
-class RecordingBus:
-    """Stands in for the NATS helper where a handler is tested alone: keeps what it is given."""
-
-    def __init__(self) -> None:
-        self.published: list[Outgoing] = []
-
-    async def publish(self, outgoing, timeout: float = 10.0) -> None:
-        self.published += list(outgoing)
+from services.runtime.memory import MemoryBus
 
 
 def test_a_model_has_one_name_however_it_is_given() -> None:
@@ -31,22 +19,23 @@ def test_a_model_has_one_name_however_it_is_given() -> None:
 
 
 async def test_the_producer_refuses_a_job_for_a_model_no_gateway_serves() -> None:
-    producer = Producer(served_models=("meta-llama/Llama-2-7b-chat-hf", "falcon-7b"))
-    bus = producer.bus = RecordingBus()  # type: ignore[assignment]
+    producer, bus = Producer(served_models=("meta-llama/Llama-2-7b-chat-hf", "falcon-7b")), MemoryBus()
     job = Job("j1", "mistral-v2-7b", "IMDB", "classify")
-    with pytest.raises(Reject, match=r"no gateway serves model 'mistral-v2-7b' \(served: falcon-7b, llama2-7b\)"):
-        await producer.handle(job, None)  # type: ignore[arg-type]
-    (event,) = [o.message for o in bus.published]
+    (event,) = [o.message for o in await bus.deliver(producer, job)]
     assert isinstance(event, JobEvent) and event.event == "rejected" and "mistral-v2-7b" in event.detail
+    (letter,) = bus.dead_letters
+    assert letter.message == job and letter.category == "bad-job"
+    assert "no gateway serves model 'mistral-v2-7b' (served: falcon-7b, llama2-7b)" in letter.reason
 
 
 async def test_a_gateway_serves_its_own_model_and_refuses_another(tmp_path: Path) -> None:
     gateway = Gateway(tmp_path, backends=(), partition=2, model="meta-llama/Llama-2-7b-chat-hf")
     assert gateway.consumer().durable == "gateway-llama2-7b-2"
     assert gateway.consumer().filter_subject == "introspect.generate.llama2-7b.2"
-    gateway.bus, gateway.cache = RecordingBus(), object()  # type: ignore[assignment]
     chat = Chat("mistral-v2-7b", "none", Sampling())
     request = GenerationRequest("Is it positive?", WorkItem("j1", "classify", "sentiment", [], {"idx": 0}, chat))
-    with pytest.raises(Reject, match="a request for 'mistral-v2-7b' reached the gateway of 'llama2-7b'") as rejected:
-        await gateway.handle(request, None)  # type: ignore[arg-type]
-    assert rejected.value.category == "wrong-model"
+    bus = MemoryBus()
+    assert await bus.deliver(gateway, request) == []
+    (letter,) = bus.dead_letters
+    assert letter.category == "wrong-model"
+    assert "a request for 'mistral-v2-7b' reached the gateway of 'llama2-7b'" in letter.reason

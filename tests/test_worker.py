@@ -21,8 +21,10 @@ import pytest
 from proto import JobEvent
 from proto.subjects import ConsumerSpec, StreamSpec
 from services.local import free_port, nats_server_binary, wait_for_port
-from services.runtime.bus import Bus, Outgoing, PublishRefused, Worker
+from services.runtime.bus import Bus, PublishRefused
+from services.runtime.handlers import Outgoing
 from services.runtime.settings import Settings
+from services.runtime.worker import Worker
 
 STREAM = StreamSpec("TEST_WORK", ("test.work",), work_queue=True)
 CONSUMER = ConsumerSpec("test-worker", STREAM.name, "test.work")
@@ -108,7 +110,7 @@ class Recorder:
         self.most_in_hand = 0
         self.worker: Worker | None = None
 
-    async def __call__(self, message: JobEvent, _msg: object) -> None:
+    async def __call__(self, message: JobEvent) -> list[Outgoing]:
         assert self.worker is not None
         self.running += 1
         self.most_running = max(self.most_running, self.running)
@@ -116,6 +118,7 @@ class Recorder:
         await asyncio.sleep(self.seconds)
         self.seen.append(message.job_id)
         self.running -= 1
+        return []
 
 
 @contextlib.asynccontextmanager

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from nats.aio.msg import Msg
 
 from proto import JobEvent, JobManifest, ScoredResult, decode, encode
 from proto import subjects as sub
@@ -26,7 +25,8 @@ from proto.subjects import ConsumerSpec
 from ..core.records import ResultRecord, record_from_dict
 from ..core.results import Aggregate, ExperimentSpec, aggregate, summary
 from ..result_files import write_result_files
-from ..runtime.bus import Bus, Outgoing, Reject
+from ..runtime.handlers import Outgoing, Publisher, Reject
+from ..wire import record_of
 from . import metrics
 from .store import ResultStore
 
@@ -67,15 +67,13 @@ class Aggregator:
     def __init__(self, data_dir: Path, results_dir: Path | None = None) -> None:
         self.store_dir = data_dir / "aggregator"
         self.results_dir = results_dir or data_dir / "results"
-        self.bus: Bus | None = None
         self.store: ResultStore | None = None
         self.jobs: dict[str, JobState] = {}
 
     def consumer(self) -> ConsumerSpec:
         return sub.consumer_for("aggregator")
 
-    async def start(self, bus: Bus) -> None:
-        self.bus = bus
+    async def start(self, bus: Publisher) -> None:
         self.store = ResultStore(self.store_dir)
         for job_id, raw in self.store.manifests():
             state = self._register(decode(raw, JobManifest))
@@ -92,36 +90,35 @@ class Aggregator:
             for record in self._records(state):
                 self._count(state, record)
             if state.received >= state.manifest.expected:
-                await self._finish(state)  # it died between the last record and the files
+                await bus.publish(await self._finish(state))  # it died between the last record and the files
 
     async def close(self) -> None:
         if self.store is not None:
             self.store.close()
 
-    async def handle(self, message: JobManifest | ScoredResult, msg: Msg) -> None:
-        assert self.store is not None
+    async def handle(self, message: JobManifest | ScoredResult) -> list[Outgoing]:
         if isinstance(message, JobManifest):
-            await self._on_manifest(message)
-        else:
-            await self._on_result(message)
+            return await self._on_manifest(message)
+        return await self._on_result(message)
 
-    async def _on_manifest(self, manifest: JobManifest) -> None:
+    async def _on_manifest(self, manifest: JobManifest) -> list[Outgoing]:
         assert self.store is not None
         job_id = manifest.job.job_id
         if job_id in self.jobs:
-            return  # a redelivered manifest
+            return []  # a redelivered manifest
         self.store.put_manifest(job_id, encode(manifest))
         state = self._register(manifest)
         if manifest.expected == 0:
-            await self._finish(state)
+            return await self._finish(state)
+        return []
 
-    async def _on_result(self, result: ScoredResult) -> None:
+    async def _on_result(self, result: ScoredResult) -> list[Outgoing]:
         assert self.store is not None
         state = self.jobs.get(result.job_id)
         if state is None:
             raise Reject(f"result for unknown job {result.job_id!r}", "unknown-job")
         try:
-            record = record_from_dict(result.task, result.record)
+            record = record_of(result)
         except (KeyError, TypeError, ValueError) as error:
             raise Reject(f"job {result.job_id}, observation {result.idx}: bad record: {error}", "bad-record") from None
         if record.idx != result.idx or result.task != state.running.task_kind:
@@ -130,11 +127,12 @@ class Aggregator:
             )
         if not self.store.add_record(result.job_id, result.idx, result.record):
             metrics.DUPLICATES.inc()
-            return
+            return []
         self._count(state, record)
         metrics.RECORDS.labels(result.task).inc()
         if state.received == state.manifest.expected and not state.complete:
-            await self._finish(state)
+            return await self._finish(state)
+        return []
 
     def _register(self, manifest: JobManifest) -> JobState:
         state = JobState(manifest, Aggregate(manifest.job.task))
@@ -153,8 +151,9 @@ class Aggregator:
         assert self.store is not None
         return [record_from_dict(state.running.task_kind, data) for data in self.store.records(state.job_id)]
 
-    async def _finish(self, state: JobState) -> None:
-        assert self.store is not None and self.bus is not None
+    async def _finish(self, state: JobState) -> list[Outgoing]:
+        """Write the result files, remember the job complete; the `completed` event to publish."""
+        assert self.store is not None
         records = self._records(state)
         spec = ExperimentSpec.from_args(state.manifest.experiment)
         final = aggregate(state.running.task_kind, records)
@@ -173,7 +172,7 @@ class Aggregator:
         state.complete = True
         metrics.JOBS_COMPLETED.inc()
         event = JobEvent(state.job_id, "completed", f"{len(records)} records; results in {result_path}", time.time())
-        await self.bus.publish([Outgoing(sub.EVENTS, event, f"{state.job_id}:completed")])
+        return [Outgoing(sub.EVENTS, event, f"{state.job_id}:completed")]
 
     # -- HTTP API --
 

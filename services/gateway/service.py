@@ -21,7 +21,6 @@ from pathlib import Path
 
 import aiohttp
 from jinja2 import TemplateError
-from nats.aio.msg import Msg
 
 from proto import GenerationReply, GenerationRequest
 from proto import subjects as sub
@@ -32,7 +31,7 @@ from ..backends.openai import OpenAICompletionsBackend
 from ..backends.tgi import TGIBackend
 from ..core.chat import SystemMessageNotSupported, UnknownModel
 from ..models import model_name
-from ..runtime.bus import Bus, Outgoing, Reject
+from ..runtime.handlers import Outgoing, Publisher, Reject
 from ..runtime.service import ServiceBase
 from ..wire import answer_of, chat_model_of
 from . import metrics
@@ -77,7 +76,6 @@ class Gateway(ServiceBase):
         # requests, which is right only where one model is served.
         self.model = None if model is None else model_name(model)
         self.watcher: EndpointSliceWatcher | None = None
-        self.bus: Bus | None = None
         self.cache: GenerationCache | None = None
         self.pool: BackendPool | None = None
         self.session: aiohttp.ClientSession | None = None
@@ -86,8 +84,7 @@ class Gateway(ServiceBase):
     def consumer(self) -> ConsumerSpec:
         return sub.consumer_for("gateway", self.partition, self.model)
 
-    async def start(self, bus: Bus) -> None:
-        self.bus = bus
+    async def start(self, bus: Publisher) -> None:
         self.cache = GenerationCache(self.cache_dir / f"partition-{self.partition}")
         if self.offline:
             # With no server to ask, the cache key needs the served model id from configuration.
@@ -124,7 +121,7 @@ class Gateway(ServiceBase):
         if self.cache is not None:
             self.cache.close()
 
-    async def handle(self, request: GenerationRequest, msg: Msg) -> None:
+    async def handle(self, request: GenerationRequest) -> list[Outgoing]:
         work = request.work
         if self.model is not None and work.chat.model != self.model:
             # Only a model name that maps to the same subject token lands here: never answer
@@ -133,7 +130,7 @@ class Gateway(ServiceBase):
                 f"job {work.job_id}: a request for {work.chat.model!r} reached the gateway of {self.model!r}",
                 "wrong-model",
             )
-        assert self.bus is not None and self.completions is not None
+        assert self.completions is not None
         try:
             generation = await chat_model_of(work.chat, self.completions).generate(request.message)
         except (UnknownModel, SystemMessageNotSupported, TemplateError) as error:
@@ -144,7 +141,7 @@ class Gateway(ServiceBase):
         (metrics.CACHE_HITS if generation.cached else metrics.CACHE_MISSES).inc()
         step = len(work.answers)
         reply = GenerationReply(answer=answer_of(generation), work=work, cached=generation.cached)
-        await self.bus.publish([Outgoing(sub.REPLIES, reply, sub.reply_id(work.job_id, work.idx, step))])
+        return [Outgoing(sub.REPLIES, reply, sub.reply_id(work.job_id, work.idx, step))]
 
 
 def _offline_model_id(cache_dir: Path) -> str:

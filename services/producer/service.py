@@ -9,22 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 
-from nats.aio.msg import Msg
-
-from proto import Job, JobEvent, JobManifest, ObservationMessage, WorkItem
+from proto import Job, JobEvent, JobManifest, ObservationMessage
 from proto import subjects as sub
 from proto.subjects import ConsumerSpec
 
-from ..core.observations import observation_to_dict
 from ..datasets import DatasetLoadError
 from ..jobs import JOB_ERRORS, prepare_job
 from ..models import model_name
-from ..runtime.bus import Outgoing, Reject
+from ..runtime.handlers import Outgoing, Reject
 from ..runtime.service import ServiceBase
+from ..wire import work_item
 from . import metrics
 
-CHUNK = 500  # observations published per round trip; in-progress is signalled between chunks
+CHUNK = 500  # observations published at once; each chunk is stored before the next is sent
 
 
 class NotServed(ValueError):
@@ -48,8 +47,8 @@ class Producer(ServiceBase):
     def consumer(self) -> ConsumerSpec:
         return sub.consumer_for("producer")
 
-    async def handle(self, job: Job, msg: Msg) -> None:
-        assert self.bus is not None
+    async def handle(self, job: Job) -> AsyncIterator[list[Outgoing]]:
+        """The manifest, then the observations chunk by chunk, then the `accepted` event."""
         started = time.monotonic()
         try:
             prepared = prepare_job(job)
@@ -61,9 +60,9 @@ class Producer(ServiceBase):
             async with self._loading:
                 observations = await asyncio.to_thread(prepared.load_observations)
         except _BAD_JOB as error:
-            await self._event(job.job_id, "rejected", str(error))
             metrics.JOBS.labels("rejected").inc()
-            raise Reject(f"job {job.job_id}: {error}", "bad-job") from None
+            rejected = _event(job.job_id, "rejected", str(error))
+            raise Reject(f"job {job.job_id}: {error}", "bad-job", publish=[rejected]) from None
 
         manifest = JobManifest(
             job=job,
@@ -72,28 +71,23 @@ class Producer(ServiceBase):
             expected=len(observations),
             setup_seconds=time.monotonic() - started,
         )
-        await self.bus.publish([Outgoing(sub.MANIFESTS, manifest, sub.manifest_id(job.job_id))])
-        chat, config = prepared.chat, prepared.task.config.sorted()
+        # First and alone: the aggregator must know the job before any of its results arrive.
+        yield [Outgoing(sub.MANIFESTS, manifest, sub.manifest_id(job.job_id))]
+        chat = prepared.chat
         for first in range(0, len(observations), CHUNK):
-            await self.bus.publish(
+            chunk = observations[first : first + CHUNK]
+            yield [
                 Outgoing(
                     sub.OBSERVATIONS,
-                    ObservationMessage(
-                        WorkItem(
-                            job.job_id, prepared.task.kind, prepared.task.category, config, observation_to_dict(o), chat
-                        )
-                    ),
+                    ObservationMessage(work_item(job.job_id, prepared.task, o, chat)),
                     sub.observation_id(job.job_id, o.idx),
                 )
-                for o in observations[first : first + CHUNK]
-            )
-            metrics.OBSERVATIONS.inc(len(observations[first : first + CHUNK]))
-            await msg.in_progress()
-        await self._event(job.job_id, "accepted", f"{len(observations)} observations of {manifest.experiment_id}")
+                for o in chunk
+            ]
+            metrics.OBSERVATIONS.inc(len(chunk))
+        yield [_event(job.job_id, "accepted", f"{len(observations)} observations of {manifest.experiment_id}")]
         metrics.JOBS.labels("accepted").inc()
 
-    async def _event(self, job_id: str, event: str, detail: str) -> None:
-        assert self.bus is not None
-        await self.bus.publish(
-            [Outgoing(sub.EVENTS, JobEvent(job_id, event, detail, time.time()), f"{job_id}:{event}")]
-        )
+
+def _event(job_id: str, event: str, detail: str) -> Outgoing:
+    return Outgoing(sub.EVENTS, JobEvent(job_id, event, detail, time.time()), f"{job_id}:{event}")

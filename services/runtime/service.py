@@ -19,9 +19,11 @@ from aiohttp import web
 from proto import Message
 from proto.subjects import ConsumerSpec
 
-from .bus import Bus, Worker
+from .bus import Bus
+from .handlers import Handled, Publisher
 from .metrics import CONSUMER_PENDING, health_app
 from .settings import Settings
+from .worker import Worker
 
 log = logging.getLogger("introspect")
 
@@ -32,10 +34,11 @@ class Service(Protocol):
 
     def consumer(self) -> ConsumerSpec: ...
 
-    async def start(self, bus: Bus) -> None:
+    async def start(self, bus: Publisher) -> None:
         """Open stores and clients; called once connected."""
 
-    async def handle(self, message: Any, msg: Any) -> None: ...
+    def handle(self, message: Any) -> Handled:
+        """One decoded message in, what to publish out (see `handlers`)."""
 
     def routes(self) -> list[web.RouteDef]:
         """Extra HTTP routes beside /metrics and /healthz."""
@@ -46,10 +49,8 @@ class Service(Protocol):
 class ServiceBase:
     """Defaults for the parts of `Service` most services do not need."""
 
-    bus: Bus | None = None
-
-    async def start(self, bus: Bus) -> None:
-        self.bus = bus
+    async def start(self, bus: Publisher) -> None:
+        pass
 
     def routes(self) -> list[web.RouteDef]:
         return []

@@ -8,37 +8,26 @@ end, sent to the aggregator as a scored result.
 
 from __future__ import annotations
 
-from functools import lru_cache
-
-from nats.aio.msg import Msg
-
 from proto import GenerationReply, GenerationRequest, ObservationMessage, ScoredResult, WorkItem, replace
 from proto import subjects as sub
 from proto.subjects import ConsumerSpec
 
-from ..core.config import InvalidTaskConfig, TaskConfig
-from ..core.observations import InvalidObservation, observation_from_dict
-from ..core.records import record_to_dict
-from ..core.replay import Generation, Pending, TranscriptTooLong, advance
-from ..core.tasks import Task, UnknownTask
-from ..runtime.bus import Outgoing, Reject
+from ..core.config import InvalidTaskConfig
+from ..core.observations import InvalidObservation
+from ..core.replay import Pending, TranscriptTooLong, advance
+from ..core.tasks import UnknownTask
+from ..runtime.handlers import Outgoing, Reject
 from ..runtime.metrics import child
 from ..runtime.service import ServiceBase
+from ..wire import generations_of, observation_of, scored_result, task_of
 from . import metrics
-
-
-@lru_cache(maxsize=256)
-def _task(kind: str, category: str, config: tuple[str, ...]) -> Task:
-    return Task(kind, category, TaskConfig.of(config))
 
 
 def next_message(work: WorkItem, partitions: int) -> Outgoing:
     """The one message that takes `work` a step further: a question, or the result."""
     try:
-        task = _task(work.task, work.category, tuple(work.config))
-        observation = observation_from_dict(work.category, work.observation)
-        answers = [Generation(a.text, a.duration, a.error) for a in work.answers]
-        outcome = advance(task, observation, answers)
+        task, observation = task_of(work), observation_of(work)
+        outcome = advance(task, observation, generations_of(work))
     except (UnknownTask, InvalidTaskConfig, InvalidObservation, TranscriptTooLong) as error:
         raise Reject(f"job {work.job_id}, observation {work.idx}: {error}", "bad-work") from None
     if isinstance(outcome, Pending):
@@ -49,7 +38,7 @@ def next_message(work: WorkItem, partitions: int) -> Outgoing:
             request,
             sub.request_id(work.job_id, observation.idx, outcome.step),
         )
-    result = ScoredResult(work.job_id, task.kind, observation.idx, record_to_dict(outcome.record))
+    result = scored_result(work.job_id, outcome.record, task.kind)
     return Outgoing(sub.RESULTS, result, sub.result_id(work.job_id, observation.idx))
 
 
@@ -63,15 +52,14 @@ class Scorer(ServiceBase):
     def consumer(self) -> ConsumerSpec:
         return sub.consumer_for("scorer")
 
-    async def handle(self, message: ObservationMessage | GenerationReply, msg: Msg) -> None:
-        assert self.bus is not None
+    async def handle(self, message: ObservationMessage | GenerationReply) -> list[Outgoing]:
         if isinstance(message, GenerationReply):
             work = replace(message.work, answers=[*message.work.answers, message.answer])
         else:
             work = message.work
         outgoing = next_message(work, self.partitions)
-        await self.bus.publish([outgoing])
         if isinstance(outgoing.message, ScoredResult):
             child(metrics.SCORED, work.task).inc()
         else:
             child(metrics.QUESTIONS, work.task).inc()
+        return [outgoing]

@@ -42,7 +42,8 @@ from services.jobs import prepare_job
 from services.local import LocalPipeline, free_port, wait_for_port
 from services.result_files import write_result_files
 from services.runner import evaluate
-from services.runtime.bus import Bus, Outgoing
+from services.runtime.bus import Bus
+from services.runtime.handlers import Outgoing
 from services.runtime.settings import Settings
 from tests.pipeline_helpers import get_json, metric_total
 from tests.synthetic import write_synthetic
