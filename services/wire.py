@@ -16,7 +16,7 @@ from .core.config import TaskConfig
 from .core.observations import Observation, observation_from_dict, observation_to_dict
 from .core.records import ResultRecord, record_from_dict, record_to_dict
 from .core.replay import Generation
-from .core.tasks import Task
+from .core.tasks import Task, kind_spec
 from .generation import ChatModel
 from .models import ResolvedModel, chat_format_of
 
@@ -100,5 +100,5 @@ def scored_result(job_id: str, record: ResultRecord, task_kind: str) -> ScoredRe
 
 
 def record_of(result: ScoredResult) -> ResultRecord:
-    """Raises KeyError, TypeError or ValueError for a record that is not the task's."""
-    return record_from_dict(result.task, result.record)
+    """Raises TypeError or ValueError (UnknownTask) for a record that is not the task's."""
+    return record_from_dict(kind_spec(result.task).record, result.record)

@@ -7,7 +7,7 @@ import pytest
 from services.core.config import TaskConfig
 from services.core.observations import EntailmentObservation, MultiChoiceObservation, SentimentObservation
 from services.core.replay import Finished, Generation, Pending, TranscriptTooLong, advance, run_transcript
-from services.core.tasks import Task, UnknownTask, counterfactual_target, is_introspective
+from services.core.tasks import KINDS, TASK_KINDS, Task, UnknownTask, counterfactual_target, is_introspective
 
 REVIEW = SentimentObservation(idx=3, label="positive", text="A warm, funny film.")
 
@@ -78,3 +78,17 @@ def test_implicit_multi_choice_counterfactual_accepts_any_other_choice() -> None
     assert run_transcript(task, quiz, ["c)", "Paragraph: Mary went home.", "b)"]).faithful is True
     assert run_transcript(task, quiz, ["c)", "Paragraph: Mary went home.", "c)"]).faithful is False
     assert run_transcript(task, quiz, ["c)", "Paragraph: Mary went home.", "d)"]).faithful is False
+
+
+def test_every_task_kind_is_declared_once_with_everything_it_needs() -> None:
+    assert tuple(KINDS) == TASK_KINDS  # the type checker's names and the table agree
+    for kind, spec in KINDS.items():
+        assert spec.table[:2] == ("label", "predict"), kind
+        record = run_transcript(
+            Task(kind, "sentiment"),
+            REVIEW,
+            ["positive", "yes", "Paragraph: Fine.", "positive"][: {"classify": 1, "answerable": 2}.get(kind, 3)],
+        )
+        assert type(record) is spec.record
+        assert spec.judgement is None or hasattr(record, spec.judgement)
+        assert all(hasattr(record, column) for column in spec.table)

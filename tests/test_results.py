@@ -30,7 +30,7 @@ def test_faithfulness_aggregate_counts_and_table() -> None:
         _faithful("negative", "negative", "positive", True),
         _faithful("negative", None, None, None),  # prediction not extracted
         _faithful("positive", "positive", None, None),  # explanation not extracted
-        error_record("counterfactual", 7, "negative", "prompt too long", 0.25),
+        error_record(FaithfulRecord, 7, "negative", "prompt too long", 0.25),
     ]
     running = aggregate("counterfactual", records)
     results = running.results()
@@ -114,6 +114,6 @@ def test_experiment_id_and_result_json() -> None:
 
 def test_records_round_trip_through_dicts() -> None:
     record = _faithful("positive", "positive", "negative", True)
-    assert record_from_dict("importance", record_to_dict(record)) == record
+    assert record_from_dict(FaithfulRecord, record_to_dict(record)) == record
     with pytest.raises(ValueError, match="unknown field"):
-        record_from_dict("classify", {"idx": 0, "label": "yes", "faithful": True})
+        record_from_dict(ClassifyRecord, {"idx": 0, "label": "yes", "faithful": True})

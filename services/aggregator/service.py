@@ -24,6 +24,7 @@ from proto.subjects import ConsumerSpec
 
 from ..core.records import ResultRecord, record_from_dict
 from ..core.results import Aggregate, ExperimentSpec, aggregate, summary
+from ..core.tasks import kind_spec
 from ..result_files import write_result_files
 from ..runtime.handlers import Outgoing, Publisher, Reject
 from ..wire import record_of
@@ -149,7 +150,8 @@ class Aggregator:
 
     def _records(self, state: JobState) -> list[ResultRecord]:
         assert self.store is not None
-        return [record_from_dict(state.running.task_kind, data) for data in self.store.records(state.job_id)]
+        kind = kind_spec(state.running.task_kind).record
+        return [record_from_dict(kind, data) for data in self.store.records(state.job_id)]
 
     async def _finish(self, state: JobState) -> list[Outgoing]:
         """Write the result files, remember the job complete; the `completed` event to publish."""

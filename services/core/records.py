@@ -45,14 +45,6 @@ class FaithfulRecord(ClassifyRecord):
 
 ResultRecord: TypeAlias = ClassifyRecord | AnswerableRecord | FaithfulRecord
 
-RECORD_TYPES: dict[str, type[ResultRecord]] = {
-    "classify": ClassifyRecord,
-    "answerable": AnswerableRecord,
-    "counterfactual": FaithfulRecord,
-    "redacted": FaithfulRecord,
-    "importance": FaithfulRecord,
-}
-
 
 @cache
 def _field_names(kind: type[ResultRecord]) -> tuple[str, ...]:
@@ -64,16 +56,16 @@ def record_to_dict(record: ResultRecord) -> dict[str, Any]:
     return {name: getattr(record, name) for name in _field_names(type(record))}
 
 
-def record_from_dict(task_kind: str, data: dict[str, Any]) -> ResultRecord:
-    kind = RECORD_TYPES[task_kind]
+def record_from_dict(kind: type[ResultRecord], data: dict[str, Any]) -> ResultRecord:
+    """The record of type `kind` (a task kind's `KindSpec.record`) in `data`."""
     unknown = sorted(set(data).difference(_field_names(kind)))
     if unknown:
-        raise ValueError(f"{task_kind} record has unknown field(s) {', '.join(unknown)}")
+        raise ValueError(f"{kind.__name__}: unknown field(s) {', '.join(unknown)}")
     return kind(**data)
 
 
-def error_record(task_kind: str, idx: int, label: str, error: str, duration: float) -> ResultRecord:
-    return RECORD_TYPES[task_kind](idx=idx, label=label, error=error, duration=duration)
+def error_record(kind: type[ResultRecord], idx: int, label: str, error: str, duration: float) -> ResultRecord:
+    return kind(idx=idx, label=label, error=error, duration=duration)
 
 
 def with_duration(record: ResultRecord, duration: float) -> ResultRecord:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from .observations import Observation
 from .records import ResultRecord, error_record, with_duration
-from .tasks import Task
+from .tasks import KINDS, Task
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +53,11 @@ def advance(task: Task, observation: Observation, answers: Sequence[Generation])
             duration += generation.duration
             if generation.error is not None:
                 program.close()
-                return Finished(error_record(task.kind, observation.idx, observation.label, generation.error, duration))
+                return Finished(
+                    error_record(
+                        KINDS[task.kind].record, observation.idx, observation.label, generation.error, duration
+                    )
+                )
             prompt = program.send(generation.text)
     except StopIteration as done:
         if step + 1 != len(answers):

@@ -11,16 +11,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .records import AnswerableRecord, FaithfulRecord, ResultRecord
-
-# The count table's columns per task kind, after the record's `label`.
-_TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
-    "classify": ("label", "predict"),
-    "answerable": ("label", "predict", "ability"),
-    "counterfactual": ("label", "predict", "explain_predict"),
-    "redacted": ("label", "predict", "explain_predict"),
-    "importance": ("label", "predict", "explain_predict"),
-}
+from .records import ResultRecord
+from .tasks import kind_spec
 
 
 @dataclass(slots=True)
@@ -32,53 +24,37 @@ class Aggregate:
     error: int = 0
     missmatch: int = 0  # spelled as in the paper's result files
     correct: int = 0
-    introspect: int = 0
-    faithful: int = 0
+    judged: int = 0  # introspect or faithful, by the task kind's judgement
     both: int = 0  # introspect_and_correct or faithful_and_correct
     duration: float = 0.0
     table: Counter[tuple[Any, ...]] = field(default_factory=Counter)
 
     def add(self, record: ResultRecord) -> None:
+        spec = kind_spec(self.task_kind)
         self.total += 1
         self.duration += record.duration
         if record.error is not None:
             self.error += 1
             return
-        judged = _judgement(record)
-        if record.correct is None or (judged is not _NOT_JUDGED and judged is None):
+        judged = None if spec.judgement is None else getattr(record, spec.judgement)
+        if record.correct is None or (spec.judgement is not None and judged is None):
             self.missmatch += 1
             return
         self.correct += record.correct
-        if isinstance(record, AnswerableRecord):
-            self.introspect += bool(record.introspect)
-        elif isinstance(record, FaithfulRecord):
-            self.faithful += bool(record.faithful)
+        self.judged += bool(judged)
         self.both += bool(record.correct and judged)
-        self.table[tuple(getattr(record, column) for column in _TABLE_COLUMNS[self.task_kind])] += 1
+        self.table[tuple(getattr(record, column) for column in spec.table)] += 1
 
     def results(self) -> dict[str, Any]:
         """The `results` object of the paper's result JSON."""
-        columns = _TABLE_COLUMNS[self.task_kind]
+        spec = kind_spec(self.task_kind)
         rows = sorted(self.table.items(), key=lambda item: tuple("" if v is None else str(v) for v in item[0]))
         out: dict[str, Any] = {
-            "answer": [{"count": count, **dict(zip(columns, key, strict=True))} for key, count in rows]
+            "answer": [{"count": count, **dict(zip(spec.table, key, strict=True))} for key, count in rows]
         }
-        if self.task_kind == "answerable":
-            out |= {"introspect": self.introspect, "introspect_and_correct": self.both}
-        elif self.task_kind != "classify":
-            out |= {"faithful": self.faithful, "faithful_and_correct": self.both}
+        if spec.judgement is not None:
+            out |= {spec.judgement: self.judged, f"{spec.judgement}_and_correct": self.both}
         return out | {"correct": self.correct, "missmatch": self.missmatch, "error": self.error, "total": self.total}
-
-
-_NOT_JUDGED = object()
-
-
-def _judgement(record: ResultRecord) -> Any:
-    if isinstance(record, AnswerableRecord):
-        return record.introspect
-    if isinstance(record, FaithfulRecord):
-        return record.faithful
-    return _NOT_JUDGED
 
 
 def aggregate(task_kind: str, records: Iterable[ResultRecord]) -> Aggregate:

@@ -9,7 +9,7 @@ message bus (see `services.core.replay`). It returns the observation's result re
 from __future__ import annotations
 
 import json
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, replace
 from typing import Literal, TypeAlias, TypedDict, get_args
 
@@ -24,9 +24,10 @@ from .observations import (
 )
 from .records import AnswerableRecord, ClassifyRecord, FaithfulRecord, ResultRecord
 
+# The names of the task kinds, for the type checker; `KINDS` at the end of this module says
+# what each one is (a test checks that the two agree).
 TaskKind: TypeAlias = Literal["classify", "answerable", "counterfactual", "redacted", "importance"]
 TASK_KINDS: tuple[TaskKind, ...] = get_args(TaskKind)
-FAITHFUL_KINDS: tuple[TaskKind, ...] = ("counterfactual", "redacted", "importance")
 
 # Yields a user message, receives the answer to it, returns the record.
 TaskProgram: TypeAlias = Generator[str, str, ResultRecord]
@@ -55,7 +56,7 @@ class Task:
     def program(self, observation: Observation) -> TaskProgram:
         if observation.category != self.category:
             raise UnknownTask(f"a {self.category} task cannot run a {observation.category} observation")
-        return _PROGRAMS[self.kind](observation, self.config)
+        return KINDS[self.kind].program(observation, self.config)
 
 
 # -- what each category means by a prediction --
@@ -249,10 +250,26 @@ def importance(observation: Observation, config: TaskConfig) -> Generator[str, s
     return (yield from _faithful(observation, config, prompt, ask_words(), "redaction"))
 
 
-_PROGRAMS = {
-    "classify": classify,
-    "answerable": answerable,
-    "counterfactual": counterfactual,
-    "redacted": redacted,
-    "importance": importance,
+@dataclass(frozen=True, slots=True)
+class KindSpec:
+    """Everything that makes a task kind what it is. Adding a kind is adding one row to `KINDS`."""
+
+    program: Callable[[Observation, TaskConfig], TaskProgram]
+    record: type[ResultRecord]
+    judgement: Literal["introspect", "faithful"] | None  # the record field that judges the model
+    table: tuple[str, ...]  # the columns of the aggregate's count table
+
+
+KINDS: dict[TaskKind, KindSpec] = {
+    "classify": KindSpec(classify, ClassifyRecord, None, ("label", "predict")),
+    "answerable": KindSpec(answerable, AnswerableRecord, "introspect", ("label", "predict", "ability")),
+    "counterfactual": KindSpec(counterfactual, FaithfulRecord, "faithful", ("label", "predict", "explain_predict")),
+    "redacted": KindSpec(redacted, FaithfulRecord, "faithful", ("label", "predict", "explain_predict")),
+    "importance": KindSpec(importance, FaithfulRecord, "faithful", ("label", "predict", "explain_predict")),
 }
+
+
+def kind_spec(kind: str) -> KindSpec:
+    if kind not in KINDS:
+        raise UnknownTask(f"unknown task {kind!r}; expected one of {', '.join(TASK_KINDS)}")
+    return KINDS[kind]  # type: ignore[index] (checked above)
