@@ -17,10 +17,11 @@ test *ARGS:
 test-fast *ARGS:
     {{python}} -m pytest -m "not slow" {{ARGS}}
 
-# ruff: lint and formatting check
+# ruff (lint and formatting check) and mypy (types of services/ and proto/)
 lint:
     {{python}} -m ruff check .
     {{python}} -m ruff format --check .
+    {{python}} -m mypy
 
 # a small experiment through the whole pipeline (NATS, four services), answered by the deterministic stand-in
 demo:

@@ -224,7 +224,8 @@ def decode(payload: bytes, *expected: type[M], max_bytes: int = MAX_MESSAGE_BYTE
     """The message in `payload`, which must be one of the `expected` types (any, if none)."""
     if len(payload) > max_bytes:
         raise InvalidMessage(f"message of {len(payload)} bytes exceeds {max_bytes}")
-    allowed = expected or tuple(MESSAGE_TYPES.values())
+    # type[M] of a bound that is a union is not seen as a type[Message]: say so.
+    allowed = typing.cast(tuple[type[Message], ...], expected) if expected else tuple(MESSAGE_TYPES.values())
     try:
         envelope = _ENVELOPE.decode(payload)
     except msgspec.ValidationError:

@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from nats.errors import NoServersError
 
@@ -31,11 +31,11 @@ SERVICE_NAMES = ("producer", "scorer", "gateway", "aggregator")
 DEFAULT_AGGREGATOR = "http://127.0.0.1:9090"
 
 # Mistakes a user can make; each becomes one line on stderr, never a traceback.
-_USER_ERRORS = (*JOB_ERRORS, InvalidSettings)
+_USER_ERRORS: tuple[type[Exception], ...] = (*JOB_ERRORS, InvalidSettings)
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, not the whole usage text
+    def error(self, message: str) -> NoReturn:  # one line, not the whole usage text
         self.exit(2, f"introspect: error: {message} (see --help)\n")
 
 

@@ -25,7 +25,7 @@ from .core.config import InvalidTaskConfig, TaskConfig
 from .core.datasets import UnknownDataset, resolve_dataset
 from .core.observations import DATASET_CATEGORIES, InvalidObservation, Observation
 from .core.results import ExperimentSpec
-from .core.tasks import Task, UnknownTask
+from .core.tasks import Task, UnknownTask, task_kind
 from .datasets import LocalFileDataset, load_split
 from .models import ResolvedModel, load_model
 from .wire import chat_of
@@ -76,13 +76,14 @@ def prepare_job(job: Job) -> PreparedJob:
         if job.category not in DATASET_CATEGORIES:
             raise UnknownDataset(f"a local data file needs --category ({', '.join(DATASET_CATEGORIES)})")
         source = LocalFileDataset(Path(job.dataset), job.category, dict(job.columns), dict(job.labels))
-        category, dataset_name = job.category, source.name
+        category: str = job.category
+        dataset_name = source.name
     else:
         definition = resolve_dataset(job.dataset)
         source, category, dataset_name = definition.name, definition.category, definition.name
     if job.start < 0 or (job.stop is not None and job.stop < job.start) or (job.limit is not None and job.limit < 0):
         raise InvalidObservation(f"bad selection: limit={job.limit}, start={job.start}, stop={job.stop}")
-    task = Task(job.task, category, TaskConfig.of(job.config))
+    task = Task(task_kind(job.task), category, TaskConfig.of(job.config))
     experiment = ExperimentSpec(
         model=model.name,
         system_message=system.id_part,

@@ -16,7 +16,7 @@ from .core.config import TaskConfig
 from .core.observations import Observation, observation_from_dict, observation_to_dict
 from .core.records import ResultRecord, record_from_dict, record_to_dict
 from .core.replay import Generation
-from .core.tasks import Task, kind_spec
+from .core.tasks import Task, kind_spec, task_kind
 from .generation import ChatModel
 from .models import ResolvedModel, chat_format_of
 
@@ -76,7 +76,7 @@ def task_of(work: WorkItem) -> Task:
 
 @lru_cache(maxsize=256)
 def _task(kind: str, category: str, config: tuple[str, ...]) -> Task:
-    return Task(kind, category, TaskConfig.of(config))  # type: ignore[arg-type] (checked by Task)
+    return Task(task_kind(kind), category, TaskConfig.of(config))
 
 
 def observation_of(work: WorkItem) -> Observation:

@@ -56,7 +56,7 @@ class ResultStore:
 
     def _prefix(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         for key, value in self.db.items(from_key=prefix):
-            if not key.startswith(prefix):
+            if not isinstance(key, bytes) or not key.startswith(prefix):
                 break
             yield key, value
 

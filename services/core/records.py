@@ -8,7 +8,6 @@ error) when a generation was rejected by the server for the request itself.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from functools import cache
 from typing import Any, TypeAlias
 
 
@@ -46,9 +45,13 @@ class FaithfulRecord(ClassifyRecord):
 ResultRecord: TypeAlias = ClassifyRecord | AnswerableRecord | FaithfulRecord
 
 
-@cache
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {
+    kind: tuple(field.name for field in fields(kind)) for kind in (ClassifyRecord, AnswerableRecord, FaithfulRecord)
+}
+
+
 def _field_names(kind: type[ResultRecord]) -> tuple[str, ...]:
-    return tuple(field.name for field in fields(kind))
+    return _FIELD_NAMES[kind]
 
 
 def record_to_dict(record: ResultRecord) -> dict[str, Any]:

@@ -270,6 +270,15 @@ KINDS: dict[TaskKind, KindSpec] = {
 
 
 def kind_spec(kind: str) -> KindSpec:
-    if kind not in KINDS:
-        raise UnknownTask(f"unknown task {kind!r}; expected one of {', '.join(TASK_KINDS)}")
-    return KINDS[kind]  # type: ignore[index] (checked above)
+    for name, spec in KINDS.items():
+        if name == kind:
+            return spec
+    raise UnknownTask(f"unknown task {kind!r}; expected one of {', '.join(TASK_KINDS)}")
+
+
+def task_kind(kind: str) -> TaskKind:
+    """`kind` as a TaskKind, or UnknownTask."""
+    for name in TASK_KINDS:
+        if name == kind:
+            return name
+    raise UnknownTask(f"unknown task {kind!r}; expected one of {', '.join(TASK_KINDS)}")

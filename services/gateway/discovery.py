@@ -84,13 +84,13 @@ class EndpointSliceWatcher:
         while not self.stop.is_set():
             try:
                 listing = self.api.list_namespaced_endpoint_slice(self.service.namespace, label_selector=selector)
-                slices = {s.metadata.name: s for s in listing.items}
+                slices = {_name(s): s for s in listing.items}
                 self._report(slices)
                 stream = watch.Watch().stream(
                     self.api.list_namespaced_endpoint_slice,
                     self.service.namespace,
                     label_selector=selector,
-                    resource_version=listing.metadata.resource_version,
+                    resource_version=listing.metadata.resource_version if listing.metadata else None,
                     timeout_seconds=300,
                 )
                 for event in stream:
@@ -98,9 +98,9 @@ class EndpointSliceWatcher:
                         return
                     endpoint_slice = event["object"]
                     if event["type"] == "DELETED":
-                        slices.pop(endpoint_slice.metadata.name, None)
+                        slices.pop(_name(endpoint_slice), None)
                     elif event["type"] in ("ADDED", "MODIFIED"):
-                        slices[endpoint_slice.metadata.name] = endpoint_slice
+                        slices[_name(endpoint_slice)] = endpoint_slice
                     self._report(slices)
             except Exception as error:  # the API server restarting, a watch expiring: list again
                 log.warning("endpointslice watch of %s: %s; listing again", self.service.name, error)
@@ -120,3 +120,9 @@ def discovery_api(host: str | None = None) -> client.DiscoveryV1Api:
     configuration = client.Configuration()
     configuration.host = host
     return client.DiscoveryV1Api(client.ApiClient(configuration))
+
+
+def _name(endpoint_slice: Any) -> str:
+    """An EndpointSlice's name (the API always sets one; the client's types allow none)."""
+    metadata = endpoint_slice.metadata
+    return str(metadata.name) if metadata is not None else ""

@@ -30,7 +30,7 @@ class NotServed(ValueError):
     """The job's model is not one this deployment serves."""
 
 
-_BAD_JOB = (*JOB_ERRORS, DatasetLoadError, NotServed)
+_BAD_JOB: tuple[type[Exception], ...] = (*JOB_ERRORS, DatasetLoadError, NotServed)
 
 
 class Producer(ServiceBase):

@@ -29,8 +29,12 @@ log = logging.getLogger("introspect")
 
 
 class Service(Protocol):
-    name: str
-    accepts: tuple[type[Message], ...]
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def accepts(self) -> tuple[type[Message], ...]:
+        """The message types its subjects carry; anything else is dead-lettered."""
 
     def consumer(self) -> ConsumerSpec: ...
 

@@ -54,7 +54,7 @@ class Settings:
         for spec in fields(cls):
             raw = env.get(ENV_PREFIX + spec.name.upper())
             if raw is not None and raw != "":
-                values[spec.name] = _parse(spec.name, raw, cls.__dataclass_fields__[spec.name].type)
+                values[spec.name] = _parse(spec.name, raw, str(spec.type))  # annotations are strings (future import)
         values |= {key: value for key, value in overrides.items() if value is not None}
         settings = replace(cls(), **values)
         settings.check()
