@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -174,3 +177,34 @@ async def replay_dead_letters(
         return letters
     finally:
         await bus.close()
+
+
+# -- the aggregator's HTTP API, for the command line --
+
+
+class AggregatorRefused(RuntimeError):
+    """The aggregator answered with an error (no such job, not complete yet): its words."""
+
+
+def list_jobs(aggregator: str) -> list[dict[str, Any]]:
+    """The state of every job the aggregator knows."""
+    return json.loads(_get(f"{aggregator.rstrip('/')}/jobs", timeout=10))
+
+
+def job_state(aggregator: str, job_id: str) -> dict[str, Any]:
+    """One job's state: counts, results so far, its result files once complete."""
+    return json.loads(_get(f"{aggregator.rstrip('/')}/jobs/{job_id}"))
+
+
+def job_file(aggregator: str, job_id: str, name: str) -> bytes:
+    """`result.json` or `records.parquet` of a complete job."""
+    return _get(f"{aggregator.rstrip('/')}/jobs/{job_id}/{name}")
+
+
+def _get(url: str, timeout: float = 60) -> bytes:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.read()
+    except urllib.error.HTTPError as error:
+        job = url.rstrip("/").split("/jobs/")[-1].split("/")[0]
+        raise AggregatorRefused(f"{job}: {error.read().decode().strip() or error.reason}") from None

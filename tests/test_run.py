@@ -170,12 +170,12 @@ def test_submit_without_a_server_is_one_line(capsys) -> None:
 
 
 def test_local_paths_travel_absolute(tmp_path, monkeypatch) -> None:
-    from services.cli import _job, build_parser
+    from services.cli.parser import build_parser, job_from
 
     monkeypatch.chdir(tmp_path)
     args = build_parser().parse_args(["run", "--dataset", "x.csv", "--category", "sentiment", "--task", "classify",
                                       "--mirror", "m"])  # fmt: skip
-    job = _job(args, args.model, args.dataset, args.task, args.config)
+    job = job_from(args, args.model, args.dataset, args.task, args.config)
     assert job.dataset == str(tmp_path / "x.csv") and job.mirror == str(tmp_path / "m")
     assert Path(job.dataset).is_absolute()
 

@@ -1,0 +1,288 @@
+"""What each `introspect` command does. Talking to NATS and the aggregator is
+`services.client`'s; starting a local pipeline is `services.local`'s. Heavy imports stay
+inside the commands that need them, so `introspect --help` starts fast."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from nats.errors import NoServersError
+
+from ..core.chat import MODELS, ChatTurn
+from ..core.config import TASK_OPTIONS
+from ..core.datasets import DATASETS
+from ..core.observations import Observation
+from ..core.records import ResultRecord
+from ..core.results import Aggregate, summary
+from ..core.tasks import TASK_KINDS
+from ..jobs import JOB_ERRORS, PreparedJob, prepare_job
+from ..models import load_model
+from ..runtime.settings import InvalidSettings, Settings
+from .parser import build_parser, grid_from, job_from
+
+# Mistakes a user can make; each becomes one line on stderr, never a traceback.
+_USER_ERRORS: tuple[type[Exception], ...] = (*JOB_ERRORS, InvalidSettings)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    commands: dict[str, Callable[[argparse.Namespace], int]] = {
+        "run": _run,
+        "evaluate": _evaluate,
+        "serve": _serve,
+        "submit": _submit,
+        "status": _status,
+        "results": _results,
+        "dead-letters": _dead_letters,
+        "tasks": _tasks,
+        "render": _render,
+        "standin": _standin,
+    }
+    try:
+        return commands[args.command](args)
+    except _USER_ERRORS as error:
+        return _fail(str(error), 2)
+    except (ConnectionError, OSError, NoServersError) as error:
+        return _fail(f"cannot reach a server: {error}", 1)
+    except KeyboardInterrupt:
+        print("introspect: interrupted", file=sys.stderr)
+        return 130
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"introspect: error: {message}", file=sys.stderr)
+    return code
+
+
+def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
+    return Settings.from_env(nats_url=getattr(args, "nats", None), **overrides)
+
+
+def _render(args: argparse.Namespace) -> int:
+    from ..core.chat import SystemMessage
+
+    model = load_model(args.model)
+    system = model.default_system if args.system_message is None else SystemMessage.parse(args.system_message)
+    print(model.chat_format.render([ChatTurn(args.message)], system))
+    return 0
+
+
+def _standin(args: argparse.Namespace) -> int:
+    from ..standin.server import StandInSettings, serve
+
+    settings = StandInSettings(args.latency, args.max_concurrent, args.error_every, args.max_input_chars)
+    serve(settings, args.host, args.port)
+    return 0
+
+
+def _tasks(_: argparse.Namespace) -> int:
+    print("tasks:    " + ", ".join(TASK_KINDS))
+    print("datasets: " + ", ".join(f"{d.name} ({d.category})" for d in DATASETS.values()))
+    print("models:   " + ", ".join(MODELS))
+    print("options:")
+    for option, meaning in TASK_OPTIONS.items():
+        print(f"  {option:18} {meaning}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from ..runtime.service import Service, run
+
+    settings = _settings(
+        args,
+        data_dir=args.data_dir,
+        metrics_port=args.metrics_port,
+        partitions=args.partitions,
+        partition=args.partition,
+        backends=tuple(args.backend) if args.backend else None,
+        backend_concurrency=args.backend_concurrency,
+        offline=args.offline,
+        tgi_service=args.tgi_service,
+        model=args.model,
+        served_models=tuple(args.served_models) if args.served_models else None,
+    )
+    service: Service
+    match args.service:
+        case "producer":
+            from ..producer.service import Producer
+
+            service = Producer(settings.served_models)
+        case "scorer":
+            from ..scorer.service import Scorer
+
+            service = Scorer(settings.partitions)
+        case "gateway":
+            from ..gateway.service import Gateway
+
+            service = Gateway(
+                settings.data_path / "cache",
+                settings.backends,
+                settings.partition,
+                settings.backend_concurrency,
+                settings.offline,
+                settings.tgi_service,
+                settings.kubernetes_api,
+                settings.model,
+            )
+        case _:
+            from ..aggregator.service import Aggregator
+
+            service = Aggregator(settings.data_path, Path(settings.results_dir) if settings.results_dir else None)
+    run(service, settings)
+    return 0
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from ..client import submit
+
+    submitted = asyncio.run(submit(_settings(args), grid_from(args), wait=args.wait or 0.0))
+    for job, verdict in submitted:
+        print(job.job_id if verdict is None else f"{job.job_id}  {verdict.event}: {verdict.detail}")
+    print(f"submitted {len(submitted)} job(s)", file=sys.stderr)
+    if args.wait:
+        rejected = sum(1 for _, verdict in submitted if verdict is not None and verdict.event == "rejected")
+        unknown = sum(1 for _, verdict in submitted if verdict is None)
+        if rejected or unknown:
+            print(f"introspect: {rejected} rejected, {unknown} not yet taken by a producer", file=sys.stderr)
+            return 1
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from ..client import list_jobs
+
+    jobs = list_jobs(args.aggregator)
+    if not jobs:
+        print("no jobs")
+    for job in jobs:
+        print(f"{job['job_id']}  {_bar(job['received'], job['expected'])}  {'complete' if job['complete'] else ''}")
+    return 0
+
+
+def _bar(done: int, total: int, width: int = 30) -> str:
+    filled = width if total == 0 else width * done // total
+    return f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total}"
+
+
+def _results(args: argparse.Namespace) -> int:
+    from ..client import AggregatorRefused, job_file, job_state
+
+    try:
+        if args.format == "parquet":
+            out = Path(args.out or f"{args.job_id}.parquet")
+            out.write_bytes(job_file(args.aggregator, args.job_id, "records.parquet"))
+            print(out)
+        elif args.format == "json":
+            print(job_file(args.aggregator, args.job_id, "result.json").decode())
+        else:
+            _print_results(job_state(args.aggregator, args.job_id)["results"])
+    except AggregatorRefused as refused:
+        return _fail(str(refused))
+    return 0
+
+
+def _dead_letters(args: argparse.Namespace) -> int:
+    from ..client import dead_letters, replay_dead_letters
+
+    settings = _settings(args)
+    if args.action == "list":
+        letters = asyncio.run(dead_letters(settings, args.service))
+        for seq, letter in letters:
+            print(f"{seq}\t{letter.service}\t{letter.subject}\t{letter.reason}")
+        print(f"{len(letters)} dead letter(s)", file=sys.stderr)
+    else:
+        replayed = asyncio.run(replay_dead_letters(settings, args.seq))
+        print(f"replayed {len(replayed)} dead letter(s)", file=sys.stderr)
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ..client import JobRejected, wait_for_job, with_job_id
+    from ..local import LocalPipeline, PipelineError
+
+    job = with_job_id(job_from(args, args.model, args.dataset, args.task, args.config))
+    source = args.endpoint or "the stand-in (deterministic, not a language model)"
+    print(f"{job.job_id}: answers from {source}", file=sys.stderr)
+    pipeline = LocalPipeline(Path(args.data_dir).resolve(), args.endpoint, partitions=args.gateways,
+                             results_dir=Path(args.out).resolve())  # fmt: skip
+    try:
+        with pipeline, tqdm(unit="obs", file=sys.stderr, disable=None) as progress:
+
+            def on_progress(received: int, expected: int) -> None:
+                progress.total = expected
+                progress.update(received - progress.n)
+
+            settings = Settings.from_env(nats_url=pipeline.nats_url)
+            status = asyncio.run(
+                wait_for_job(settings, pipeline.aggregator_url, job, on_progress, check=pipeline.check_alive)
+            )
+    except PipelineError as error:
+        return _fail(str(error))
+    except JobRejected as error:
+        return _fail(str(error))
+    _print_results(status["results"])
+    print(f"results: {status['result_file']}\nrecords: {status['records_file']}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .. import datasets as loading
+    from ..backends.contract import BackendUnavailable
+    from ..result_files import write_result_files
+    from ..standin import STANDIN_NAME
+
+    started = time.monotonic()
+    prepared = prepare_job(job_from(args, args.model, args.dataset, args.task, args.config))
+    try:
+        observations = prepared.load_observations()
+    except loading.DatasetLoadError as error:
+        return _fail(str(error))
+    spec = prepared.experiment
+    print(f"{spec.experiment_id}: {len(observations)} observations, answers from {args.endpoint or STANDIN_NAME}",
+          file=sys.stderr)  # fmt: skip
+    setup_seconds = time.monotonic() - started
+    try:
+        records, running = asyncio.run(_evaluate_in_process(prepared, observations, args.endpoint, args.concurrency))
+    except BackendUnavailable as error:
+        return _fail(str(error))
+    result_path, records_path = write_result_files(Path(args.out), spec, running, setup_seconds, records)
+    _print_results(running.results())
+    print(f"results: {result_path}\nrecords: {records_path}")
+    return 0
+
+
+async def _evaluate_in_process(
+    prepared: PreparedJob, observations: list[Observation], endpoint: str | None, concurrency: int
+) -> tuple[list[ResultRecord], Aggregate]:
+    import aiohttp
+    from tqdm import tqdm
+
+    from ..backends.tgi import TGIBackend
+    from ..generation import ChatModel
+    from ..runner import evaluate
+    from ..standin import complete_in_process
+
+    async with aiohttp.ClientSession() as session:
+        complete = TGIBackend(endpoint, session).complete if endpoint else complete_in_process
+        chat_model = ChatModel(prepared.model.chat_format, prepared.system, prepared.parameters, complete)
+        with tqdm(total=len(observations), unit="obs", file=sys.stderr, disable=None) as progress:
+            return await evaluate(
+                prepared.task, observations, chat_model.generate, concurrency, lambda _: progress.update()
+            )
+
+
+def _print_results(results: dict[str, Any]) -> None:
+    counts = {k: v for k, v in results.items() if k != "answer"}
+    width = max(len(k) for k in counts)
+    for key, value in counts.items():
+        print(f"{key:>{width}}  {value}")
+    for name, proportion in summary(results).items():
+        print(f"{name:>{width}}  {proportion}")
