@@ -17,8 +17,7 @@ from services.core.observations import (
     SentimentObservation,
 )
 from services.datasets import MIRROR_ENV, DatasetLoadError, LocalFileDataset, load_split
-
-from .conftest import DATASET_MIRROR
+from tests.conftest import DATASET_MIRROR
 
 
 def _raw_rows(*parts: str) -> list[dict]:

@@ -18,8 +18,7 @@ from services.datasets import load_split
 from services.generation import ChatModel
 from services.runner import evaluate, run_observation
 from services.standin import complete_in_process, standin_answer
-
-from .conftest import DATASET_MIRROR
+from tests.conftest import DATASET_MIRROR
 
 REVIEWS = [SentimentObservation(i, "positive" if i % 2 else "negative", f"Review number {i}.") for i in range(40)]
 

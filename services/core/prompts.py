@@ -2,7 +2,7 @@
 
 These strings are the paper's prompts, oddities included ("Consideing", "does not
 entails", "you a human not determine"): the response cache and the comparability of
-results with the paper depend on them being exact. `tests/test_golden_tasks.py` holds
+results with the paper depend on them being exact. `tests/core/test_golden_tasks.py` holds
 them to `golden_tasks.json`.
 """
 

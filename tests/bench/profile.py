@@ -22,7 +22,7 @@ from pathlib import Path
 from proto import Job
 from services.local import LocalPipeline
 from tests.bench.run import cpu_seconds, run_job
-from tests.synthetic import write_synthetic
+from tests.support.synthetic import write_synthetic
 
 
 def sample(py_spy: str, pid: int, output: Path) -> subprocess.Popen[bytes]:

@@ -45,8 +45,8 @@ from services.runner import evaluate
 from services.runtime.bus import Bus
 from services.runtime.handlers import Outgoing
 from services.runtime.settings import Settings
-from tests.pipeline_helpers import get_json, metric_total
-from tests.synthetic import write_synthetic
+from tests.support.pipeline import get_json, metric_total
+from tests.support.synthetic import write_synthetic
 
 CONCURRENCY = 256  # the services' default messages in flight; the baselines get the same
 TICKS = os.sysconf("SC_CLK_TCK")

@@ -11,7 +11,11 @@ import sys
 import zipfile
 from pathlib import Path
 
-from .chart_helpers import ROOT, pod_specs, render
+import pytest
+
+from tests.support.chart import ROOT, pod_specs, render
+
+pytestmark = pytest.mark.chart
 
 
 def _instructions() -> list[tuple[str, str]]:

@@ -16,8 +16,7 @@ from services.core.chat import LLAMA2, ChatTurn, generation_defaults
 from services.gateway.discovery import EndpointSliceWatcher, ServiceRef, discovery_api, ready_urls
 from services.gateway.pool import BackendPool
 from services.standin.server import StandInSettings, create_app
-
-from .kubernetes_fake import FakeKubernetes, endpoint_slice, serve_fake_kubernetes
+from tests.support.kubernetes_fake import FakeKubernetes, endpoint_slice, serve_fake_kubernetes
 
 
 @pytest.fixture

@@ -15,11 +15,10 @@ from services.cli import main
 from services.client import dead_letters
 from services.local import LocalPipeline
 from services.runtime.settings import Settings
+from tests.conftest import DATASET_MIRROR
+from tests.support.pipeline import metric_total, submit_jobs, wait_complete
 
-from .conftest import DATASET_MIRROR
-from .pipeline_helpers import metric_total, submit_jobs, wait_complete
-
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 INPUT_SUBJECTS = (
     sub.JOBS,

@@ -12,8 +12,7 @@ import pandas as pd
 import pytest
 
 from services.cli import main
-
-from .conftest import DATASET_MIRROR
+from tests.conftest import DATASET_MIRROR
 
 
 def test_evaluate_prints_results_and_writes_the_paper_json_and_records(tmp_path, capsys) -> None:

@@ -13,8 +13,7 @@ from services.core.chat import (
     SystemMessageNotSupported,
     generation_defaults,
 )
-
-from .conftest import golden
+from tests.conftest import golden
 
 CASES = golden("templates")
 RENDERINGS = [c for c in CASES if "prompt" in c]

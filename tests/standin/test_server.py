@@ -21,8 +21,7 @@ from services.generation import ChatModel
 from services.runner import evaluate
 from services.standin import complete_in_process
 from services.standin.server import STANDIN_MODEL_ID, StandInSettings, create_app
-
-from .conftest import DATASET_MIRROR
+from tests.conftest import DATASET_MIRROR
 
 PARAMETERS = generation_defaults(LLAMA2, seed=0)
 

@@ -14,11 +14,10 @@ import pytest
 
 from proto import Job
 from services.local import LocalPipeline
+from tests.support.pipeline import get_json, in_process, records_frame, result_json, scrape, submit_jobs, wait_complete
+from tests.support.synthetic import write_synthetic
 
-from .pipeline_helpers import get_json, in_process, records_frame, result_json, scrape, submit_jobs, wait_complete
-from .synthetic import write_synthetic
-
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.chaos]
 
 ROWS = 600
 
@@ -104,7 +103,7 @@ def test_sigterm_finishes_or_hands_back_in_flight_work(tmp_path) -> None:
 
 
 def test_a_restarted_aggregator_remembers_finished_jobs_without_rescanning(tmp_path) -> None:
-    from .conftest import DATASET_MIRROR
+    from tests.conftest import DATASET_MIRROR
 
     with LocalPipeline(tmp_path / "run") as pipeline:
         job = Job(job_id="", model="llama2-7b", dataset="RTE", task="answerable", mirror=str(DATASET_MIRROR))

@@ -9,8 +9,7 @@ from services.core.observations import observation_from_dict
 from services.core.records import record_to_dict
 from services.core.replay import Finished, Generation, Pending, advance
 from services.core.tasks import Task
-
-from .conftest import golden
+from tests.conftest import golden
 
 CASES = golden("tasks")
 

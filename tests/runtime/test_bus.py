@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import signal
-import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import nats.errors
 import nats.js.errors
@@ -15,44 +14,35 @@ from nats.js import JetStreamContext
 
 from proto import Chat, JobEvent, Sampling, WorkItem
 from proto import subjects as sub
-from services.local import free_port, nats_server_binary, wait_for_port
 from services.runtime.bus import Bus, connect
 from services.runtime.handlers import Outgoing
 from services.runtime.settings import Settings
 from services.scorer.service import next_message
+from tests.support.nats import NatsServer
 
 
 @pytest.fixture
-def nats_server(tmp_path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    port = free_port()
-    command = [nats_server_binary(), "-js", "-sd", str(tmp_path), "-a", "127.0.0.1", "-p", str(port),
-               "--user", "introspect", "--pass", "s3cret"]  # fmt: skip
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def nats_with_password(tmp_path: Path) -> Iterator[NatsServer]:
+    server = NatsServer(tmp_path / "jetstream", user="introspect", password="s3cret")
+    server.start()
     try:
-        wait_for_port(port, "nats-server", server)
-        yield f"nats://127.0.0.1:{port}", server
+        yield server
     finally:
-        server.send_signal(signal.SIGCONT)
-        server.terminate()
-        server.wait()
+        server.stop()
 
 
-@pytest.fixture
-def nats_with_password(nats_server) -> str:
-    return nats_server[0]
-
-
-async def test_credentials_are_used_and_wrong_ones_refused(nats_with_password: str) -> None:
-    good = Settings(nats_url=nats_with_password, nats_user="introspect", nats_password="s3cret")
+async def test_credentials_are_used_and_wrong_ones_refused(nats_with_password: NatsServer) -> None:
+    url = nats_with_password.url
+    good = Settings(nats_url=url, nats_user="introspect", nats_password="s3cret")
     client = await connect(good, "test")
     assert client.is_connected
     await client.close()
     with pytest.raises((nats.errors.NoServersError, nats.errors.Error)):
-        await connect(Settings(nats_url=nats_with_password, nats_user="introspect", nats_password="wrong"), "test")
+        await connect(Settings(nats_url=url, nats_user="introspect", nats_password="wrong"), "test")
 
 
-async def test_streams_are_declared_idempotently_and_repeats_are_dropped(nats_with_password: str) -> None:
-    settings = Settings(nats_url=nats_with_password, nats_user="introspect", nats_password="s3cret")
+async def test_streams_are_declared_idempotently_and_repeats_are_dropped(nats_with_password: NatsServer) -> None:
+    settings = Settings(nats_url=nats_with_password.url, nats_user="introspect", nats_password="s3cret")
     bus = await Bus.open(settings, "test")
     try:
         await bus.ensure_streams()  # a second service starting: nothing changes, nothing fails
@@ -67,8 +57,8 @@ async def test_streams_are_declared_idempotently_and_repeats_are_dropped(nats_wi
         await bus.close()
 
 
-async def test_each_model_s_questions_reach_only_that_model_s_gateways(nats_with_password: str) -> None:
-    settings = Settings(nats_url=nats_with_password, nats_user="introspect", nats_password="s3cret")
+async def test_each_model_s_questions_reach_only_that_model_s_gateways(nats_with_password: NatsServer) -> None:
+    settings = Settings(nats_url=nats_with_password.url, nats_user="introspect", nats_password="s3cret")
     bus = await Bus.open(settings, "test")
     try:
         gateways = {}
@@ -102,13 +92,11 @@ async def _drain(subscription: JetStreamContext.PullSubscription) -> list[Msg]:
             return messages
 
 
-async def test_a_publication_jetstream_never_acknowledges_fails_after_its_timeout(nats_server) -> None:
-    url, server = nats_server
-    bus = await Bus.open(Settings(nats_url=url, nats_user="introspect", nats_password="s3cret"), "test")
+async def test_a_publication_jetstream_never_acknowledges_fails_after_its_timeout(nats_server: NatsServer) -> None:
+    bus = await Bus.open(Settings(nats_url=nats_server.url), "test")
     try:
         event = JobEvent("job", "accepted", "", 1.0)
-        server.send_signal(signal.SIGSTOP)  # the server takes the bytes but never answers
-        _wait_until_stopped(server.pid)  # kill() returns before a busy process has stopped
+        nats_server.pause()  # the server takes the bytes but never answers
         try:
             started = time.monotonic()
             with pytest.raises(TimeoutError):
@@ -116,19 +104,8 @@ async def test_a_publication_jetstream_never_acknowledges_fails_after_its_timeou
             # After its own timeout, well before the default 10 s (slack for a busy machine).
             assert 0.5 <= time.monotonic() - started < 5.0
         finally:
-            server.send_signal(signal.SIGCONT)  # whatever happened, closing needs the server
+            nats_server.resume()  # whatever happened, closing needs the server
         await bus.publish([Outgoing(sub.EVENTS, event, "job:2")], timeout=5.0)  # and then works again
         assert not bus._unacked  # nothing left waiting
     finally:
         await bus.close()
-
-
-def _wait_until_stopped(pid: int, seconds: float = 10.0) -> None:
-    """Until the kernel reports the process stopped (state T in /proc/PID/stat)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-            if stat.read().rpartition(")")[2].split()[0] == "T":
-                return
-        time.sleep(0.005)
-    raise AssertionError(f"process {pid} did not stop within {seconds} s")

@@ -19,8 +19,7 @@ from services.core.chat import (
     resolve_model,
 )
 from services.models import load_model
-
-from .conftest import FIXTURES
+from tests.conftest import FIXTURES
 
 MODELS = FIXTURES / "models"
 

@@ -17,11 +17,10 @@ from services.cli import main
 from services.client import dead_letters
 from services.local import LocalPipeline, free_port, wait_for_port
 from services.runtime.settings import Settings
+from tests.conftest import DATASET_MIRROR
+from tests.support.pipeline import standin_stats, submit_jobs, wait_complete
 
-from .conftest import DATASET_MIRROR
-from .pipeline_helpers import standin_stats, submit_jobs, wait_complete
-
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 EXPERIMENT = "analysis_m-llama2-7b_y-none_d-imdb_p-test_t-counterfactual_c-_s-0"
 COMMON = ["--dataset", "IMDB", "--task", "counterfactual", "--mirror", str(DATASET_MIRROR)]

@@ -6,16 +6,15 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from services.local import free_port, nats_server_binary, wait_for_port
+from tests.support.nats import NatsServer
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "introspect"
 TWO_MODELS = CHART / "ci" / "two-models-values.yaml"
 
@@ -62,26 +61,16 @@ def env_of(container: dict[str, Any]) -> dict[str, Any]:
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
 
 
-@dataclass(frozen=True)
-class ChartNats:
-    url: str
-    monitor: str  # NATS's monitoring endpoint (/varz, /healthz)
-
-
 @contextmanager
-def run_chart_nats(objects: list[dict[str, Any]], folder: Path, user: str, password: str) -> Iterator[ChartNats]:
+def run_chart_nats(objects: list[dict[str, Any]], folder: Path, user: str, password: str) -> Iterator[NatsServer]:
     """nats-server started with the chart's rendered nats.conf and the Secret's credentials
     in its environment, as the NATS pod runs; its store in `folder`, on free loopback ports."""
     config = named(objects, "ConfigMap", "introspect-nats-config")["data"]["nats.conf"]
     (folder / "nats.conf").write_text(config.replace("store_dir: /data", f"store_dir: {folder / 'jetstream'}"))
-    port, monitor = free_port(), free_port()
     env = {"POD_NAME": "introspect-nats-0", "NATS_USER": user, "NATS_PASSWORD": password}
-    command = [nats_server_binary(), "-c", str(folder / "nats.conf"), "-a", "127.0.0.1", "-p", str(port),
-               "-m", str(monitor)]  # fmt: skip
-    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = NatsServer(folder / "jetstream", config=folder / "nats.conf", env=env)
+    server.start()
     try:
-        wait_for_port(port, "nats-server", server)
-        yield ChartNats(f"nats://127.0.0.1:{port}", f"http://127.0.0.1:{monitor}")
+        yield server
     finally:
-        server.terminate()
-        server.wait()
+        server.stop()

@@ -8,11 +8,10 @@ import pytest
 
 from proto import Job, replace
 from services.local import LocalPipeline
+from tests.conftest import DATASET_MIRROR
+from tests.support.pipeline import scrape, standin_stats, submit_jobs, wait_complete
 
-from .conftest import DATASET_MIRROR
-from .pipeline_helpers import scrape, standin_stats, submit_jobs, wait_complete
-
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 
 def _metrics(pipeline: LocalPipeline, service: str) -> dict[str, float]:

@@ -17,8 +17,7 @@ import pytest
 from proto import Job, replace
 from services.core.tasks import TASK_KINDS
 from services.local import BACKGROUND_NICENESS, LocalPipeline
-
-from .pipeline_helpers import (
+from tests.support.pipeline import (
     in_process,
     metric_total,
     records_frame,
@@ -27,9 +26,9 @@ from .pipeline_helpers import (
     submit_jobs,
     wait_complete,
 )
-from .synthetic import write_synthetic
+from tests.support.synthetic import write_synthetic
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 ROWS = 200
 # Some prompts are longer than this: the stand-in rejects them with 422, like TGI's

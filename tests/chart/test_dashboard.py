@@ -15,8 +15,9 @@ import services.gateway.metrics
 import services.producer.metrics
 import services.runtime.metrics
 import services.scorer.metrics
+from tests.support.chart import CHART
 
-from .chart_helpers import CHART
+pytestmark = pytest.mark.chart
 
 SERVICE_METRICS = (
     services.runtime.metrics,

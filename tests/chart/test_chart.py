@@ -15,9 +15,10 @@ import pytest
 from proto import subjects as sub
 from services.runtime.bus import Bus
 from services.runtime.settings import ENV_PREFIX, Settings
+from tests.support.chart import CHART, TWO_MODELS, env_of, helm, named, of_kind, pod_specs, render, run_chart_nats
+from tests.support.pipeline import get_bytes
 
-from .chart_helpers import CHART, TWO_MODELS, env_of, helm, named, of_kind, pod_specs, render, run_chart_nats
-from .pipeline_helpers import get_bytes
+pytestmark = pytest.mark.chart
 
 KUBERNETES = "1.33.0"
 # Custom resources of the Prometheus Operator: no schema ships with Kubernetes.
@@ -259,7 +260,7 @@ async def test_the_rendered_nats_config_runs_and_the_services_credentials_open_i
             assert names == {spec.name for spec in sub.STREAMS}
         finally:
             await bus.close()
-        jetstream = json.loads(get_bytes(f"{nats.monitor}/varz"))["jetstream"]["config"]
+        jetstream = json.loads(get_bytes(f"{nats.monitor_url}/varz"))["jetstream"]["config"]
         assert jetstream["max_storage"] == 20 * 1024**3  # jetstream.storage: 20Gi
         assert jetstream["max_memory"] == 1024**3  # jetstream.maxMemory: 1Gi
 

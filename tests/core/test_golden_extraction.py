@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from services.core import extract
-
-from .conftest import golden
+from tests.conftest import golden
 
 CASES = golden("extraction")
 

@@ -22,12 +22,11 @@ from services.client import JobRejected, wait_for_job, with_job_id
 from services.local import free_port
 from services.runtime.settings import Settings
 from services.standin.server import StandInSettings, create_app
+from tests.conftest import DATASET_MIRROR
+from tests.support.chart import env_of, pod_specs, render, run_chart_nats
+from tests.support.kubernetes_fake import endpoint_slice, serve_fake_kubernetes
 
-from .chart_helpers import env_of, pod_specs, render, run_chart_nats
-from .conftest import DATASET_MIRROR
-from .kubernetes_fake import endpoint_slice, serve_fake_kubernetes
-
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.chart]
 
 NAMESPACE = "research"
 USER, PASSWORD = "introspect", "not-a-real-password-5678"

@@ -10,67 +10,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable
 
 import nats.errors
 import pytest
 
 from proto import JobEvent
 from proto.subjects import ConsumerSpec, StreamSpec
-from services.local import free_port, nats_server_binary, wait_for_port
 from services.runtime.bus import Bus, PublishRefused
 from services.runtime.handlers import Outgoing
 from services.runtime.settings import Settings
 from services.runtime.worker import Worker
+from tests.support.nats import NatsServer
 
 STREAM = StreamSpec("TEST_WORK", ("test.work",), work_queue=True)
 CONSUMER = ConsumerSpec("test-worker", STREAM.name, "test.work")
 
 
-class NatsServer:
-    """A nats-server with JetStream on a fixed port and store, so it can be restarted."""
-
-    def __init__(self, store: Path) -> None:
-        self.store = store
-        self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        command = [nats_server_binary(), "-js", "-sd", str(self.store), "-a", "127.0.0.1", "-p", str(self.port)]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for_port(self.port, "nats-server", self.process)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait()
-
-    def kill(self) -> None:
-        """A crash: no goodbye (a 409 Server Shutdown) to the pull requests."""
-        assert self.process is not None
-        self.process.kill()
-        self.process.wait()
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[NatsServer]:
-    server = NatsServer(tmp_path / "jetstream")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-async def open_bus(server: NatsServer) -> Bus:
-    bus = await Bus.open(Settings(nats_url=server.url), "test")
+async def open_bus(nats_server: NatsServer) -> Bus:
+    bus = await Bus.open(Settings(nats_url=nats_server.url), "test")
     await bus.ensure_streams([STREAM])
     return bus
 
@@ -122,9 +81,11 @@ class Recorder:
 
 
 @contextlib.asynccontextmanager
-async def running_worker(server: NatsServer, recorder: Recorder, **options: float) -> AsyncIterator[tuple[Bus, Worker]]:
+async def running_worker(
+    nats_server: NatsServer, recorder: Recorder, **options: float
+) -> AsyncIterator[tuple[Bus, Worker]]:
     """A bus and a worker running `recorder` until the block ends."""
-    bus = await open_bus(server)
+    bus = await open_bus(nats_server)
     worker = Worker(bus, CONSUMER, (JobEvent,), recorder, **options)  # type: ignore[arg-type]
     recorder.worker = worker
     stop = asyncio.Event()
@@ -137,9 +98,9 @@ async def running_worker(server: NatsServer, recorder: Recorder, **options: floa
         await bus.close()
 
 
-async def test_every_message_is_handled_once_within_the_concurrency(server: NatsServer) -> None:
+async def test_every_message_is_handled_once_within_the_concurrency(nats_server: NatsServer) -> None:
     recorder = Recorder(seconds=0.005)
-    async with running_worker(server, recorder, concurrency=16, batch=16) as (bus, _):
+    async with running_worker(nats_server, recorder, concurrency=16, batch=16) as (bus, _):
         await bus.publish([event(n) for n in range(300)])
         await eventually(lambda: len(recorder.seen) == 300, within=30)
         assert sorted(recorder.seen) == sorted(f"job-{n}" for n in range(300))
@@ -154,9 +115,9 @@ async def test_every_message_is_handled_once_within_the_concurrency(server: Nats
         assert info.num_redelivered == 0
 
 
-async def test_expired_pull_requests_are_renewed(server: NatsServer) -> None:
+async def test_expired_pull_requests_are_renewed(nats_server: NatsServer) -> None:
     recorder = Recorder()
-    async with running_worker(server, recorder, concurrency=8, batch=8, pull_expires=0.3) as (bus, worker):
+    async with running_worker(nats_server, recorder, concurrency=8, batch=8, pull_expires=0.3) as (bus, worker):
         await asyncio.sleep(1.2)  # four pull requests expire, each answered with a 408
         assert worker.requested == 8  # their credit came back and was asked for again
         await bus.publish([event(1)])
@@ -165,9 +126,9 @@ async def test_expired_pull_requests_are_renewed(server: NatsServer) -> None:
         assert await eventually(lambda: recorder.seen == ["job-1"], within=1.0) < 1.0
 
 
-async def test_a_deleted_consumer_is_recreated(server: NatsServer) -> None:
+async def test_a_deleted_consumer_is_recreated(nats_server: NatsServer) -> None:
     recorder = Recorder()
-    async with running_worker(server, recorder, concurrency=8, batch=8, pull_expires=1.0) as (bus, _):
+    async with running_worker(nats_server, recorder, concurrency=8, batch=8, pull_expires=1.0) as (bus, _):
         await asyncio.sleep(0.2)
         await bus.js.delete_consumer(CONSUMER.stream, CONSUMER.durable)  # live pull requests get a 409
         await asyncio.sleep(1.0)
@@ -175,14 +136,15 @@ async def test_a_deleted_consumer_is_recreated(server: NatsServer) -> None:
         await eventually(lambda: recorder.seen == ["job-2"], within=10)
 
 
-@pytest.mark.slow  # a chaos test: kills the server
-async def test_the_worker_goes_on_after_nats_restarts(server: NatsServer) -> None:
+@pytest.mark.slow
+@pytest.mark.chaos  # kills the server
+async def test_the_worker_goes_on_after_nats_restarts(nats_server: NatsServer) -> None:
     recorder = Recorder()
-    async with running_worker(server, recorder, concurrency=8, batch=8) as (bus, _):
+    async with running_worker(nats_server, recorder, concurrency=8, batch=8) as (bus, _):
         await bus.publish([event(1)])
         await eventually(lambda: recorder.seen == ["job-1"], within=5)
-        server.kill()  # the server forgets the worker's pull requests
-        server.start()
+        nats_server.kill()  # the server forgets the worker's pull requests
+        nats_server.start()
         await eventually(lambda: bus.client.is_connected, within=10)
         await jetstream_ready(bus)
         await bus.publish([event(2)])
@@ -190,8 +152,8 @@ async def test_the_worker_goes_on_after_nats_restarts(server: NatsServer) -> Non
         await eventually(lambda: recorder.seen == ["job-1", "job-2"], within=4.5)
 
 
-async def test_a_publication_no_stream_takes_is_refused_at_once(server: NatsServer) -> None:
-    bus = await open_bus(server)
+async def test_a_publication_no_stream_takes_is_refused_at_once(nats_server: NatsServer) -> None:
+    bus = await open_bus(nats_server)
     try:
         started = time.monotonic()
         with pytest.raises(PublishRefused):

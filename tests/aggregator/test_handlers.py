@@ -1,0 +1,80 @@
+"""The aggregator's handlers alone, on the in-memory bus: no NATS, milliseconds a message.
+
+`MemoryBus.deliver` runs a message through the codec and the handler as the worker does,
+keeps what the handler returns (dropping repeated message ids, as JetStream does) and the
+dead letters of what it rejects.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from proto import (
+    JobEvent,
+    JobManifest,
+    ScoredResult,
+    replace,
+)
+from services.aggregator.service import Aggregator
+from services.core.observations import SentimentObservation
+from services.core.replay import run_transcript
+from services.core.tasks import Task
+from services.jobs import prepare_job
+from services.runtime.memory import MemoryBus
+from services.wire import scored_result
+from tests.support.messages import JOB
+
+
+def _result(job_id: str, idx: int, predict_answer: str = "positive") -> ScoredResult:
+    observation = SentimentObservation(idx=idx, label="positive", text=f"Review {idx}.")
+    return scored_result(
+        job_id, run_transcript(Task("classify", "sentiment"), observation, [predict_answer]), "classify"
+    )
+
+
+def _manifest(job_id: str, expected: int) -> JobManifest:
+    prepared = prepare_job(replace(JOB, job_id=job_id))
+    spec = prepared.experiment
+    return JobManifest(job=replace(JOB, job_id=job_id), experiment_id=spec.experiment_id, experiment=spec.args(),
+                       expected=expected)  # fmt: skip
+
+
+async def test_the_aggregator_counts_each_record_once_and_finishes_the_job(tmp_path: Path) -> None:
+    aggregator, bus = Aggregator(tmp_path), MemoryBus()
+    await aggregator.start(bus)
+    try:
+        assert await bus.deliver(aggregator, _manifest("j1", 2)) == []
+        assert await bus.deliver(aggregator, _result("j1", 0)) == []
+        assert await bus.deliver(aggregator, _result("j1", 0)) == []  # a redelivery: counted once
+        assert aggregator.jobs["j1"].received == 1
+        (completed,) = await bus.deliver(aggregator, _result("j1", 1, "negative"))
+    finally:
+        await aggregator.close()
+    event = completed.message
+    assert isinstance(event, JobEvent) and event.event == "completed" and completed.msg_id == "j1:completed"
+    result = json.loads(Path(aggregator.jobs["j1"].status()["result_file"]).read_text())
+    assert (result["results"]["correct"], result["results"]["total"]) == (1, 2)
+
+    restarted = Aggregator(tmp_path)  # a restart: the job is known complete, nothing re-published
+    await restarted.start(bus)
+    try:
+        assert restarted.jobs["j1"].complete and restarted.jobs["j1"].received == 2
+    finally:
+        await restarted.close()
+    assert len(bus.of(JobEvent)) == 1
+
+
+async def test_the_aggregator_dead_letters_results_it_cannot_place(tmp_path: Path) -> None:
+    aggregator, bus = Aggregator(tmp_path), MemoryBus()
+    await aggregator.start(bus)
+    try:
+        await bus.deliver(aggregator, _manifest("j1", 5))
+        good = _result("j1", 0)
+        assert await bus.deliver(aggregator, _result("unknown-job", 0)) == []
+        assert await bus.deliver(aggregator, replace(good, idx=3)) == []  # does not match its record
+        assert await bus.deliver(aggregator, replace(good, record={"idx": 1})) == []  # not a record
+    finally:
+        await aggregator.close()
+    assert [letter.category for letter in bus.dead_letters] == ["unknown-job", "bad-record", "bad-record"]
+    assert aggregator.jobs["j1"].received == 0

@@ -1,0 +1,99 @@
+"""The gateway's handlers alone, on the in-memory bus: no NATS, milliseconds a message.
+
+`MemoryBus.deliver` runs a message through the codec and the handler as the worker does,
+keeps what the handler returns (dropping repeated message ids, as JetStream does) and the
+dead letters of what it rejects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestServer
+
+from proto import (
+    GenerationReply,
+    GenerationRequest,
+    replace,
+)
+from proto import subjects as sub
+from services.core.chat import ChatTurn
+from services.gateway.service import Gateway
+from services.models import chat_format_of
+from services.runtime.memory import MemoryBus
+from services.standin import standin_answer
+from services.standin.server import STANDIN_MODEL_ID, StandInSettings, create_app
+from services.wire import system_of
+from tests.support.messages import work as _work
+
+
+@pytest.fixture
+async def standin_url() -> AsyncIterator[str]:
+    server = TestServer(create_app(StandInSettings()), host="127.0.0.1")
+    await server.start_server()
+    yield str(server.make_url("/")).rstrip("/")
+    await server.close()
+
+
+async def test_the_gateway_answers_then_answers_from_its_cache(tmp_path: Path, standin_url: str) -> None:
+    gateway, bus = Gateway(tmp_path, backends=(standin_url,)), MemoryBus()
+    await gateway.start(bus)
+    try:
+        request = GenerationRequest("What is the sentiment? Paragraph: A warm, funny film.", _work())
+        (first,) = await bus.deliver(gateway, request)
+        reply = first.message
+        assert isinstance(reply, GenerationReply) and first.msg_id == sub.reply_id("j1", 4, 0)
+        assert reply.cached is False and reply.work == request.work and reply.answer.error is None
+        assert reply.answer.text == _standin_answer(request)
+        # The same question in another job: answered from the cache, same answer.
+        (second,) = await bus.deliver(gateway, replace(request, work=_work("j2")))
+        assert isinstance(second.message, GenerationReply) and second.message.cached is True
+        assert second.message.answer == reply.answer
+    finally:
+        await gateway.close()
+    assert (tmp_path / "served-model").read_text().strip() == STANDIN_MODEL_ID
+
+
+def _standin_answer(request: GenerationRequest) -> str:
+    """What the stand-in says to the request's rendered prompt, cleaned as a task reads it."""
+    chat = request.work.chat
+    prompt = chat_format_of(chat.model, chat.template).render([ChatTurn(request.message)], system_of(chat))
+    return standin_answer(prompt).strip()
+
+
+async def test_the_gateway_dead_letters_requests_it_cannot_render(tmp_path: Path, standin_url: str) -> None:
+    gateway, bus = Gateway(tmp_path, backends=(standin_url,)), MemoryBus()
+    await gateway.start(bus)
+    try:
+        work = _work()
+        unknown = replace(work, chat=replace(work.chat, model="no-such-model"))
+        mistral = replace(work, chat=replace(work.chat, model="mistral-v1-7b", system="Be brief."))
+        for bad in (unknown, mistral):
+            assert await bus.deliver(gateway, GenerationRequest("Is it positive?", bad)) == []
+    finally:
+        await gateway.close()
+    assert [letter.category for letter in bus.dead_letters] == ["bad-request", "bad-request"]
+    assert "no-such-model" in bus.dead_letters[0].reason
+    assert "system message" in bus.dead_letters[1].reason.lower()
+
+
+async def test_an_offline_gateway_answers_hits_and_dead_letters_misses(tmp_path: Path, standin_url: str) -> None:
+    online, bus = Gateway(tmp_path, backends=(standin_url,)), MemoryBus()
+    await online.start(bus)
+    asked = GenerationRequest("What is the sentiment? Paragraph: A warm, funny film.", _work())
+    (answered,) = await bus.deliver(online, asked)
+    await online.close()
+
+    offline = Gateway(tmp_path, backends=())  # the cache and the served-model file it left
+    await offline.start(bus)
+    try:
+        (again,) = await bus.deliver(offline, replace(asked, work=_work("j3")))
+        assert isinstance(again.message, GenerationReply) and again.message.cached
+        assert isinstance(answered.message, GenerationReply) and again.message.answer == answered.message.answer
+        assert await bus.deliver(offline, GenerationRequest("Never asked before.", _work("j4"))) == []
+    finally:
+        await offline.close()
+    (letter,) = bus.dead_letters
+    assert letter.category == "offline-miss"
