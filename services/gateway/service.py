@@ -22,14 +22,16 @@ from pathlib import Path
 import aiohttp
 from jinja2 import TemplateError
 
-from proto import GenerationReply, GenerationRequest
+from proto import Chat, GenerationReply, GenerationRequest
 from proto import subjects as sub
+from proto.messages import encode_part
 from proto.subjects import ConsumerSpec
 
 from ..backends.contract import CompletionBackend
 from ..backends.openai import OpenAICompletionsBackend
 from ..backends.tgi import TGIBackend
 from ..core.chat import SystemMessageNotSupported, UnknownModel
+from ..generation import ChatModel
 from ..models import model_name
 from ..runtime.handlers import Outgoing, Publisher, Reject
 from ..runtime.service import ServiceBase
@@ -80,6 +82,7 @@ class Gateway(ServiceBase):
         self.pool: BackendPool | None = None
         self.session: aiohttp.ClientSession | None = None
         self.completions: CachedCompletions | None = None
+        self._models: dict[bytes, ChatModel] = {}  # by the encoded Chat: jobs share a handful
 
     def consumer(self) -> ConsumerSpec:
         return sub.consumer_for("gateway", self.partition, self.model)
@@ -132,7 +135,7 @@ class Gateway(ServiceBase):
             )
         assert self.completions is not None
         try:
-            generation = await chat_model_of(work.chat, self.completions).generate(request.message)
+            generation = await self._chat_model(work.chat, self.completions).generate(request.message)
         except (UnknownModel, SystemMessageNotSupported, TemplateError) as error:
             raise Reject(f"job {work.job_id}, observation {work.idx}: {error}", "bad-request") from None
         except CacheMiss as miss:
@@ -142,6 +145,16 @@ class Gateway(ServiceBase):
         step = len(work.answers)
         reply = GenerationReply(answer=answer_of(generation), work=work, cached=generation.cached)
         return [Outgoing(sub.REPLIES, reply, sub.reply_id(work.job_id, work.idx, step))]
+
+    def _chat_model(self, chat: Chat, completions: CachedCompletions) -> ChatModel:
+        """The model a request names, built once per distinct chat settings."""
+        key = encode_part(chat)
+        model = self._models.get(key)
+        if model is None:
+            if len(self._models) >= 256:  # many custom system messages: start afresh
+                self._models.clear()
+            model = self._models[key] = chat_model_of(chat, completions)
+        return model
 
 
 def _offline_model_id(cache_dir: Path) -> str:
