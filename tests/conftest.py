@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from services.local import LocalPipeline
 from tests.support.nats import NatsServer
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -28,3 +29,11 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def pipeline(tmp_path: Path) -> Iterator[LocalPipeline]:
+    """The whole pipeline on this machine, as `introspect run` starts it: nats-server, the
+    stand-in and the four services as processes, stopped when the test ends."""
+    with LocalPipeline(tmp_path / "run") as running:
+        yield running

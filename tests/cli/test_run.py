@@ -68,60 +68,58 @@ def test_run_refuses_a_job_in_one_line(tmp_path, capsys) -> None:
     assert err.startswith("introspect: error: no mirror of RTE in ")
 
 
-def test_submit_wait_reports_each_job_taken_or_refused(tmp_path, capsys) -> None:
-    with LocalPipeline(tmp_path / "run") as pipeline:
-        good = ["submit", "--dataset", "IMDB", "--task", "classify", "--mirror", str(DATASET_MIRROR), "--limit", "3",
-                "--nats", pipeline.nats_url, "--wait", "60"]  # fmt: skip
-        assert main(good) == 0
-        (line,) = capsys.readouterr().out.splitlines()
-        assert line.endswith("accepted: 3 observations of " + line.split(".")[0])
-        # No copy of the dataset where the producer looks: the CLI cannot know, the producer refuses it.
-        empty = tmp_path / "empty-mirror"
-        empty.mkdir()
-        bad = ["submit", "--dataset", "RTE", "--task", "classify", "--mirror", str(empty), "--nats", pipeline.nats_url,
-               "--wait", "60"]  # fmt: skip
-        assert main(bad) == 1
-        out = capsys.readouterr()
-        assert "  rejected: no mirror of RTE in " in out.out
-        assert out.err.splitlines()[-1] == "introspect: 1 rejected, 0 not yet taken by a producer"
+def test_submit_wait_reports_each_job_taken_or_refused(tmp_path, capsys, pipeline: LocalPipeline) -> None:
+    good = ["submit", "--dataset", "IMDB", "--task", "classify", "--mirror", str(DATASET_MIRROR), "--limit", "3",
+            "--nats", pipeline.nats_url, "--wait", "60"]  # fmt: skip
+    assert main(good) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line.endswith("accepted: 3 observations of " + line.split(".")[0])
+    # No copy of the dataset where the producer looks: the CLI cannot know, the producer refuses it.
+    empty = tmp_path / "empty-mirror"
+    empty.mkdir()
+    bad = ["submit", "--dataset", "RTE", "--task", "classify", "--mirror", str(empty), "--nats", pipeline.nats_url,
+           "--wait", "60"]  # fmt: skip
+    assert main(bad) == 1
+    out = capsys.readouterr()
+    assert "  rejected: no mirror of RTE in " in out.out
+    assert out.err.splitlines()[-1] == "introspect: 1 rejected, 0 not yet taken by a producer"
 
 
-def test_submit_a_grid_then_status_and_results(tmp_path, capsys) -> None:
-    with LocalPipeline(tmp_path / "run") as pipeline:
-        argv = ["submit", "--dataset", "IMDB", "RTE", "--task", "classify", "answerable", "--variant", "none",
-                "--variant", "c-persona-you", "--mirror", str(DATASET_MIRROR), "--limit", "5",
-                "--nats", pipeline.nats_url]  # fmt: skip
-        assert main(argv) == 0
-        out = capsys.readouterr()
-        job_ids = out.out.split()
-        assert len(job_ids) == 8 and "submitted 8 job(s)" in out.err
-        assert any("_t-answerable_c-c-persona-you_" in job_id for job_id in job_ids)
-        wait_complete(pipeline, job_ids, timeout=60)
+def test_submit_a_grid_then_status_and_results(tmp_path, capsys, pipeline: LocalPipeline) -> None:
+    argv = ["submit", "--dataset", "IMDB", "RTE", "--task", "classify", "answerable", "--variant", "none",
+            "--variant", "c-persona-you", "--mirror", str(DATASET_MIRROR), "--limit", "5",
+            "--nats", pipeline.nats_url]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr()
+    job_ids = out.out.split()
+    assert len(job_ids) == 8 and "submitted 8 job(s)" in out.err
+    assert any("_t-answerable_c-c-persona-you_" in job_id for job_id in job_ids)
+    wait_complete(pipeline, job_ids, timeout=60)
 
-        assert main(["status", "--aggregator", pipeline.aggregator_url]) == 0
-        status = capsys.readouterr().out
-        assert status.count("5/5") == 8 and status.count("complete") == 8
+    assert main(["status", "--aggregator", pipeline.aggregator_url]) == 0
+    status = capsys.readouterr().out
+    assert status.count("5/5") == 8 and status.count("complete") == 8
 
-        assert main(["results", job_ids[0], "--aggregator", pipeline.aggregator_url]) == 0
-        assert "accuracy" in capsys.readouterr().out
-        assert main(["results", job_ids[0], "--format", "json", "--aggregator", pipeline.aggregator_url]) == 0
-        assert json.loads(capsys.readouterr().out)["results"]["total"] == 5
-        parquet = tmp_path / "records.parquet"
-        argv = [
-            "results",
-            job_ids[0],
-            "--format",
-            "parquet",
-            "--out",
-            str(parquet),
-            "--aggregator",
-            pipeline.aggregator_url,
-        ]
-        assert main(argv) == 0
-        assert len(pd.read_parquet(parquet)) == 5
+    assert main(["results", job_ids[0], "--aggregator", pipeline.aggregator_url]) == 0
+    assert "accuracy" in capsys.readouterr().out
+    assert main(["results", job_ids[0], "--format", "json", "--aggregator", pipeline.aggregator_url]) == 0
+    assert json.loads(capsys.readouterr().out)["results"]["total"] == 5
+    parquet = tmp_path / "records.parquet"
+    argv = [
+        "results",
+        job_ids[0],
+        "--format",
+        "parquet",
+        "--out",
+        str(parquet),
+        "--aggregator",
+        pipeline.aggregator_url,
+    ]
+    assert main(argv) == 0
+    assert len(pd.read_parquet(parquet)) == 5
 
-        assert main(["results", "no-such-job", "--aggregator", pipeline.aggregator_url]) == 1
-        assert capsys.readouterr().err == "introspect: error: no-such-job: no job 'no-such-job'\n"
+    assert main(["results", "no-such-job", "--aggregator", pipeline.aggregator_url]) == 1
+    assert capsys.readouterr().err == "introspect: error: no-such-job: no job 'no-such-job'\n"
 
 
 def test_offline_the_gateway_answers_from_its_cache_alone(tmp_path) -> None:

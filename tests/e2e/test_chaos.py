@@ -102,21 +102,20 @@ def test_sigterm_finishes_or_hands_back_in_flight_work(tmp_path) -> None:
         _check_against_in_process(pipeline, job, tmp_path)
 
 
-def test_a_restarted_aggregator_remembers_finished_jobs_without_rescanning(tmp_path) -> None:
+def test_a_restarted_aggregator_remembers_finished_jobs_without_rescanning(tmp_path, pipeline: LocalPipeline) -> None:
     from tests.conftest import DATASET_MIRROR
 
-    with LocalPipeline(tmp_path / "run") as pipeline:
-        job = Job(job_id="", model="llama2-7b", dataset="RTE", task="answerable", mirror=str(DATASET_MIRROR))
-        (job,) = submit_jobs(pipeline, [job])
-        before = wait_complete(pipeline, [job.job_id])[job.job_id]
-        pipeline.kill("aggregator")
-        _restart(pipeline, ("aggregator",))
-        after = get_json(f"{pipeline.aggregator_url}/jobs/{job.job_id}")
-        assert after == before and after["complete"] and after["received"] == 12
-        assert len(records_frame(pipeline, job.job_id)) == 12
-        # The dashboard's per-job series come back too, from the kept counts.
-        gauges = scrape(f"{pipeline.aggregator_url}/metrics")
-        label = f'job_id="{job.job_id}"'
-        assert gauges[f'introspect_job_observations{{{label},state="received"}}'] == 12
-        assert gauges[f"introspect_job_correct{{{label}}}"] == before["results"]["correct"]
-        assert gauges[f"introspect_job_faithful_and_correct{{{label}}}"] == before["results"]["introspect_and_correct"]
+    job = Job(job_id="", model="llama2-7b", dataset="RTE", task="answerable", mirror=str(DATASET_MIRROR))
+    (job,) = submit_jobs(pipeline, [job])
+    before = wait_complete(pipeline, [job.job_id])[job.job_id]
+    pipeline.kill("aggregator")
+    _restart(pipeline, ("aggregator",))
+    after = get_json(f"{pipeline.aggregator_url}/jobs/{job.job_id}")
+    assert after == before and after["complete"] and after["received"] == 12
+    assert len(records_frame(pipeline, job.job_id)) == 12
+    # The dashboard's per-job series come back too, from the kept counts.
+    gauges = scrape(f"{pipeline.aggregator_url}/metrics")
+    label = f'job_id="{job.job_id}"'
+    assert gauges[f'introspect_job_observations{{{label},state="received"}}'] == 12
+    assert gauges[f"introspect_job_correct{{{label}}}"] == before["results"]["correct"]
+    assert gauges[f"introspect_job_faithful_and_correct{{{label}}}"] == before["results"]["introspect_and_correct"]

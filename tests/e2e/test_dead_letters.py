@@ -69,51 +69,51 @@ def _wait_for_letters(settings: Settings, count: int, timeout: float = 60.0) -> 
     raise AssertionError(f"{len(letters)} dead letters, expected {count}")
 
 
-def test_bad_messages_become_dead_letters_with_reasons_and_work_goes_on(tmp_path, capsys) -> None:
+def test_bad_messages_become_dead_letters_with_reasons_and_work_goes_on(
+    tmp_path, capsys, pipeline: LocalPipeline
+) -> None:
     cases = _bad_payloads()
-    with LocalPipeline(tmp_path / "run") as pipeline:
-        settings = Settings(nats_url=pipeline.nats_url)
-        asyncio.run(_publish(pipeline.nats_url, [(subject, payload) for subject, payload, _ in cases]))
-        letters = _wait_for_letters(settings, len(cases))
-        assert len(letters) == len(cases)
-        by_payload = {(letter.subject, letter.payload[:1000]): letter for _, letter in letters}
-        for subject, payload, reason in cases:
-            letter = by_payload[(subject, payload[:1000])]
-            assert reason in letter.reason, (subject, letter.reason)
-        services = {letter.service for _, letter in letters}
-        assert services == {"producer", "scorer", "gateway", "aggregator"}
-        assert metric_total(pipeline, "", "introspect_dead_letters_total") == len(cases)
+    settings = Settings(nats_url=pipeline.nats_url)
+    asyncio.run(_publish(pipeline.nats_url, [(subject, payload) for subject, payload, _ in cases]))
+    letters = _wait_for_letters(settings, len(cases))
+    assert len(letters) == len(cases)
+    by_payload = {(letter.subject, letter.payload[:1000]): letter for _, letter in letters}
+    for subject, payload, reason in cases:
+        letter = by_payload[(subject, payload[:1000])]
+        assert reason in letter.reason, (subject, letter.reason)
+    services = {letter.service for _, letter in letters}
+    assert services == {"producer", "scorer", "gateway", "aggregator"}
+    assert metric_total(pipeline, "", "introspect_dead_letters_total") == len(cases)
 
-        # Every service still works: a real job runs to the end.
-        job = Job(job_id="", model="llama2-7b", dataset="RTE", task="redacted", mirror=str(DATASET_MIRROR))
-        (submitted,) = submit_jobs(pipeline, [job])
-        assert wait_complete(pipeline, [submitted.job_id], timeout=60)[submitted.job_id]["received"] == 12
+    # Every service still works: a real job runs to the end.
+    job = Job(job_id="", model="llama2-7b", dataset="RTE", task="redacted", mirror=str(DATASET_MIRROR))
+    (submitted,) = submit_jobs(pipeline, [job])
+    assert wait_complete(pipeline, [submitted.job_id], timeout=60)[submitted.job_id]["received"] == 12
 
-        # The CLI lists them, one line each with its reason.
-        assert main(["dead-letters", "list", "--service", "aggregator", "--nats", pipeline.nats_url]) == 0
-        listed = capsys.readouterr()
-        assert (
-            "unknown job 'nobody'" in listed.out and "9 dead letter(s)" in listed.err
-        )  # 4 on each of its 2 subjects, and one unknown job
+    # The CLI lists them, one line each with its reason.
+    assert main(["dead-letters", "list", "--service", "aggregator", "--nats", pipeline.nats_url]) == 0
+    listed = capsys.readouterr()
+    assert (
+        "unknown job 'nobody'" in listed.out and "9 dead letter(s)" in listed.err
+    )  # 4 on each of its 2 subjects, and one unknown job
 
 
-def test_a_dead_letter_replays_once_its_cause_is_fixed(tmp_path, capsys) -> None:
+def test_a_dead_letter_replays_once_its_cause_is_fixed(tmp_path, capsys, pipeline: LocalPipeline) -> None:
     """A result that arrived before its job's manifest is kept, and counted when replayed."""
-    with LocalPipeline(tmp_path / "run") as pipeline:
-        settings = Settings(nats_url=pipeline.nats_url)
-        result = ScoredResult("late-job", "classify", 7, RECORD)
-        asyncio.run(_publish(pipeline.nats_url, [(sub.RESULTS, encode(result))]))
-        ((seq, letter),) = _wait_for_letters(settings, 1)
-        assert "unknown job" in letter.reason
+    settings = Settings(nats_url=pipeline.nats_url)
+    result = ScoredResult("late-job", "classify", 7, RECORD)
+    asyncio.run(_publish(pipeline.nats_url, [(sub.RESULTS, encode(result))]))
+    ((seq, letter),) = _wait_for_letters(settings, 1)
+    assert "unknown job" in letter.reason
 
-        job = Job(job_id="late-job", model="llama2-7b", dataset="IMDB", task="classify")
-        experiment = {"model_name": "llama2-7b", "system_message": "none", "dataset": "IMDB", "split": "test",
-                      "task": "classify", "task_config": [], "seed": 0, "max_observations": None}  # fmt: skip
-        manifest = JobManifest(job, "analysis_late", experiment, expected=1)
-        asyncio.run(_publish(pipeline.nats_url, [(sub.MANIFESTS, encode(manifest))]))
+    job = Job(job_id="late-job", model="llama2-7b", dataset="IMDB", task="classify")
+    experiment = {"model_name": "llama2-7b", "system_message": "none", "dataset": "IMDB", "split": "test",
+                  "task": "classify", "task_config": [], "seed": 0, "max_observations": None}  # fmt: skip
+    manifest = JobManifest(job, "analysis_late", experiment, expected=1)
+    asyncio.run(_publish(pipeline.nats_url, [(sub.MANIFESTS, encode(manifest))]))
 
-        assert main(["dead-letters", "replay", "--seq", str(seq), "--nats", pipeline.nats_url]) == 0
-        assert "replayed 1 dead letter(s)" in capsys.readouterr().err
-        status = wait_complete(pipeline, ["late-job"], timeout=30)["late-job"]
-        assert status["results"]["correct"] == 1 and status["received"] == 1
-        assert asyncio.run(dead_letters(settings)) == []  # replayed letters leave the stream
+    assert main(["dead-letters", "replay", "--seq", str(seq), "--nats", pipeline.nats_url]) == 0
+    assert "replayed 1 dead letter(s)" in capsys.readouterr().err
+    status = wait_complete(pipeline, ["late-job"], timeout=30)["late-job"]
+    assert status["results"]["correct"] == 1 and status["received"] == 1
+    assert asyncio.run(dead_letters(settings)) == []  # replayed letters leave the stream

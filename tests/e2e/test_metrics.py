@@ -18,56 +18,55 @@ def _metrics(pipeline: LocalPipeline, service: str) -> dict[str, float]:
     return scrape(f"http://127.0.0.1:{pipeline.ports[service]}/metrics")
 
 
-def test_counters_equal_the_work_done_and_a_rerun_is_all_cache_hits(tmp_path) -> None:
+def test_counters_equal_the_work_done_and_a_rerun_is_all_cache_hits(tmp_path, pipeline: LocalPipeline) -> None:
     job = Job(job_id="", model="llama2-7b", dataset="RTE", task="counterfactual", mirror=str(DATASET_MIRROR))
-    with LocalPipeline(tmp_path / "run") as pipeline:
-        for service in pipeline.service_names():
-            url = f"http://127.0.0.1:{pipeline.ports[service]}/healthz"
-            with urllib.request.urlopen(url, timeout=5) as response:
-                assert response.status == 200
+    for service in pipeline.service_names():
+        url = f"http://127.0.0.1:{pipeline.ports[service]}/healthz"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            assert response.status == 200
 
-        (first,) = submit_jobs(pipeline, [job])
-        status = wait_complete(pipeline, [first.job_id])[first.job_id]
-        calls = standin_stats(pipeline)["requests"]
+    (first,) = submit_jobs(pipeline, [job])
+    status = wait_complete(pipeline, [first.job_id])[first.job_id]
+    calls = standin_stats(pipeline)["requests"]
 
-        producer = _metrics(pipeline, "producer")
-        assert producer["introspect_observations_published_total"] == 12
-        assert producer['introspect_jobs_total{outcome="accepted"}'] == 1
-        assert producer['introspect_messages_consumed_total{kind="job",stage="producer"}'] == 1
+    producer = _metrics(pipeline, "producer")
+    assert producer["introspect_observations_published_total"] == 12
+    assert producer['introspect_jobs_total{outcome="accepted"}'] == 1
+    assert producer['introspect_messages_consumed_total{kind="job",stage="producer"}'] == 1
 
-        scorer = _metrics(pipeline, "scorer-0")
-        questions = scorer['introspect_questions_total{task="counterfactual"}']
-        assert scorer['introspect_observations_scored_total{task="counterfactual"}'] == 12
-        assert scorer['introspect_messages_consumed_total{kind="observation",stage="scorer"}'] == 12
-        assert scorer['introspect_messages_consumed_total{kind="generation-reply",stage="scorer"}'] == questions
-        assert scorer['introspect_messages_published_total{kind="generation-request",stage="scorer"}'] == questions
-        assert scorer['introspect_messages_published_total{kind="scored-result",stage="scorer"}'] == 12
+    scorer = _metrics(pipeline, "scorer-0")
+    questions = scorer['introspect_questions_total{task="counterfactual"}']
+    assert scorer['introspect_observations_scored_total{task="counterfactual"}'] == 12
+    assert scorer['introspect_messages_consumed_total{kind="observation",stage="scorer"}'] == 12
+    assert scorer['introspect_messages_consumed_total{kind="generation-reply",stage="scorer"}'] == questions
+    assert scorer['introspect_messages_published_total{kind="generation-request",stage="scorer"}'] == questions
+    assert scorer['introspect_messages_published_total{kind="scored-result",stage="scorer"}'] == 12
 
-        gateway = _metrics(pipeline, "gateway-0")
-        hits, misses = gateway["introspect_cache_hits_total"], gateway["introspect_cache_misses_total"]
-        assert hits + misses == questions
-        backend = f'backend="{pipeline.standin_url}"'
-        assert gateway[f'introspect_generations_total{{{backend},outcome="ok"}}'] == calls <= misses
-        assert gateway[f"introspect_backend_seconds_count{{{backend}}}"] == calls
-        assert gateway[f"introspect_backend_in_flight{{{backend}}}"] == 0
-        stats = standin_stats(pipeline)
-        assert gateway[f"introspect_prompt_tokens_total{{{backend}}}"] == stats["prompt_tokens"] > 0
-        assert gateway[f"introspect_generated_tokens_total{{{backend}}}"] == stats["generated_tokens"] > 0
+    gateway = _metrics(pipeline, "gateway-0")
+    hits, misses = gateway["introspect_cache_hits_total"], gateway["introspect_cache_misses_total"]
+    assert hits + misses == questions
+    backend = f'backend="{pipeline.standin_url}"'
+    assert gateway[f'introspect_generations_total{{{backend},outcome="ok"}}'] == calls <= misses
+    assert gateway[f"introspect_backend_seconds_count{{{backend}}}"] == calls
+    assert gateway[f"introspect_backend_in_flight{{{backend}}}"] == 0
+    stats = standin_stats(pipeline)
+    assert gateway[f"introspect_prompt_tokens_total{{{backend}}}"] == stats["prompt_tokens"] > 0
+    assert gateway[f"introspect_generated_tokens_total{{{backend}}}"] == stats["generated_tokens"] > 0
 
-        aggregator = _metrics(pipeline, "aggregator")
-        assert aggregator['introspect_observations_completed_total{task="counterfactual"}'] == 12
-        assert aggregator["introspect_jobs_completed_total"] == 1
-        job_label = f'job_id="{first.job_id}"'
-        assert aggregator[f'introspect_job_observations{{{job_label},state="received"}}'] == 12
-        assert aggregator[f"introspect_job_correct{{{job_label}}}"] == status["results"]["correct"]
-        faithful = status["results"]["faithful_and_correct"]
-        assert aggregator[f"introspect_job_faithful_and_correct{{{job_label}}}"] == faithful
+    aggregator = _metrics(pipeline, "aggregator")
+    assert aggregator['introspect_observations_completed_total{task="counterfactual"}'] == 12
+    assert aggregator["introspect_jobs_completed_total"] == 1
+    job_label = f'job_id="{first.job_id}"'
+    assert aggregator[f'introspect_job_observations{{{job_label},state="received"}}'] == 12
+    assert aggregator[f"introspect_job_correct{{{job_label}}}"] == status["results"]["correct"]
+    faithful = status["results"]["faithful_and_correct"]
+    assert aggregator[f"introspect_job_faithful_and_correct{{{job_label}}}"] == faithful
 
-        (second,) = submit_jobs(pipeline, [replace(job, job_id="")])
-        wait_complete(pipeline, [second.job_id])
-        assert standin_stats(pipeline)["requests"] == calls  # no backend call at all
-        gateway = _metrics(pipeline, "gateway-0")
-        assert gateway["introspect_cache_hits_total"] == hits + questions
-        assert gateway["introspect_cache_misses_total"] == misses
-        assert gateway[f"introspect_prompt_tokens_total{{{backend}}}"] == stats["prompt_tokens"]  # hits cost none
-        assert _metrics(pipeline, "aggregator")["introspect_jobs_completed_total"] == 2
+    (second,) = submit_jobs(pipeline, [replace(job, job_id="")])
+    wait_complete(pipeline, [second.job_id])
+    assert standin_stats(pipeline)["requests"] == calls  # no backend call at all
+    gateway = _metrics(pipeline, "gateway-0")
+    assert gateway["introspect_cache_hits_total"] == hits + questions
+    assert gateway["introspect_cache_misses_total"] == misses
+    assert gateway[f"introspect_prompt_tokens_total{{{backend}}}"] == stats["prompt_tokens"]  # hits cost none
+    assert _metrics(pipeline, "aggregator")["introspect_jobs_completed_total"] == 2
