@@ -1,9 +1,4 @@
-"""The gateway's handlers alone, on the in-memory bus: no NATS, milliseconds a message.
-
-`MemoryBus.deliver` runs a message through the codec and the handler as the worker does,
-keeps what the handler returns (dropping repeated message ids, as JetStream does) and the
-dead letters of what it rejects.
-"""
+"""The gateway's handlers alone, on the in-memory bus (`services/runtime/memory.py`): no NATS."""
 
 from __future__ import annotations
 
