@@ -8,6 +8,7 @@ and the end-to-end tests drive it; each process's log goes to `<data dir>/logs`.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
@@ -16,8 +17,11 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .runtime.lock import FolderLock
 
 SERVICES = ("producer", "scorer", "gateway", "aggregator")
 
@@ -52,6 +56,8 @@ class LocalPipeline:
     ack_wait: float | None = None  # seconds before JetStream redelivers unacknowledged work
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
+    lock: FolderLock | None = None
+    on_stop: Callable[[], None] | None = None  # called once stopping begins (e.g. to say so)
 
     @property
     def nats_url(self) -> str:
@@ -73,6 +79,9 @@ class LocalPipeline:
 
     def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        # One pipeline per folder: a second would start a second nats-server on one store.
+        self.lock = FolderLock(self.data_dir / "pipeline.lock", f"the data folder {self.data_dir}")
+        self.lock.acquire()
         (self.data_dir / "logs").mkdir(exist_ok=True)
         try:
             self._start_nats()
@@ -163,7 +172,9 @@ class LocalPipeline:
 
     def _spawn(self, name: str, command: list[str], env: dict[str, str] | None = None) -> None:
         log = self.log_path(name).open("ab")
-        self.processes[name] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        self.processes[name] = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent
+        )
         log.close()
 
     def kill(self, name: str) -> None:
@@ -185,12 +196,16 @@ class LocalPipeline:
 
     def stop(self) -> None:
         """SIGTERM the services together (they finish or hand back their work), then the servers."""
+        if self.on_stop is not None and any(p.poll() is None for p in self.processes.values()):
+            self.on_stop()
         services = [n for n in self.processes if n not in ("nats", "standin")]
         for name in services:
             if self.processes[name].poll() is None:
                 self.processes[name].send_signal(signal.SIGTERM)
         for name in [*services, "standin", "nats"]:
             self.stop_process(name)
+        if self.lock is not None:
+            self.lock.release()
 
     def __enter__(self) -> LocalPipeline:
         self.start()
@@ -201,6 +216,17 @@ class LocalPipeline:
 
 
 BACKGROUND_NICENESS = 10  # added to the niceness of every service but the gateways
+
+
+def _die_with_parent() -> None:
+    """In the child before it runs: SIGTERM when the process that started it dies, however
+    it dies (Linux's parent-death signal), so a killed `introspect run` leaves no orphans."""
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 def _introspect() -> list[str]:

@@ -27,6 +27,7 @@ from ..core.results import Aggregate, ExperimentSpec, aggregate, summary
 from ..core.tasks import kind_spec
 from ..result_files import write_result_files
 from ..runtime.handlers import Outgoing, Publisher, Reject
+from ..runtime.lock import FolderLock
 from ..wire import record_of
 from . import metrics
 from .store import ResultStore
@@ -70,11 +71,15 @@ class Aggregator:
         self.results_dir = results_dir or data_dir / "results"
         self.store: ResultStore | None = None
         self.jobs: dict[str, JobState] = {}
+        self.lock: FolderLock | None = None
 
     def consumer(self) -> ConsumerSpec:
         return sub.consumer_for("aggregator")
 
     async def start(self, bus: Publisher) -> None:
+        # RocksDB locks the folder too, but says only "Resource temporarily unavailable".
+        self.lock = FolderLock(self.store_dir.with_name("aggregator.lock"), f"the aggregator's store {self.store_dir}")
+        self.lock.acquire()
         self.store = ResultStore(self.store_dir)
         for job_id, raw in self.store.manifests():
             state = self._register(decode(raw, JobManifest))
@@ -96,6 +101,8 @@ class Aggregator:
     async def close(self) -> None:
         if self.store is not None:
             self.store.close()
+        if self.lock is not None:
+            self.lock.release()
 
     async def handle(self, message: JobManifest | ScoredResult) -> list[Outgoing]:
         if isinstance(message, JobManifest):

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
+import contextlib
+import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +26,12 @@ from ..core.results import Aggregate, summary
 from ..core.tasks import TASK_KINDS
 from ..jobs import JOB_ERRORS, PreparedJob, prepare_job
 from ..models import load_model
+from ..runtime.lock import FolderInUse
 from ..runtime.settings import InvalidSettings, Settings
 from .parser import build_parser, grid_from, job_from
 
 # Mistakes a user can make; each becomes one line on stderr, never a traceback.
-_USER_ERRORS: tuple[type[Exception], ...] = (*JOB_ERRORS, InvalidSettings)
+_USER_ERRORS: tuple[type[Exception], ...] = (*JOB_ERRORS, InvalidSettings, FolderInUse)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -50,9 +54,49 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(error), 2)
     except (ConnectionError, OSError, NoServersError) as error:
         return _fail(f"cannot reach a server: {error}", 1)
+    except Stopped as stopped:
+        print(f"introspect: stopped by {signal.Signals(stopped.signum).name}", file=sys.stderr)
+        return 128 + stopped.signum
     except KeyboardInterrupt:
         print("introspect: interrupted", file=sys.stderr)
         return 130
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (a batch scheduler, `timeout`, a closed terminal): stop as for Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _stopping_on_signals() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise `Stopped` while the block runs, so that everything it
+    started is stopped on the way out, as Ctrl-C does."""
+
+    def stop(signum: int, _frame: object) -> None:
+        raise Stopped(signum)
+
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+# More than this share of error records ends a run with a warning and exit code 1.
+ERROR_SHARE_LIMIT = 0.5
+
+
+def _too_many_errors(total: int, errors: Sequence[str]) -> str | None:
+    """The warning for a run whose observations were mostly generation errors, else None."""
+    if not errors or len(errors) <= ERROR_SHARE_LIMIT * total:
+        return None
+    reason, count = collections.Counter(errors).most_common(1)[0]
+    return (f"{len(errors)} of {total} observations are generation errors; the most common "
+            f"({count}): {reason}")  # fmt: skip
 
 
 def _fail(message: str, code: int = 1) -> int:
@@ -212,9 +256,10 @@ def _run(args: argparse.Namespace) -> int:
     source = args.endpoint or "the stand-in (deterministic, not a language model)"
     print(f"{job.job_id}: answers from {source}", file=sys.stderr)
     pipeline = LocalPipeline(Path(args.data_dir).resolve(), args.endpoint, partitions=args.gateways,
-                             results_dir=Path(args.out).resolve())  # fmt: skip
+                             results_dir=Path(args.out).resolve(),
+                             on_stop=lambda: print("introspect: stopping services...", file=sys.stderr))  # fmt: skip
     try:
-        with pipeline, tqdm(unit="obs", file=sys.stderr, disable=None) as progress:
+        with _stopping_on_signals(), pipeline, tqdm(unit="obs", file=sys.stderr, disable=None) as progress:
 
             def on_progress(received: int, expected: int) -> None:
                 progress.total = expected
@@ -224,13 +269,22 @@ def _run(args: argparse.Namespace) -> int:
             status = asyncio.run(
                 wait_for_job(settings, pipeline.aggregator_url, job, on_progress, check=pipeline.check_alive)
             )
-    except PipelineError as error:
-        return _fail(str(error))
-    except JobRejected as error:
+    except (PipelineError, FolderInUse, JobRejected) as error:
         return _fail(str(error))
     _print_results(status["results"])
     print(f"results: {status['result_file']}\nrecords: {status['records_file']}")
+    if status["results"]["error"]:
+        errors = _record_errors(Path(status["records_file"]))
+        if warning := _too_many_errors(status["results"]["total"], errors):
+            return _fail(warning)
     return 0
+
+
+def _record_errors(records_file: Path) -> list[str]:
+    import pyarrow.parquet as pq
+
+    column = pq.read_table(records_file, columns=["error"]).column("error").to_pylist()
+    return [error for error in column if error is not None]
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -256,6 +310,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     result_path, records_path = write_result_files(Path(args.out), spec, running, setup_seconds, records)
     _print_results(running.results())
     print(f"results: {result_path}\nrecords: {records_path}")
+    if warning := _too_many_errors(len(records), [r.error for r in records if r.error is not None]):
+        return _fail(warning)
     return 0
 
 

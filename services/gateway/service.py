@@ -34,6 +34,7 @@ from ..core.chat import SystemMessageNotSupported, UnknownModel
 from ..generation import ChatModel
 from ..models import model_name
 from ..runtime.handlers import Outgoing, Publisher, Reject
+from ..runtime.lock import FolderLock
 from ..runtime.service import ServiceBase
 from ..wire import answer_of, chat_model_of
 from . import metrics
@@ -82,13 +83,18 @@ class Gateway(ServiceBase):
         self.pool: BackendPool | None = None
         self.session: aiohttp.ClientSession | None = None
         self.completions: CachedCompletions | None = None
+        self.lock: FolderLock | None = None
         self._models: dict[bytes, ChatModel] = {}  # by the encoded Chat: jobs share a handful
 
     def consumer(self) -> ConsumerSpec:
         return sub.consumer_for("gateway", self.partition, self.model)
 
     async def start(self, bus: Publisher) -> None:
-        self.cache = GenerationCache(self.cache_dir / f"partition-{self.partition}")
+        folder = self.cache_dir / f"partition-{self.partition}"
+        # RocksDB locks the folder too, but says only "Resource temporarily unavailable".
+        self.lock = FolderLock(folder.with_name(folder.name + ".lock"), f"the gateway cache {folder}")
+        self.lock.acquire()
+        self.cache = GenerationCache(folder)
         if self.offline:
             # With no server to ask, the cache key needs the served model id from configuration.
             self.completions = CachedCompletions(self.cache, _offline_model_id(self.cache_dir), None)
@@ -123,6 +129,8 @@ class Gateway(ServiceBase):
             await self.session.close()
         if self.cache is not None:
             self.cache.close()
+        if self.lock is not None:
+            self.lock.release()
 
     async def handle(self, request: GenerationRequest) -> list[Outgoing]:
         work = request.work

@@ -1,0 +1,49 @@
+"""One process at a time on a folder: a lock file holding the owner's pid.
+
+The lock is the kernel's (`flock`), so it dies with its process: a lock left behind by a
+killed process is simply taken over. The pid in the file only names the owner in the
+message another process gets.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+
+class FolderInUse(RuntimeError):
+    """Another live process holds the lock."""
+
+
+class FolderLock:
+    def __init__(self, path: Path, what: str) -> None:
+        self.path = path
+        self.what = what  # how the message names what is locked
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by children
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise FolderInUse(f"{self.what} is in use by process {owner} (lock {self.path})") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> FolderLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.release()

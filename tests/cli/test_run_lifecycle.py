@@ -1,0 +1,131 @@
+"""`introspect run` as a batch scheduler or a closed terminal meets it: signals, a killed
+parent, a second run on the same folder, and a run whose every request was rejected.
+Processes are checked in the process table (/proc), not trusted to have gone."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from services.local import LocalPipeline, free_port, wait_for_port
+from services.runtime.lock import FolderInUse
+from tests.conftest import DATASET_MIRROR
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
+
+def _children(pid: int) -> set[int]:
+    """Every live descendant of `pid`, from the process table."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:  # gone meanwhile
+                continue
+            fields = stat.rpartition(")")[2].split()
+            if fields[0] != "Z":
+                parents.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _until(condition, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"not within {seconds} s: {what}")
+
+
+@pytest.fixture
+def slow_standin() -> Iterator[str]:
+    """A stand-in that takes 5 s per answer: a run against it is still going when signalled."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "services.cli", "standin", "--port", str(port), "--latency", "5"],
+                              stdout=subprocess.DEVNULL)  # fmt: skip
+    try:
+        wait_for_port(port, "the stand-in", server, timeout=60)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def _start_run(tmp_path: Path, endpoint: str) -> subprocess.Popen[str]:
+    command = [sys.executable, "-m", "services.cli", "run", "--dataset", "IMDB", "--task", "classify",
+               "--mirror", str(DATASET_MIRROR), "--endpoint", endpoint,
+               "--data-dir", str(tmp_path / "d"), "--out", str(tmp_path / "out")]  # fmt: skip
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _started_pipeline(run: subprocess.Popen[str]) -> set[int]:
+    """The run's processes once nats-server and the four services are up (5 processes)."""
+    _until(lambda: len(_children(run.pid)) >= 5 or run.poll() is not None, 90, "the pipeline to start")
+    assert run.poll() is None, run.communicate()
+    return _children(run.pid)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_a_signal_stops_the_run_and_every_process_it_started(tmp_path: Path, slow_standin: str, signum: int) -> None:
+    run = _start_run(tmp_path, slow_standin)
+    children = _started_pipeline(run)
+    run.send_signal(signum)
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == (130 if signum == signal.SIGINT else 128 + signum)
+    assert "stopping services..." in err
+    assert not [pid for pid in children if _alive(pid)]
+
+
+def test_a_killed_run_takes_its_processes_with_it(tmp_path: Path, slow_standin: str) -> None:
+    run = _start_run(tmp_path, slow_standin)
+    children = _started_pipeline(run)
+    run.kill()  # no handler runs: the children's parent-death signal must do it
+    run.wait()
+    _until(lambda: not [pid for pid in children if _alive(pid)], 90, f"{children} to exit after their parent")
+
+
+def test_a_second_pipeline_on_one_folder_is_refused_at_once(tmp_path: Path) -> None:
+    with LocalPipeline(tmp_path / "d") as first:
+        started = time.monotonic()
+        with pytest.raises(FolderInUse, match=rf"in use by process {os.getpid()}"):
+            LocalPipeline(tmp_path / "d").start()
+        assert time.monotonic() - started < 5  # before any process was started
+        first.check_alive()  # and the first goes on
+    with LocalPipeline(tmp_path / "d"):  # free again once the first stopped
+        pass
+
+
+def test_a_run_whose_requests_were_all_rejected_fails_with_the_reason(tmp_path: Path) -> None:
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "services.cli", "standin", "--port", str(port),
+                               "--max-input-chars", "10"], stdout=subprocess.DEVNULL)  # fmt: skip
+    try:
+        wait_for_port(port, "the stand-in", server, timeout=60)
+        run = _start_run(tmp_path, f"http://127.0.0.1:{port}")
+        _, err = run.communicate(timeout=300)
+    finally:
+        server.terminate()
+        server.wait()
+    assert run.returncode == 1
+    assert "introspect: error: 20 of 20 observations are generation errors; the most common (20): 422" in err
