@@ -188,23 +188,24 @@ class AggregatorRefused(RuntimeError):
 
 def list_jobs(aggregator: str) -> list[dict[str, Any]]:
     """The state of every job the aggregator knows."""
-    return json.loads(_get(f"{aggregator.rstrip('/')}/jobs", timeout=10))
+    return json.loads(_get(f"{aggregator.rstrip('/')}/jobs", "the job list", timeout=10))
 
 
 def job_state(aggregator: str, job_id: str) -> dict[str, Any]:
     """One job's state: counts, results so far, its result files once complete."""
-    return json.loads(_get(f"{aggregator.rstrip('/')}/jobs/{job_id}"))
+    return json.loads(_get(f"{aggregator.rstrip('/')}/jobs/{job_id}", job_id))
 
 
 def job_file(aggregator: str, job_id: str, name: str) -> bytes:
     """`result.json` or `records.parquet` of a complete job."""
-    return _get(f"{aggregator.rstrip('/')}/jobs/{job_id}/{name}")
+    return _get(f"{aggregator.rstrip('/')}/jobs/{job_id}/{name}", job_id)
 
 
-def _get(url: str, timeout: float = 60) -> bytes:
+def _get(url: str, about: str, timeout: float = 60) -> bytes:
+    """The body at `url`; an error answer raises AggregatorRefused, naming `about`."""
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             return response.read()
     except urllib.error.HTTPError as error:
-        job = url.rstrip("/").split("/jobs/")[-1].split("/")[0]
-        raise AggregatorRefused(f"{job}: {error.read().decode().strip() or error.reason}") from None
+        detail = error.read().decode(errors="replace").strip() or f"HTTP {error.code} {error.reason}"
+        raise AggregatorRefused(f"{about}: {detail} ({url})") from None

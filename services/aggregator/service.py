@@ -112,8 +112,8 @@ class Aggregator:
     async def _on_manifest(self, manifest: JobManifest) -> list[Outgoing]:
         assert self.store is not None
         job_id = manifest.job.job_id
-        if job_id in self.jobs:
-            return []  # a redelivered manifest
+        if job_id in self.jobs:  # a redelivered manifest
+            return _completed(self.jobs[job_id])
         self.store.put_manifest(job_id, encode(manifest))
         state = self._register(manifest)
         if manifest.expected == 0:
@@ -135,7 +135,7 @@ class Aggregator:
             )
         if not self.store.add_record(result.job_id, result.idx, result.record):
             metrics.DUPLICATES.inc()
-            return []
+            return _completed(state)
         self._count(state, record)
         metrics.RECORDS.labels(result.task).inc()
         if state.received == state.manifest.expected and not state.complete:
@@ -180,8 +180,7 @@ class Aggregator:
         self.store.mark_complete(state.job_id, completion)
         state.complete = True
         metrics.JOBS_COMPLETED.inc()
-        event = JobEvent(state.job_id, "completed", f"{len(records)} records; results in {result_path}", time.time())
-        return [Outgoing(sub.EVENTS, event, f"{state.job_id}:completed")]
+        return _completed(state)
 
     # -- HTTP API --
 
@@ -210,6 +209,18 @@ class Aggregator:
 
     async def _records_file(self, request: web.Request) -> web.StreamResponse:
         return _file_response(self._job(request).records_file)
+
+
+def _completed(state: JobState) -> list[Outgoing]:
+    """A complete job's `completed` event; nothing for a job still running.
+
+    Sent again whenever a redelivered message of a complete job arrives: if publishing it
+    failed after the job was marked complete, the redelivery that failure causes sends it
+    then (JetStream drops the copies by their id)."""
+    if not state.complete:
+        return []
+    detail = f"{state.received} records; results in {state.result_file}"
+    return [Outgoing(sub.EVENTS, JobEvent(state.job_id, "completed", detail, time.time()), f"{state.job_id}:completed")]
 
 
 def _file_response(path: str | None) -> web.StreamResponse:

@@ -17,6 +17,7 @@ from typing import Any
 
 from nats.errors import NoServersError
 
+from ..client import AggregatorRefused
 from ..core.chat import MODELS, ChatTurn
 from ..core.config import TASK_OPTIONS
 from ..core.datasets import DATASETS
@@ -52,6 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return commands[args.command](args)
     except _USER_ERRORS as error:
         return _fail(str(error), 2)
+    except AggregatorRefused as refused:
+        return _fail(str(refused))
     except (ConnectionError, OSError, NoServersError) as error:
         return _fail(f"cannot reach a server: {error}", 1)
     except Stopped as stopped:
@@ -215,19 +218,16 @@ def _bar(done: int, total: int, width: int = 30) -> str:
 
 
 def _results(args: argparse.Namespace) -> int:
-    from ..client import AggregatorRefused, job_file, job_state
+    from ..client import job_file, job_state
 
-    try:
-        if args.format == "parquet":
-            out = Path(args.out or f"{args.job_id}.parquet")
-            out.write_bytes(job_file(args.aggregator, args.job_id, "records.parquet"))
-            print(out)
-        elif args.format == "json":
-            print(job_file(args.aggregator, args.job_id, "result.json").decode())
-        else:
-            _print_results(job_state(args.aggregator, args.job_id)["results"])
-    except AggregatorRefused as refused:
-        return _fail(str(refused))
+    if args.format == "parquet":
+        out = Path(args.out or f"{args.job_id}.parquet")
+        out.write_bytes(job_file(args.aggregator, args.job_id, "records.parquet"))
+        print(out)
+    elif args.format == "json":
+        print(job_file(args.aggregator, args.job_id, "result.json").decode())
+    else:
+        _print_results(job_state(args.aggregator, args.job_id)["results"])
     return 0
 
 

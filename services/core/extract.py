@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from functools import cache
 from typing import Literal
 
+import regex
+
 Sentiment = Literal["positive", "negative", "neutral", "unknown"]
 Entailment = Literal["yes", "no", "unknown"]
 Ability = Literal["yes", "no"]
@@ -157,8 +159,14 @@ _LEAD_IN_MARKERS = (
     "paragraph could be:", "without changing its meaning:", "the paragraph could be something like this:",
     "without explaining why:", "paragraph are as follows:", "here are the redacted words:",
 )  # fmt: skip
+# The two lead-in searches run on the `regex` module, as the paper's do: its word characters
+# (combining marks count, "²" does not) and full case folding ("ß" matches "ss") are not the
+# standard library's, and either changes which paragraph is kept. Searching in reverse
+# finds the last match, as the paper does.
+_REVERSE = regex.REVERSE | regex.VERSION1
 # Case-sensitive, unlike every other rule: "here is" in lower case is not a lead-in.
-_HERE_LEAD_IN = re.compile(r"\b(?:Here's|Here are|Here is)\b[\w ]*:")
+_HERE_LEAD_IN = regex.compile(r"\b(Here's|Here are|Here is)\b[\w ]*:", flags=_REVERSE)
+_LAST_MARKER = regex.compile(r"\b" + _alternation(_LEAD_IN_MARKERS) + r"(\b|\W)", flags=regex.IGNORECASE | _REVERSE)
 _OPENER_LINES = (
     "Sure, here's", "Sure, here is", "Sure thing! Here's", "Sure! Here's", "Sure! Here is", "Here is",
     "Here's", "Thank you for sharing your thoughts", "Thank you for sharing your opinion",
@@ -175,15 +183,6 @@ _BLANK_LINES = re.compile(r"\n\n+")
 def _anywhere(phrases: tuple[str, ...]) -> re.Pattern[str]:
     """Any of the phrases, anywhere, with no word boundaries."""
     return re.compile(_alternation(phrases), re.IGNORECASE)
-
-
-def _last_end(pattern: re.Pattern[str], text: str) -> int | None:
-    """Where the last match ends. Overlapping matches all end by the last one found, so
-    scanning forward gives what the paper's reverse search gives."""
-    end = None
-    for match in pattern.finditer(text):
-        end = match.end()
-    return end
 
 
 def _html_to_text(text: str) -> str:
@@ -209,11 +208,9 @@ def extract_paragraph(answer: str) -> str | None:
     if _starts_with(_REFUSAL_OPENINGS).match(text) or _contains(_REFUSAL_PHRASES).search(text):
         return None
     # The last listed marker; failing any, the last "Here is ...:"; failing that, an opener line.
-    lead_in_end = _last_end(_contains(_LEAD_IN_MARKERS), text)
-    if lead_in_end is None:
-        lead_in_end = _last_end(_HERE_LEAD_IN, text)
-    if lead_in_end is not None:
-        text = text[lead_in_end:]
+    lead_in = _LAST_MARKER.search(text) or _HERE_LEAD_IN.search(text)
+    if lead_in is not None:
+        text = text[lead_in.end() :]
     elif _starts_with(_OPENER_LINES).match(text):
         # "Sure, here is the edited paragraph." and the like: the paragraph starts on the next line.
         if (line_break := text.find("\n")) < 0:

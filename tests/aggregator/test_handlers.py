@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from proto import (
     JobEvent,
     JobManifest,
@@ -73,3 +75,35 @@ async def test_the_aggregator_dead_letters_results_it_cannot_place(tmp_path: Pat
         await aggregator.close()
     assert [letter.category for letter in bus.dead_letters] == ["unknown-job", "bad-record", "bad-record"]
     assert aggregator.jobs["j1"].received == 0
+
+
+class _LosesTheFirstEvent(MemoryBus):
+    """JetStream failing to store the first job event (a timeout): the input is redelivered."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed = False
+
+    async def publish(self, outgoing, timeout: float = 10.0) -> None:
+        items = list(outgoing)
+        if not self.failed and any(isinstance(item.message, JobEvent) for item in items):
+            self.failed = True
+            raise TimeoutError("JetStream did not acknowledge the publication in time")
+        await super().publish(items, timeout)
+
+
+async def test_a_completed_event_that_failed_to_publish_is_sent_on_redelivery(tmp_path: Path) -> None:
+    aggregator, bus = Aggregator(tmp_path), _LosesTheFirstEvent()
+    await aggregator.start(bus)
+    try:
+        await bus.deliver(aggregator, _manifest("j1", 1))
+        last = _result("j1", 0)
+        with pytest.raises(TimeoutError):  # the worker naks: the result comes again
+            await bus.deliver(aggregator, last)
+        assert aggregator.jobs["j1"].complete and bus.of(JobEvent) == []
+        (again,) = await bus.deliver(aggregator, last)  # a duplicate record, but the event goes out
+        assert isinstance(again.message, JobEvent) and again.message.event == "completed"
+        assert again.msg_id == "j1:completed" and "1 records; results in " in again.message.detail
+        assert await bus.deliver(aggregator, _manifest("j1", 1)) == []  # sent once: JetStream drops repeats
+    finally:
+        await aggregator.close()

@@ -75,6 +75,13 @@ CASES = [
     (f"I am sorry but {EDIT}", f"I am sorry but {EDIT}"),
     (f"Hello! {EDIT}", f"Hello! {EDIT}"),
     ("Paragraph: The film is as an AI would imagine love.", "The film is as an AI would imagine love."),
+    # Word characters and case folding are the `regex` module's, as in the paper: combining
+    # marks are word characters, "²" is not, and "ß" folds to "ss".
+    ("Here is the paragraph in हिंदी: यह फिल्म अच्छी थी।", "यह फिल्म अच्छी थी।"),
+    ("Here is the edited review of Ame\u0301lie: Great film.", "Great film."),
+    ("Here is the ²text: body", None),
+    ("while removing unneceßary details: The bakery opened.", "The bakery opened."),
+    ("İ edited the paragraph as follows: body", "İ edited the paragraph as follows: body"),
     # Quotes: one surrounding pair is dropped; what is left empty is nothing.
     (f'"{EDIT}"', EDIT),
     ('"', None),
