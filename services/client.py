@@ -208,4 +208,4 @@ def _get(url: str, about: str, timeout: float = 60) -> bytes:
             return response.read()
     except urllib.error.HTTPError as error:
         detail = error.read().decode(errors="replace").strip() or f"HTTP {error.code} {error.reason}"
-        raise AggregatorRefused(f"{about}: {detail} ({url})") from None
+        raise AggregatorRefused(f"{about}: {detail}") from None

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import os
 import tarfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
-
-import datasets
 
 from .core.datasets import (
     BABI_ARCHIVE_URL,
@@ -33,43 +32,52 @@ from .core.observations import (
     observation_from_dict,
 )
 
-# Introspect shows its own progress; the per-file bars of `datasets` are noise beside it.
-datasets.disable_progress_bars()
-
 # Where local mirrors live when no folder is given (e.g. on a machine without the Hub).
 MIRROR_ENV = "INTROSPECT_DATASETS_DIR"
 
-# The raw schema of each Hub source, needed to read a mirror's JSON with the same label names.
-_SOURCE_FEATURES: dict[tuple[str, str | None], datasets.Features] = {
-    ("stanfordnlp/imdb", "plain_text"): datasets.Features(
-        {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])}
-    ),
-    ("nyu-mll/glue", "sst2"): datasets.Features(
-        {
-            "sentence": datasets.Value("string"),
-            "label": datasets.ClassLabel(names=["negative", "positive"]),
-            "idx": datasets.Value("int32"),
-        }
-    ),
-    ("nyu-mll/glue", "rte"): datasets.Features(
-        {
-            "sentence1": datasets.Value("string"),
-            "sentence2": datasets.Value("string"),
-            "label": datasets.ClassLabel(names=["entailment", "not_entailment"]),
-            "idx": datasets.Value("int32"),
-        }
-    ),
-    ("sagnikrayc/mctest", "mc500"): datasets.Features(
-        {
-            "idx": datasets.Value("string"),
-            "question": datasets.Value("string"),
-            "story": datasets.Value("string"),
-            "properties": {"author": datasets.Value("string"), "work_time": datasets.Value("string")},
-            "answer_options": {key: datasets.Value("string") for key in "ABCD"},
-            "answer": datasets.Value("string"),
-        }
-    ),
-}
+
+@cache
+def _hf() -> Any:
+    """Hugging Face `datasets`, imported on first use: it takes a second to import, and
+    only the processes that load a split need it."""
+    import datasets
+
+    datasets.disable_progress_bars()  # Introspect shows its own progress; per-file bars are noise
+    return datasets
+
+
+@cache
+def _source_features(source: str, config: str | None) -> Any:
+    """The raw schema of a Hub source, to read a mirror's JSON with the same label names."""
+    hf = _hf()
+    string = hf.Value("string")
+    schemas: dict[tuple[str, str | None], Callable[[], Any]] = {
+        ("stanfordnlp/imdb", "plain_text"): lambda: hf.Features(
+            {"text": string, "label": hf.ClassLabel(names=["neg", "pos"])}
+        ),
+        ("nyu-mll/glue", "sst2"): lambda: hf.Features(
+            {"sentence": string, "label": hf.ClassLabel(names=["negative", "positive"]), "idx": hf.Value("int32")}
+        ),
+        ("nyu-mll/glue", "rte"): lambda: hf.Features(
+            {
+                "sentence1": string,
+                "sentence2": string,
+                "label": hf.ClassLabel(names=["entailment", "not_entailment"]),
+                "idx": hf.Value("int32"),
+            }
+        ),
+        ("sagnikrayc/mctest", "mc500"): lambda: hf.Features(
+            {
+                "idx": string,
+                "question": string,
+                "story": string,
+                "properties": {"author": string, "work_time": string},
+                "answer_options": {key: string for key in "ABCD"},
+                "answer": string,
+            }
+        ),
+    }
+    return schemas[(source, config)]()
 
 
 Mirror = str | os.PathLike[str] | None
@@ -129,48 +137,48 @@ def load_split(
 
 def shuffled(observations: list[Observation], seed: int) -> list[Observation]:
     """The seeded order of the paper (`datasets.Dataset.shuffle`); it changes nothing but order."""
-    order = datasets.Dataset.from_dict({"i": list(range(len(observations)))}).shuffle(seed=seed).to_dict()["i"]
+    order = _hf().Dataset.from_dict({"i": list(range(len(observations)))}).shuffle(seed=seed).to_dict()["i"]
     return [observations[i] for i in order]
 
 
-def _label_names(table: datasets.Dataset) -> list[str] | None:
+def _label_names(table: Any) -> list[str] | None:
     feature = table.features.get("label")
-    return list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
+    return list(feature.names) if isinstance(feature, _hf().ClassLabel) else None
 
 
-def _load_source(definition: DatasetDefinition, selection: str, mirror: Mirror) -> datasets.Dataset:
+def _load_source(definition: DatasetDefinition, selection: str, mirror: Mirror) -> Any:
     if definition.source == "babi":
         return _load_babi(definition, selection, mirror)
     try:
         if mirror is None:
-            return datasets.load_dataset(
+            return _hf().load_dataset(
                 definition.source, definition.source_config, revision=definition.source_revision, split=selection
             )
         folder = Path(mirror) / definition.source / (definition.source_config or "default")
         files = {path.stem: str(path) for path in sorted(folder.glob("*.jsonl"))}
         if not files:
             raise DatasetLoadError(f"no mirror of {definition.name} in {folder} (expected <split>.jsonl files)")
-        features = _SOURCE_FEATURES[(definition.source, definition.source_config)]
-        return datasets.load_dataset("json", data_files=files, features=features, split=selection)
+        features = _source_features(definition.source, definition.source_config)
+        return _hf().load_dataset("json", data_files=files, features=features, split=selection)
     except DatasetLoadError:
         raise
     except Exception as error:  # the Hub, the network or the files: all end the same way
         raise DatasetLoadError(f"could not load {definition.name} ({definition.source}): {error}") from error
 
 
-def _load_babi(definition: DatasetDefinition, selection: str, mirror: Mirror) -> datasets.Dataset:
+def _load_babi(definition: DatasetDefinition, selection: str, mirror: Mirror) -> Any:
     """bAbI comes as one archive of text files; parse the task's train or test file."""
     if mirror is not None:
         archive = Path(mirror) / "babi" / "tasks_1-20_v1-2.tar.gz"
     else:
         try:
-            archive = Path(datasets.DownloadManager().download(BABI_ARCHIVE_URL))
+            archive = Path(_hf().DownloadManager().download(BABI_ARCHIVE_URL))
         except Exception as error:
             raise DatasetLoadError(f"could not download the bAbI archive: {error}") from error
     if not archive.is_file():
         raise DatasetLoadError(f"no bAbI archive at {archive}")
 
-    tables: dict[str, datasets.Dataset] = {}
+    tables: dict[str, Any] = {}
     with tarfile.open(archive, "r:gz") as tar:
         for raw_split in ("train", "test"):
             member = BABI_TASK_FILES[definition.source_config or ""].format(split=raw_split)
@@ -181,22 +189,22 @@ def _load_babi(definition: DatasetDefinition, selection: str, mirror: Mirror) ->
             if handle is None:
                 raise DatasetLoadError(f"{archive} has no file {member}")
             rows = parse_babi(handle.read().decode("utf-8").splitlines())
-            tables[raw_split] = datasets.Dataset.from_list(rows)
+            tables[raw_split] = _hf().Dataset.from_list(rows)
 
     # The same split arithmetic as the Hub datasets ("train[:80%]"), by `datasets` itself.
-    instruction = datasets.ReadInstruction.from_spec(selection)
+    instruction = _hf().ReadInstruction.from_spec(selection)
     bounds = instruction.to_absolute({name: len(table) for name, table in tables.items()})
     pieces = [tables[b.splitname].select(range(b.from_ or 0, b.to)) for b in bounds]
-    return datasets.concatenate_datasets(pieces) if len(pieces) > 1 else pieces[0]
+    return _hf().concatenate_datasets(pieces) if len(pieces) > 1 else pieces[0]
 
 
-def _load_local_file(dataset: LocalFileDataset) -> datasets.Dataset:
+def _load_local_file(dataset: LocalFileDataset) -> Any:
     if dataset.category not in DATASET_CATEGORIES:
         raise UnknownDataset(f"unknown category {dataset.category!r}; use one of {', '.join(DATASET_CATEGORIES)}")
     if not dataset.path.is_file():
         raise DatasetLoadError(f"no such file: {dataset.path}")
     try:
-        return datasets.load_dataset(dataset.file_format(), data_files=str(dataset.path), split="train")
+        return _hf().load_dataset(dataset.file_format(), data_files=str(dataset.path), split="train")
     except Exception as error:
         raise DatasetLoadError(f"could not read {dataset.path}: {error}") from error
 

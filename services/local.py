@@ -84,16 +84,20 @@ class LocalPipeline:
         self.lock.acquire()
         (self.data_dir / "logs").mkdir(exist_ok=True)
         try:
-            self._start_nats()
+            self._start_nats()  # first: it listens in a few milliseconds, and everything connects to it
+            # Then everything else at once: each Python process spends most of its start
+            # importing, which the two cores do side by side. A gateway asks its backend again
+            # until the stand-in listens.
             if self.endpoint is None and not self.offline:
                 self.ports["standin"] = free_port()
                 self._spawn(
                     "standin",
                     [*_introspect(), "standin", "--port", str(self.ports["standin"]), *self.standin_args],
                 )
-                wait_for_port(self.ports["standin"], "the stand-in", self.processes["standin"])
             for name in self.service_names():
                 self.start_service(name)
+            if "standin" in self.processes:
+                wait_for_port(self.ports["standin"], "the stand-in", self.processes["standin"], timeout=60)
             for name in self.service_names():
                 self.wait_healthy(name)
         except BaseException:

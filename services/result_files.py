@@ -6,8 +6,6 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-import pandas as pd
-
 from .core.records import ResultRecord, record_to_dict
 from .core.results import Aggregate, ExperimentSpec, result_json
 
@@ -25,6 +23,8 @@ def write_result_files(
     partial = result_path.with_suffix(".json.partial")
     partial.write_text(json.dumps(result_json(spec, running, setup_seconds), indent=2) + "\n", encoding="utf-8")
     partial.replace(result_path)
+    import pandas as pd  # here, not at the top: only the process that writes the files needs it
+
     partial = records_path.with_suffix(".parquet.partial")
     pd.DataFrame([record_to_dict(r) for r in records]).to_parquet(partial, index=False)
     partial.replace(records_path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import tarfile
 
+import datasets
 import pandas as pd
 import pytest
 
@@ -111,11 +112,11 @@ def test_without_a_mirror_each_split_is_asked_of_the_hub(monkeypatch, name: str)
     def hub(path: str, config_name: str | None = None, *, revision: str | None = None, split: str) -> object:
         calls.append((path, config_name, revision, split))
         source_split = split.partition("[")[0]
-        features = dataset_loading._SOURCE_FEATURES[(path, config_name)]
+        features = dataset_loading._source_features(path, config_name)
         rows = _raw_rows(*path.split("/"), config_name or "", f"{source_split}.jsonl")
-        return dataset_loading.datasets.Dataset.from_list(rows, features=features)
+        return datasets.Dataset.from_list(rows, features=features)
 
-    monkeypatch.setattr(dataset_loading.datasets, "load_dataset", hub)
+    monkeypatch.setattr(datasets, "load_dataset", hub)
     from_hub = {split: load_split(name, split) for split in ("train", "valid", "test")}
     assert calls == [(source, config, revision, DATASETS[name].splits[split]) for split in ("train", "valid", "test")]
     assert from_hub["test"] == from_mirror
@@ -127,7 +128,7 @@ def test_a_hub_failure_is_a_clear_error(monkeypatch) -> None:
     def offline(*args: object, **kwargs: object) -> object:
         raise ConnectionError("no route to the Hub")
 
-    monkeypatch.setattr(dataset_loading.datasets, "load_dataset", offline)
+    monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(DatasetLoadError, match=r"could not load MCTest \(sagnikrayc/mctest\): no route"):
         load_split("MCTest", "test")
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -59,3 +61,19 @@ def test_services_do_not_import_each_other(service: str) -> None:
 @pytest.mark.parametrize("path", [p for s in SERVICES for p in _modules(f"services/{s}")], ids=lambda p: p.name)
 def test_handlers_never_see_nats(path: Path) -> None:
     assert not {n for n in _imports(path) if n.startswith("nats")}, "only runtime/ talks to NATS"
+
+
+HEAVY = ("datasets", "kubernetes", "pandas", "pyarrow")
+
+
+@pytest.mark.parametrize(
+    "module",
+    ["services.cli", "services.producer.service", "services.scorer.service", "services.gateway.service",
+     "services.aggregator.service"],
+)  # fmt: skip
+def test_starting_a_process_imports_no_heavy_library_it_may_not_use(module: str) -> None:
+    """Hugging Face datasets (a second to import), the Kubernetes client, pandas and pyarrow
+    are imported where they are used: loading a split, discovering servers, writing files."""
+    probe = f"import sys, {module}; print(' '.join(m for m in {HEAVY!r} if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert loaded.stdout.split() == []

@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ..backends.contract import BackendUnavailable, Completion, CompletionBackend, GenerationRejected
+from ..backends.contract import BackendInfo, BackendUnavailable, Completion, CompletionBackend, GenerationRejected
 from ..core.chat import GenerationParameters
 from ..runtime.metrics import child
 from . import metrics
@@ -62,11 +62,14 @@ class BackendPool:
         self._has_members = asyncio.Event()
         self._updating = asyncio.Lock()  # one update at a time: each describes new pods (awaits)
 
-    async def start(self) -> None:
-        """Describe the configured backends; they must all serve one model."""
+    async def start(self, patience: float = 30.0) -> None:
+        """Describe the configured backends; they must all serve one model.
+
+        A backend that does not answer yet (still starting, loading weights) is asked again
+        for `patience` seconds before the gateway gives up on it."""
         if not self.backends:
             return
-        infos = await asyncio.gather(*(backend.describe() for backend in self.backends))
+        infos = await asyncio.gather(*(_describe_when_up(backend, patience) for backend in self.backends))
         served = {info.model_id for info in infos}
         if len(served) != 1:
             raise PoolMisconfigured(f"backends serve different models: {', '.join(sorted(served))}")
@@ -176,3 +179,18 @@ class BackendPool:
         # own post-processing (its cache write, its reply) runs.
         await asyncio.sleep(0)
         return completion
+
+
+async def _describe_when_up(backend: CompletionBackend, patience: float) -> BackendInfo:
+    deadline = time.monotonic() + patience
+    delay = 0.05
+    while True:
+        try:
+            return await backend.describe()
+        except BackendUnavailable as error:
+            if time.monotonic() + delay > deadline:
+                raise
+            if delay >= 1.0:  # quiet for the first second: a server starting beside us is normal
+                log.info("waiting for backend %s: %s", backend.url, error)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiohttp
 from jinja2 import TemplateError
@@ -39,8 +40,10 @@ from ..runtime.service import ServiceBase
 from ..wire import answer_of, chat_model_of
 from . import metrics
 from .cache import CachedCompletions, CacheMiss, GenerationCache
-from .discovery import EndpointSliceWatcher, ServiceRef, discovery_api
 from .pool import BackendPool
+
+if TYPE_CHECKING:  # the Kubernetes client is imported only by a gateway that discovers its servers
+    from .discovery import EndpointSliceWatcher, ServiceRef
 
 OPENAI_PREFIX = "openai+"
 log = logging.getLogger("introspect")
@@ -102,6 +105,8 @@ class Gateway(ServiceBase):
         session = self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         if self.tgi_service is not None:
             self.pool = BackendPool(limit=self.backend_limit, make_backend=lambda url: TGIBackend(url, session))
+            from .discovery import ServiceRef
+
             self._watch(ServiceRef.parse(self.tgi_service))
             log.info("waiting for a ready pod of %s", self.tgi_service)
         else:
@@ -118,6 +123,8 @@ class Gateway(ServiceBase):
 
         def on_change(urls: set[str]) -> None:  # called from the watcher's thread
             loop.call_soon_threadsafe(lambda: asyncio.ensure_future(pool.update(urls)))
+
+        from .discovery import EndpointSliceWatcher, discovery_api
 
         self.watcher = EndpointSliceWatcher(discovery_api(self.kubernetes_api), service, on_change)
         self.watcher.start()

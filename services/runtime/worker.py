@@ -117,10 +117,15 @@ class Worker:
             forget()
             keepalive.cancel()
             stopping.cancel()
-            # Unsubscribed, the inbox has no interest, and JetStream drops the live pull
-            # requests instead of delivering into the void.
-            with contextlib.suppress(nats.errors.Error):  # the connection is closing anyway
-                await subscription.unsubscribe()
+            # Drained, the inbox has no interest and JetStream drops the live pull requests;
+            # what it sent before it heard so is still taken in (and finished or handed back
+            # below). Unsubscribing outright dropped those messages, which then waited out the
+            # ack wait (a minute, stalling a job) before JetStream sent them again.
+            try:
+                await subscription.drain()
+            except (nats.errors.Error, TimeoutError):  # the connection is closing anyway
+                with contextlib.suppress(nats.errors.Error):
+                    await subscription.unsubscribe()
             await self._release_in_flight()
 
     async def _deliver(self, msg: Msg) -> None:
@@ -232,9 +237,13 @@ class Worker:
         if not self.in_flight:
             return
         _, unfinished = await asyncio.wait(list(self.in_flight), timeout=self.grace)
-        for task in unfinished:
-            msg = self.in_flight.get(task)
+        # Every message first, then cancel: cancelling one task can end another at once (a
+        # request waiting on the same generation), which then leaves `in_flight` before its
+        # turn here, and its message would wait out the ack wait instead of coming back now.
+        held = [(task, self.in_flight.get(task)) for task in unfinished]
+        for task, _ in held:
             task.cancel()
+        for _, msg in held:
             if msg is not None and self.bus.client.is_connected:
                 await msg.nak()
 
