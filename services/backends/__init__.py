@@ -1,1 +1,36 @@
-"""Completion backends: model servers reached over HTTP."""
+"""Completion backends: model servers reached over HTTP. `make_backend` picks one from its
+spec; `probe` asks a server what it serves before anything is started against it."""
+
+from __future__ import annotations
+
+import aiohttp
+
+from .contract import BackendInfo, BackendUnavailable, CompletionBackend
+from .openai import OpenAICompletionsBackend
+from .tgi import TGIBackend
+
+OPENAI_PREFIX = "openai+"
+
+
+def make_backend(spec: str, session: aiohttp.ClientSession) -> CompletionBackend:
+    """`http://host:port` is a TGI server; `openai+http://host:port` an OpenAI-compatible one."""
+    if spec.startswith(OPENAI_PREFIX):
+        return OpenAICompletionsBackend(spec.removeprefix(OPENAI_PREFIX), session)
+    return TGIBackend(spec, session)
+
+
+async def probe(spec: str, timeout: float = 10.0) -> BackendInfo:
+    """What the server at `spec` serves; BackendUnavailable with a message a person can act
+    on when it cannot say (not listening, or not the kind of server the spec names)."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
+        try:
+            return await make_backend(spec, session).describe()
+        except BackendUnavailable as error:
+            if not spec.startswith(OPENAI_PREFIX) and "404" in str(error):
+                raise BackendUnavailable(
+                    f"{spec} is not a TGI server (GET /info: 404); for an OpenAI-compatible server "
+                    f"(vLLM, SGLang, llama.cpp) write --endpoint {OPENAI_PREFIX}{spec}"
+                ) from None
+            if "Cannot connect" in str(error) or "Connect call failed" in str(error):
+                raise BackendUnavailable(f"nothing answers at {spec} ({error})") from None
+            raise

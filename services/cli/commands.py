@@ -17,6 +17,7 @@ from typing import Any
 
 from nats.errors import NoServersError
 
+from ..backends.contract import BackendUnavailable
 from ..client import AggregatorRefused
 from ..core.chat import MODELS, ChatTurn
 from ..core.config import TASK_OPTIONS
@@ -53,6 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return commands[args.command](args)
     except _USER_ERRORS as error:
         return _fail(str(error), 2)
+    except BackendUnavailable as unavailable:
+        return _fail(str(unavailable))
     except AggregatorRefused as refused:
         return _fail(str(refused))
     except (ConnectionError, OSError, NoServersError) as error:
@@ -253,6 +256,8 @@ def _run(args: argparse.Namespace) -> int:
     from ..local import LocalPipeline, PipelineError
 
     job = with_job_id(job_from(args, args.model, args.dataset, args.task, args.config))
+    if args.endpoint:
+        _probe(args.endpoint)  # before anything starts: a wrong endpoint fails in a second, not after the stack
     source = args.endpoint or "the stand-in (deterministic, not a language model)"
     print(f"{job.job_id}: answers from {source}", file=sys.stderr)
     pipeline = LocalPipeline(Path(args.data_dir).resolve(), args.endpoint, partitions=args.gateways,
@@ -289,12 +294,13 @@ def _record_errors(records_file: Path) -> list[str]:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from .. import datasets as loading
-    from ..backends.contract import BackendUnavailable
     from ..result_files import write_result_files
     from ..standin import STANDIN_NAME
 
     started = time.monotonic()
     prepared = prepare_job(job_from(args, args.model, args.dataset, args.task, args.config))
+    if args.endpoint:
+        _probe(args.endpoint)
     try:
         observations = prepared.load_observations()
     except loading.DatasetLoadError as error:
@@ -321,18 +327,26 @@ async def _evaluate_in_process(
     import aiohttp
     from tqdm import tqdm
 
-    from ..backends.tgi import TGIBackend
+    from ..backends import make_backend
     from ..generation import ChatModel
     from ..runner import evaluate
     from ..standin import complete_in_process
 
     async with aiohttp.ClientSession() as session:
-        complete = TGIBackend(endpoint, session).complete if endpoint else complete_in_process
+        complete = make_backend(endpoint, session).complete if endpoint else complete_in_process
         chat_model = ChatModel(prepared.model.chat_format, prepared.system, prepared.parameters, complete)
         with tqdm(total=len(observations), unit="obs", file=sys.stderr, disable=None) as progress:
             return await evaluate(
                 prepared.task, observations, chat_model.generate, concurrency, lambda _: progress.update()
             )
+
+
+def _probe(endpoint: str) -> None:
+    """Ask the model server what it serves; say so, or raise BackendUnavailable saying why not."""
+    from ..backends import probe
+
+    info = asyncio.run(probe(endpoint))
+    print(f"{endpoint} serves {info.model_id}", file=sys.stderr)
 
 
 def _print_results(results: dict[str, Any]) -> None:

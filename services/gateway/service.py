@@ -28,8 +28,7 @@ from proto import subjects as sub
 from proto.messages import encode_part
 from proto.subjects import ConsumerSpec
 
-from ..backends.contract import CompletionBackend
-from ..backends.openai import OpenAICompletionsBackend
+from ..backends import make_backend
 from ..backends.tgi import TGIBackend
 from ..core.chat import SystemMessageNotSupported, UnknownModel
 from ..generation import ChatModel
@@ -45,15 +44,7 @@ from .pool import BackendPool
 if TYPE_CHECKING:  # the Kubernetes client is imported only by a gateway that discovers its servers
     from .discovery import EndpointSliceWatcher, ServiceRef
 
-OPENAI_PREFIX = "openai+"
 log = logging.getLogger("introspect")
-
-
-def make_backend(spec: str, session: aiohttp.ClientSession) -> CompletionBackend:
-    """`http://host:port` is a TGI server; `openai+http://host:port` an OpenAI-compatible one."""
-    if spec.startswith(OPENAI_PREFIX):
-        return OpenAICompletionsBackend(spec.removeprefix(OPENAI_PREFIX), session)
-    return TGIBackend(spec, session)
 
 
 class Gateway(ServiceBase):

@@ -180,5 +180,33 @@ def test_local_paths_travel_absolute(tmp_path, monkeypatch) -> None:
 def test_run_with_an_unreachable_endpoint_names_the_cause_in_one_line(tmp_path, capsys) -> None:
     argv = ["run", *COMMON, "--endpoint", f"http://127.0.0.1:{free_port()}", "--data-dir", str(tmp_path)]
     assert main(argv) == 1
-    err = capsys.readouterr().err.splitlines()[-1]
-    assert err.startswith("introspect: error: gateway-0 exited (") and "Cannot connect to host" in err
+    err = capsys.readouterr().err.splitlines()[-1]  # at once, before the pipeline starts
+    assert err.startswith("introspect: error: nothing answers at http://127.0.0.1:") and "Cannot connect" in err
+
+
+def test_a_tgi_endpoint_that_is_not_tgi_is_refused_with_the_fix(refusing_server: str, tmp_path, capsys) -> None:
+    for command in ("run", "evaluate"):
+        argv = [command, *COMMON, "--endpoint", refusing_server, "--out", str(tmp_path / command)]
+        assert main(argv + (["--data-dir", str(tmp_path / "d")] if command == "run" else [])) == 1
+        err = capsys.readouterr().err.splitlines()[-1]
+        assert err == (
+            f"introspect: error: {refusing_server} is not a TGI server (GET /info: 404); for an OpenAI-compatible "
+            f"server (vLLM, SGLang, llama.cpp) write --endpoint openai+{refusing_server}"
+        )
+    assert not (tmp_path / "d" / "logs").exists()  # nothing was started
+
+
+def test_evaluate_through_an_openai_compatible_server_equals_tgi(tmp_path, capsys) -> None:
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "services.cli", "standin", "--port", str(port)],
+                              stdout=subprocess.DEVNULL)  # fmt: skip
+    try:
+        wait_for_port(port, "the stand-in", server, timeout=60)
+        for name, endpoint in (("tgi", f"http://127.0.0.1:{port}"), ("openai", f"openai+http://127.0.0.1:{port}")):
+            assert main(["evaluate", *COMMON, "--endpoint", endpoint, "--out", str(tmp_path / name)]) == 0
+            assert f"{endpoint} serves " in capsys.readouterr().err
+    finally:
+        server.terminate()
+        server.wait()
+    tgi, openai = (json.loads((tmp_path / name / f"{EXPERIMENT}.json").read_text()) for name in ("tgi", "openai"))
+    assert tgi["results"] == openai["results"]
