@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 import time
@@ -99,14 +100,18 @@ async def wait_for_job(
     on_progress: Callable[[int, int], None],
     poll: float = 0.25,
     check: Callable[[], None] | None = None,
+    on_dead_letter: Callable[[DeadLetter], None] | None = None,
 ) -> dict[str, Any]:
     """Submit `job`, then report (received, expected) until it completes; its final status.
 
-    `check` runs at every poll and may raise to give up (a local service died).
+    `check` runs at every poll and may raise to give up (a local service died);
+    `on_dead_letter` sees every dead letter any service writes from now on, as it happens.
     """
     bus = await Bus.open(settings, "cli")
     try:
         watch = await watch_events(bus)
+        if on_dead_letter is not None:
+            await _follow_dead_letters(bus, on_dead_letter)
         await bus.publish([Outgoing(sub.JOBS, job, job.job_id)])
         async with aiohttp.ClientSession() as session:
             while True:
@@ -123,6 +128,15 @@ async def wait_for_job(
                 await asyncio.sleep(poll)
     finally:
         await bus.close()
+
+
+async def _follow_dead_letters(bus: Bus, on_dead_letter: Callable[[DeadLetter], None]) -> None:
+    async def on_message(msg: Any) -> None:
+        with contextlib.suppress(InvalidMessage):  # not ours to report
+            on_dead_letter(decode(msg.data, DeadLetter))
+
+    # A plain subscription: JetStream stores them, and a listener hears each as it is published.
+    await bus.client.subscribe(sub.dead_letter_subject("*"), cb=on_message)
 
 
 class JobRejected(RuntimeError):

@@ -58,6 +58,7 @@ class LocalPipeline:
     ports: dict[str, int] = field(default_factory=dict)
     lock: FolderLock | None = None
     on_stop: Callable[[], None] | None = None  # called once stopping begins (e.g. to say so)
+    on_step: Callable[[str], None] | None = None  # told each start-up step as it happens
 
     @property
     def nats_url(self) -> str:
@@ -83,7 +84,9 @@ class LocalPipeline:
         self.lock = FolderLock(self.data_dir / "pipeline.lock", f"the data folder {self.data_dir}")
         self.lock.acquire()
         (self.data_dir / "logs").mkdir(exist_ok=True)
+        started = time.monotonic()
         try:
+            self._step("starting NATS")
             self._start_nats()  # first: it listens in a few milliseconds, and everything connects to it
             # Then everything else at once: each Python process spends most of its start
             # importing, which the two cores do side by side. A gateway asks its backend again
@@ -94,15 +97,22 @@ class LocalPipeline:
                     "standin",
                     [*_introspect(), "standin", "--port", str(self.ports["standin"]), *self.standin_args],
                 )
-            for name in self.service_names():
+            names = self.service_names()
+            self._step(f"starting {'the stand-in and ' if 'standin' in self.processes else ''}{len(names)} services")
+            for name in names:
                 self.start_service(name)
             if "standin" in self.processes:
                 wait_for_port(self.ports["standin"], "the stand-in", self.processes["standin"], timeout=60)
-            for name in self.service_names():
+            for name in names:
                 self.wait_healthy(name)
+            self._step(f"{len(names)} services ready in {time.monotonic() - started:.1f} s")
         except BaseException:
             self.stop()
             raise
+
+    def _step(self, text: str) -> None:
+        if self.on_step is not None:
+            self.on_step(text)
 
     def _start_nats(self) -> None:
         self.ports.setdefault("nats", free_port())
@@ -159,6 +169,30 @@ class LocalPipeline:
                 pass
             time.sleep(0.05)
         raise PipelineError(f"{name} did not become healthy in {timeout:.0f} s; see {self.log_path(name)}")
+
+    def generation_counts(self) -> GenerationCounts:
+        """What the gateways have done so far, from their /metrics pages."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        totals: dict[str, float] = {}
+        for name in self.service_names():
+            if name.startswith("gateway"):
+                url = f"http://127.0.0.1:{self.ports[name]}/metrics"
+                try:
+                    with urllib.request.urlopen(url, timeout=2) as response:
+                        page = response.read().decode()
+                except OSError:  # restarting: counted next time
+                    continue
+                for family in text_string_to_metric_families(page):
+                    for sample in family.samples:
+                        totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+        hits, misses = totals.get("introspect_cache_hits_total", 0), totals.get("introspect_cache_misses_total", 0)
+        return GenerationCounts(
+            done=int(hits + misses),
+            from_cache=int(hits),
+            in_flight=int(totals.get("introspect_backend_in_flight", 0)),
+            retries=int(totals.get("introspect_backend_retries_total", 0)),
+        )
 
     def check_alive(self) -> None:
         """Raise if a process of the pipeline has exited, naming it and what it last logged."""
@@ -217,6 +251,14 @@ class LocalPipeline:
 
     def __exit__(self, *_: object) -> None:
         self.stop()
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationCounts:
+    done: int  # answered, from the cache or a server
+    from_cache: int
+    in_flight: int  # at a server now
+    retries: int  # calls to a server tried again (overload, timeouts, resets)
 
 
 BACKGROUND_NICENESS = 10  # added to the niceness of every service but the gateways

@@ -250,10 +250,9 @@ def _dead_letters(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from ..client import JobRejected, wait_for_job, with_job_id
     from ..local import LocalPipeline, PipelineError
+    from .progress import RunProgress
 
     job = with_job_id(job_from(args, args.model, args.dataset, args.task, args.config))
     if args.endpoint:
@@ -261,21 +260,26 @@ def _run(args: argparse.Namespace) -> int:
     source = args.endpoint or "the stand-in (deterministic, not a language model)"
     print(f"{job.job_id}: answers from {source}", file=sys.stderr)
     pipeline = LocalPipeline(Path(args.data_dir).resolve(), args.endpoint, partitions=args.gateways,
-                             results_dir=Path(args.out).resolve(),
-                             on_stop=lambda: print("introspect: stopping services...", file=sys.stderr))  # fmt: skip
+                             results_dir=Path(args.out).resolve())  # fmt: skip
+    progress = RunProgress(pipeline.generation_counts)
+    pipeline.on_step, pipeline.on_stop = progress.step, lambda: progress.step("stopping services...")
     try:
-        with _stopping_on_signals(), pipeline, tqdm(unit="obs", file=sys.stderr, disable=None) as progress:
-
-            def on_progress(received: int, expected: int) -> None:
-                progress.total = expected
-                progress.update(received - progress.n)
-
+        with _stopping_on_signals(), pipeline:
             settings = Settings.from_env(nats_url=pipeline.nats_url)
             status = asyncio.run(
-                wait_for_job(settings, pipeline.aggregator_url, job, on_progress, check=pipeline.check_alive)
+                wait_for_job(
+                    settings,
+                    pipeline.aggregator_url,
+                    job,
+                    progress.update,
+                    check=pipeline.check_alive,
+                    on_dead_letter=progress.dead_letter,
+                )
             )
     except (PipelineError, FolderInUse, JobRejected) as error:
         return _fail(str(error))
+    finally:
+        progress.close()
     _print_results(status["results"])
     print(f"results: {status['result_file']}\nrecords: {status['records_file']}")
     if status["results"]["error"]:

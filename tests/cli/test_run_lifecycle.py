@@ -129,3 +129,20 @@ def test_a_run_whose_requests_were_all_rejected_fails_with_the_reason(tmp_path: 
         server.wait()
     assert run.returncode == 1
     assert "introspect: error: 20 of 20 observations are generation errors; the most common (20): 422" in err
+
+
+def test_a_run_writing_to_a_log_says_what_happens_in_plain_lines(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "services.cli", "run", "--dataset", "IMDB", "--task", "counterfactual",
+               "--mirror", str(DATASET_MIRROR), "--data-dir", str(tmp_path / "d"),
+               "--out", str(tmp_path / "out")]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert lines[1:4] == ["introspect: starting NATS", "introspect: starting the stand-in and 4 services",
+                          lines[3]] and lines[3].startswith("introspect: 4 services ready in ")  # fmt: skip
+    progress = [line for line in lines if line.startswith("progress: ")]
+    # 20 observations of a three-question task: every question counted, the last line once.
+    assert progress[-1].startswith("progress: 20/20 observations; ") and " generations (" in progress[-1]
+    assert progress.count(progress[-1]) == 1
+    assert lines[-1] == "introspect: stopping services..."
+    assert "\r" not in done.stderr  # no progress bar redrawn into a log file

@@ -9,10 +9,10 @@ import msgpack
 import nats
 import pytest
 
-from proto import Job, JobManifest, ScoredResult, encode
+from proto import DeadLetter, Job, JobManifest, ScoredResult, encode
 from proto import subjects as sub
 from services.cli import main
-from services.client import dead_letters
+from services.client import dead_letters, wait_for_job, with_job_id
 from services.local import LocalPipeline
 from services.runtime.settings import Settings
 from tests.conftest import DATASET_MIRROR
@@ -117,3 +117,22 @@ def test_a_dead_letter_replays_once_its_cause_is_fixed(tmp_path, capsys, pipelin
     status = wait_complete(pipeline, ["late-job"], timeout=30)["late-job"]
     assert status["results"]["correct"] == 1 and status["received"] == 1
     assert asyncio.run(dead_letters(settings)) == []  # replayed letters leave the stream
+
+
+async def test_whoever_waits_on_a_job_hears_each_dead_letter_as_it_happens(pipeline: LocalPipeline) -> None:
+    heard: list[DeadLetter] = []
+    job = Job(job_id="", model="llama2-7b", dataset="RTE", task="classify", mirror=str(DATASET_MIRROR), limit=2)
+    settings = Settings(nats_url=pipeline.nats_url)
+
+    async def a_bad_message_meanwhile() -> None:
+        while not heard:  # until the listener hears it: it subscribes as the wait starts
+            await _publish(pipeline.nats_url, [(sub.OBSERVATIONS, b"\xc1 this is not msgpack")])
+            await asyncio.sleep(0.5)
+
+    waiting = asyncio.create_task(
+        wait_for_job(settings, pipeline.aggregator_url, with_job_id(job), lambda *_: None, on_dead_letter=heard.append)
+    )
+    await asyncio.wait_for(a_bad_message_meanwhile(), timeout=60)
+    status = await asyncio.wait_for(waiting, timeout=120)
+    assert status["complete"]
+    assert heard[0].service == "scorer" and heard[0].reason.startswith("invalid message: not msgpack")
