@@ -8,6 +8,9 @@ code as the Hub, which is how the tests and offline machines use it.
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import os
 import tarfile
 from collections.abc import Callable, Mapping
@@ -214,14 +217,72 @@ def _local_restructure(dataset: LocalFileDataset) -> Restructure:
         data: dict[str, Any] = {}
         for name, column in {**_identity_columns(dataset.category), **dataset.columns}.items():
             if column not in row:
-                raise InvalidObservation(f"{dataset.path}: row {idx} has no column {column!r} (for {name})")
+                raise InvalidObservation(
+                    f"{dataset.path}: row {idx + 1} has no column {column!r} (for {name}); "
+                    f"its columns are {', '.join(map(str, row))}; name one with --column {name}=COLUMN"
+                )
             data[name] = row[column]
-        label = str(data["label"])
-        data["label"] = dataset.label_map.get(label, label)
+        raw = str(data["label"])
+        data["label"] = dataset.label_map.get(raw, raw)
         data["idx"] = idx
-        return observation_from_dict(dataset.category, data)
+        try:
+            return observation_from_dict(dataset.category, data)
+        except InvalidObservation as error:
+            hint = ""
+            if "'label'" in str(error) and raw not in dataset.label_map:
+                hint = f"; map it with --label {raw}=LABEL"
+            raise InvalidObservation(f"{dataset.path}: row {idx + 1}: {error}{hint}") from None
 
     return restructure
+
+
+def check_local_file(dataset: LocalFileDataset) -> None:
+    """The mistakes people make with their own data file, found before anything starts and
+    named with the file and row: missing, empty, only a header, not UTF-8, a column or a
+    label that does not fit. CSV and JSON lines are read with the standard library (a
+    Parquet file is checked when it is loaded)."""
+    path = dataset.path
+    if dataset.category not in DATASET_CATEGORIES:
+        raise UnknownDataset(f"unknown category {dataset.category!r}; use one of {', '.join(DATASET_CATEGORIES)}")
+    if not path.is_file():
+        raise DatasetLoadError(f"no such file: {path}")
+    file_format = dataset.file_format()
+    if path.stat().st_size == 0:
+        raise DatasetLoadError(f"{path} is empty")
+    if file_format == "parquet":
+        return
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        byte = error.object[error.start]
+        raise DatasetLoadError(
+            f"{path} is not UTF-8 text (byte {byte:#04x} at offset {error.start}); save it as UTF-8"
+        ) from None
+    rows = _plain_rows(path, text, file_format)
+    if not rows:
+        raise DatasetLoadError(f"{path} has a header but no rows" if file_format == "csv" else f"{path} has no rows")
+    restructure = _local_restructure(dataset)
+    for idx, row in enumerate(rows):
+        restructure(row, idx)
+
+
+def _plain_rows(path: Path, text: str, file_format: str) -> list[dict[str, Any]]:
+    if file_format == "csv":
+        return list(csv.DictReader(io.StringIO(text)))
+    if text.lstrip().startswith("["):  # a .json file holding one array
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise DatasetLoadError(f"{path} is not valid JSON: {error}") from None
+        return [row for row in rows if isinstance(row, dict)]
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise DatasetLoadError(f"{path}: line {number} is not JSON ({error})") from None
+    return rows
 
 
 def _identity_columns(category: str) -> dict[str, str]:

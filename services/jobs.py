@@ -26,7 +26,7 @@ from .core.datasets import UnknownDataset, resolve_dataset
 from .core.observations import DATASET_CATEGORIES, InvalidObservation, Observation
 from .core.results import ExperimentSpec
 from .core.tasks import Task, UnknownTask, task_kind
-from .datasets import LocalFileDataset, load_split
+from .datasets import DatasetLoadError, LocalFileDataset, check_local_file, load_split
 from .models import ResolvedModel, load_model
 from .wire import chat_of
 
@@ -42,6 +42,7 @@ JOB_ERRORS: tuple[type[Exception], ...] = (
     SystemMessageNotSupported,
     InvalidObservation,
     FileNotFoundError,
+    DatasetLoadError,
 )
 
 
@@ -76,8 +77,13 @@ def prepare_job(job: Job) -> PreparedJob:
         if job.category not in DATASET_CATEGORIES:
             raise UnknownDataset(f"a local data file needs --category ({', '.join(DATASET_CATEGORIES)})")
         source = LocalFileDataset(Path(job.dataset), job.category, dict(job.columns), dict(job.labels))
+        check_local_file(source)
         category: str = job.category
         dataset_name = source.name
+    elif suffix := Path(job.dataset).suffix:
+        raise UnknownDataset(
+            f"{job.dataset}: unsupported file type {suffix!r}; use {', '.join(LOCAL_FILE_SUFFIXES)} (or a dataset name)"
+        )
     else:
         definition = resolve_dataset(job.dataset)
         source, category, dataset_name = definition.name, definition.category, definition.name
