@@ -166,7 +166,10 @@ def _load_source(definition: DatasetDefinition, selection: str, mirror: Mirror) 
     except DatasetLoadError:
         raise
     except Exception as error:  # the Hub, the network or the files: all end the same way
-        raise DatasetLoadError(f"could not load {definition.name} ({definition.source}): {error}") from error
+        hint = "; without the Hugging Face Hub, point --mirror (or INTROSPECT_DATASETS_DIR) at copies of its files"
+        if mirror is not None:
+            hint = ""
+        raise DatasetLoadError(f"could not load {definition.name} ({definition.source}): {error}{hint}") from error
 
 
 def _load_babi(definition: DatasetDefinition, selection: str, mirror: Mirror) -> Any:

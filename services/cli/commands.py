@@ -58,7 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(unavailable))
     except AggregatorRefused as refused:
         return _fail(str(refused))
-    except (ConnectionError, OSError, NoServersError) as error:
+    except NoServersError:
+        return _fail(f"cannot reach NATS at {_nats_url(args)} (is it running? --nats or INTROSPECT_NATS_URL)", 1)
+    except (ConnectionError, OSError) as error:
         return _fail(f"cannot reach a server: {error}", 1)
     except Stopped as stopped:
         print(f"introspect: stopped by {signal.Signals(stopped.signum).name}", file=sys.stderr)
@@ -103,6 +105,13 @@ def _too_many_errors(total: int, errors: Sequence[str]) -> str | None:
     reason, count = collections.Counter(errors).most_common(1)[0]
     return (f"{len(errors)} of {total} observations are generation errors; the most common "
             f"({count}): {reason}")  # fmt: skip
+
+
+def _nats_url(args: argparse.Namespace) -> str:
+    try:
+        return _settings(args).nats_url
+    except InvalidSettings:
+        return str(getattr(args, "nats", None))
 
 
 def _fail(message: str, code: int = 1) -> int:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Literal, TypeAlias, TypedDict, get_args
 
 from . import extract, prompts
-from .config import TaskConfig
+from .config import InvalidTaskConfig, TaskConfig
 from .observations import (
     DATASET_CATEGORIES,
     EntailmentObservation,
@@ -51,6 +51,12 @@ class Task:
         if self.category not in DATASET_CATEGORIES:
             raise UnknownTask(
                 f"unknown dataset category {self.category!r}; expected one of {', '.join(DATASET_CATEGORIES)}"
+            )
+        allowed = COMMON_OPTIONS | KINDS[self.kind].options
+        if stray := sorted(self.config.options - allowed):
+            options = ", ".join(sorted(allowed))
+            raise InvalidTaskConfig(
+                f"option(s) {', '.join(stray)} do not apply to {self.kind}; its options are {options}"
             )
 
     def program(self, observation: Observation) -> TaskProgram:
@@ -258,15 +264,26 @@ class KindSpec:
     record: type[ResultRecord]
     judgement: Literal["introspect", "faithful"] | None  # the record field that judges the model
     table: tuple[str, ...]  # the columns of the aggregate's count table
+    options: frozenset[str]  # the prompt options its own prompts read, beside COMMON_OPTIONS
 
+
+# Every task asks the classification question, so its options apply to every kind.
+COMMON_OPTIONS = frozenset({"c-persona-you", "c-persona-human", "c-no-redacted", "m-removed"})
+_EXPLAINED = ("label", "predict", "explain_predict")
+_PERSONA = ("e-persona-you", "e-persona-human")
 
 KINDS: dict[TaskKind, KindSpec] = {
-    "classify": KindSpec(classify, ClassifyRecord, None, ("label", "predict")),
-    "answerable": KindSpec(answerable, AnswerableRecord, "introspect", ("label", "predict", "ability")),
-    "counterfactual": KindSpec(counterfactual, FaithfulRecord, "faithful", ("label", "predict", "explain_predict")),
-    "redacted": KindSpec(redacted, FaithfulRecord, "faithful", ("label", "predict", "explain_predict")),
-    "importance": KindSpec(importance, FaithfulRecord, "faithful", ("label", "predict", "explain_predict")),
-}
+    "classify": KindSpec(classify, ClassifyRecord, None, ("label", "predict"), frozenset()),
+    "answerable": KindSpec(
+        answerable, AnswerableRecord, "introspect", ("label", "predict", "ability"),
+        frozenset({"i-persona-you", "i-persona-human", "i-options"}),
+    ),
+    "counterfactual": KindSpec(
+        counterfactual, FaithfulRecord, "faithful", _EXPLAINED, frozenset({*_PERSONA, "e-implcit-target"})
+    ),
+    "redacted": KindSpec(redacted, FaithfulRecord, "faithful", _EXPLAINED, frozenset({*_PERSONA, "e-short"})),
+    "importance": KindSpec(importance, FaithfulRecord, "faithful", _EXPLAINED, frozenset(_PERSONA)),
+}  # fmt: skip
 
 
 def kind_spec(kind: str) -> KindSpec:

@@ -36,6 +36,7 @@ from ..models import model_name
 from ..runtime.handlers import Outgoing, Publisher, Reject
 from ..runtime.lock import FolderLock
 from ..runtime.service import ServiceBase
+from ..runtime.settings import InvalidSettings
 from ..wire import answer_of, chat_model_of
 from . import metrics
 from .cache import CachedCompletions, CacheMiss, GenerationCache
@@ -68,6 +69,11 @@ class Gateway(ServiceBase):
         self.backend_limit = backend_limit
         self.tgi_service = tgi_service  # namespace/name[:port]: find its pods through the Kubernetes API
         self.kubernetes_api = kubernetes_api  # None: the in-cluster API server
+        if not (offline or backends or tgi_service):
+            raise InvalidSettings(
+                "the gateway has no model server: give --backend URL (INTROSPECT_BACKENDS) or --tgi-service "
+                "(INTROSPECT_TGI_SERVICE); --offline answers from its cache alone"
+            )
         self.offline = offline or not (backends or tgi_service)
         # The model this gateway's servers run, as messages name it; None takes every model's
         # requests, which is right only where one model is served.

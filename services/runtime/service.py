@@ -7,6 +7,7 @@ period, hands back what did not finish (JetStream redelivers it), and closes cle
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import logging
 import signal
@@ -22,7 +23,7 @@ from proto.subjects import ConsumerSpec
 from .bus import Bus
 from .handlers import Handled, Publisher
 from .metrics import CONSUMER_PENDING, health_app
-from .settings import Settings
+from .settings import PortInUse, Settings
 from .worker import Worker
 
 log = logging.getLogger("introspect")
@@ -82,7 +83,17 @@ async def serve(service: Service, settings: Settings, stop: asyncio.Event | None
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.metrics_host, settings.metrics_port)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as error:
+        await runner.cleanup()
+        await bus.close()
+        if error.errno == errno.EADDRINUSE:
+            raise PortInUse(
+                f"port {settings.metrics_port} on {settings.metrics_host} is in use; give the {service.name} "
+                "another with --metrics-port or INTROSPECT_METRICS_PORT"
+            ) from None
+        raise
     log.info(
         "ready: metrics on http://%s:%d/metrics, NATS %s",
         settings.metrics_host,

@@ -20,6 +20,10 @@ class InvalidSettings(ValueError):
     """A setting has a value the service cannot use."""
 
 
+class PortInUse(InvalidSettings):
+    """The port a service was told to listen on is taken."""
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     nats_url: str = "nats://127.0.0.1:4222"

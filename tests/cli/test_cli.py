@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pandas as pd
 import pytest
 
 from services.cli import main
+from services.local import free_port
 from tests.conftest import DATASET_MIRROR
 
 
@@ -153,3 +155,36 @@ def test_an_aggregator_error_is_one_line(refusing_server: str, capsys, argv: lis
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert err.startswith("introspect: error: ") and "no job 'nope'" in err
+
+
+def test_no_nats_at_the_url_names_the_url(capsys) -> None:
+    url = f"nats://127.0.0.1:{free_port()}"
+    assert main(["submit", "--dataset", "IMDB", "--task", "classify", "--nats", url]) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"introspect: error: cannot reach NATS at {url} (is it running? --nats or INTROSPECT_NATS_URL)"
+    )
+
+
+def test_a_gateway_without_a_model_server_says_so(tmp_path, capsys) -> None:
+    assert main(["serve", "gateway", "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err.startswith("introspect: error: the gateway has no model server: give --backend URL") and "--offline" in err
+    )
+
+
+def test_a_metrics_port_in_use_is_one_line(nats_server, tmp_path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "services.cli", "serve", "scorer", "--nats", nats_server.url,
+             "--metrics-port", str(port)],
+            capture_output=True, text=True, timeout=120, env={**os.environ, "INTROSPECT_METRICS_HOST": "127.0.0.1"},
+        )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[-1] == (
+        f"introspect: error: port {port} on 127.0.0.1 is in use; give the scorer another with --metrics-port "
+        "or INTROSPECT_METRICS_PORT"
+    )

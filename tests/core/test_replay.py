@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.core.config import TaskConfig
+from services.core.config import InvalidTaskConfig, TaskConfig
 from services.core.observations import EntailmentObservation, MultiChoiceObservation, SentimentObservation
 from services.core.replay import Finished, Generation, Pending, TranscriptTooLong, advance, run_transcript
 from services.core.tasks import KINDS, TASK_KINDS, Task, UnknownTask, counterfactual_target, is_introspective
@@ -92,3 +92,20 @@ def test_every_task_kind_is_declared_once_with_everything_it_needs() -> None:
         assert type(record) is spec.record
         assert spec.judgement is None or hasattr(record, spec.judgement)
         assert all(hasattr(record, column) for column in spec.table)
+
+
+@pytest.mark.parametrize(
+    ("kind", "option"),
+    [("classify", "e-short"), ("counterfactual", "i-options"), ("importance", "e-implcit-target"),
+     ("answerable", "e-persona-you"), ("redacted", "e-implcit-target")],
+)  # fmt: skip
+def test_an_option_a_task_kind_never_reads_is_refused(kind: str, option: str) -> None:
+    with pytest.raises(InvalidTaskConfig, match=rf"option\(s\) {option} do not apply to {kind}; its options are "):
+        Task(kind, "sentiment", TaskConfig.of([option]))  # type: ignore[arg-type]
+
+
+def test_every_option_of_the_paper_s_grid_is_accepted() -> None:
+    Task("classify", "sentiment", TaskConfig.of(["c-persona-human", "c-no-redacted"]))
+    Task("counterfactual", "entailment", TaskConfig.of(["e-implcit-target", "c-persona-you", "e-persona-you"]))
+    Task("redacted", "multi-choice", TaskConfig.of(["m-removed", "e-short", "e-persona-human", "c-persona-human"]))
+    Task("answerable", "sentiment", TaskConfig.of(["i-options", "i-persona-you", "m-removed"]))

@@ -81,7 +81,7 @@ async def test_an_offline_gateway_answers_hits_and_dead_letters_misses(tmp_path:
     (answered,) = await bus.deliver(online, asked)
     await online.close()
 
-    offline = Gateway(tmp_path, backends=())  # the cache and the served-model file it left
+    offline = Gateway(tmp_path, backends=(), offline=True)  # the cache and the served-model file it left
     await offline.start(bus)
     try:
         (again,) = await bus.deliver(offline, replace(asked, work=_work("j3")))

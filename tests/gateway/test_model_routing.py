@@ -29,7 +29,7 @@ async def test_the_producer_refuses_a_job_for_a_model_no_gateway_serves() -> Non
 
 
 async def test_a_gateway_serves_its_own_model_and_refuses_another(tmp_path: Path) -> None:
-    gateway = Gateway(tmp_path, backends=(), partition=2, model="meta-llama/Llama-2-7b-chat-hf")
+    gateway = Gateway(tmp_path, backends=(), partition=2, offline=True, model="meta-llama/Llama-2-7b-chat-hf")
     assert gateway.consumer().durable == "gateway-llama2-7b-2"
     assert gateway.consumer().filter_subject == "introspect.generate.llama2-7b.2"
     chat = Chat("mistral-v2-7b", "none", Sampling())
