@@ -8,6 +8,7 @@ and the end-to-end tests drive it; each process's log goes to `<data dir>/logs`.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import shutil
@@ -102,7 +103,7 @@ class LocalPipeline:
             for name in names:
                 self.start_service(name)
             if "standin" in self.processes:
-                wait_for_port(self.ports["standin"], "the stand-in", self.processes["standin"], timeout=60)
+                self._wait_for_standin()
             for name in names:
                 self.wait_healthy(name)
             self._step(f"{len(names)} services ready in {time.monotonic() - started:.1f} s")
@@ -115,11 +116,45 @@ class LocalPipeline:
             self.on_step(text)
 
     def _start_nats(self) -> None:
-        self.ports.setdefault("nats", free_port())
-        store = self.data_dir / "nats"
-        command = [nats_server_binary(), "-js", "-sd", str(store), "-a", "127.0.0.1", "-p", str(self.ports["nats"])]
-        self._spawn("nats", command)
-        wait_for_port(self.ports["nats"], "nats-server", self.processes["nats"])
+        fresh = "nats" not in self.ports  # a restart keeps its port: the services know it
+        for _ in range(PORT_ATTEMPTS):
+            self.ports.setdefault("nats", free_port())
+            store = self.data_dir / "nats"
+            command = [nats_server_binary(), "-js", "-sd", str(store), "-a", "127.0.0.1", "-p", str(self.ports["nats"])]
+            self._spawn("nats", command)
+            try:
+                _wait_for_nats(self.ports["nats"], self.processes["nats"], timeout=60)
+                return
+            except PipelineError:
+                if not (fresh and self._port_was_taken("nats")):
+                    raise
+                del self.ports["nats"]
+        raise PipelineError(f"no free port for nats-server after {PORT_ATTEMPTS} tries")
+
+    def _wait_for_standin(self) -> None:
+        for _ in range(PORT_ATTEMPTS - 1):
+            try:
+                return _wait_for_http(self.standin_url + "/info", "the stand-in", self.processes["standin"], 60)
+            except PipelineError:
+                if not self._port_was_taken("standin"):
+                    raise
+            self.ports["standin"] = free_port()
+            self._spawn(
+                "standin", [*_introspect(), "standin", "--port", str(self.ports["standin"]), *self.standin_args]
+            )
+            for name in self.service_names():  # the gateways were told the old port
+                if name.startswith("gateway"):
+                    self.kill(name)  # still asking the old port: nothing taken, nothing to hand back
+                    self.start_service(name)
+        _wait_for_http(self.standin_url + "/info", "the stand-in", self.processes["standin"], 60)
+
+    def _port_was_taken(self, name: str) -> bool:
+        """Whether `name` exited because another process took its port first: a port found
+        free is only reserved once the process binds it, and a busy machine may take it."""
+        if self.processes[name].poll() is None:
+            return False
+        log = self.log_path(name).read_text(encoding="utf-8", errors="replace")[-2000:]
+        return "address already in use" in log or " is in use; give the " in log
 
     def restart_nats(self) -> None:
         self.stop_process("nats")
@@ -154,7 +189,20 @@ class LocalPipeline:
             command = [nice, "-n", str(BACKGROUND_NICENESS), *command]
         self._spawn(name, command, env)
 
-    def wait_healthy(self, name: str, timeout: float = 30.0) -> None:
+    def wait_healthy(self, name: str, timeout: float = 120.0) -> None:
+        """Until the service says it is ready (a generous ceiling: a busy machine is slow to
+        start Python processes); a service whose port was taken meanwhile gets another."""
+        for _ in range(PORT_ATTEMPTS - 1):
+            try:
+                return self._wait_healthy(name, timeout)
+            except PipelineError:
+                if not self._port_was_taken(name):
+                    raise
+                del self.ports[name]
+                self.start_service(name)
+        return self._wait_healthy(name, timeout)
+
+    def _wait_healthy(self, name: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         url = f"http://127.0.0.1:{self.ports[name]}/healthz"
         while time.monotonic() < deadline:
@@ -262,6 +310,7 @@ class GenerationCounts:
 
 
 BACKGROUND_NICENESS = 10  # added to the niceness of every service but the gateways
+PORT_ATTEMPTS = 3  # a port found free and taken by another process before ours binds it: try anew
 
 
 def _die_with_parent() -> None:
@@ -277,6 +326,33 @@ _PR_SET_PDEATHSIG = 1
 
 def _introspect() -> list[str]:
     return [sys.executable, "-m", "services.cli"]
+
+
+def _wait_for_nats(port: int, process: subprocess.Popen[bytes], timeout: float) -> None:
+    """Until nats-server greets a connection with its INFO line: a port that merely accepts
+    may belong to another process that took it first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise PipelineError(f"nats-server exited with {process.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1) as probe:
+            if probe.recv(4) == b"INFO":
+                return
+        time.sleep(0.05)
+    raise PipelineError(f"nats-server did not answer on port {port} in {timeout:.0f} s")
+
+
+def _wait_for_http(url: str, what: str, process: subprocess.Popen[bytes], timeout: float) -> None:
+    """Until `url` answers 200 from the process started for it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise PipelineError(f"{what} exited with {process.returncode}")
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as response:
+            if response.status == 200:
+                return
+        time.sleep(0.05)
+    raise PipelineError(f"{what} did not answer {url} in {timeout:.0f} s")
 
 
 def wait_for_port(port: int, what: str, process: subprocess.Popen[bytes], timeout: float = 20.0) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -146,3 +147,22 @@ def test_a_run_writing_to_a_log_says_what_happens_in_plain_lines(tmp_path: Path)
     assert progress.count(progress[-1]) == 1
     assert lines[-1] == "introspect: stopping services..."
     assert "\r" not in done.stderr  # no progress bar redrawn into a log file
+
+
+@pytest.mark.parametrize("which", ["nats", "standin", "producer"])
+def test_a_port_taken_between_choosing_and_binding_is_chosen_again(tmp_path: Path, monkeypatch, which: str) -> None:
+    """A busy machine can give away a port found free before the process binds it."""
+    import services.local as local
+
+    real = local.free_port
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()  # accepts connections and never answers: not the server we started
+        port = taken.getsockname()[1]
+        # Ports are handed out in this order: NATS, the stand-in, then the services.
+        order = ["nats", "standin", "producer"].index(which)
+        handed_out = iter([real() for _ in range(order)] + [port])
+        monkeypatch.setattr(local, "free_port", lambda: next(handed_out, None) or real())
+        with LocalPipeline(tmp_path / "d") as pipeline:
+            assert port not in pipeline.ports.values()
+            pipeline.check_alive()
