@@ -17,18 +17,21 @@ from typing import Any
 
 from nats.errors import NoServersError
 
-from ..backends.contract import BackendUnavailable
+from proto.subjects import partition_of
+
+from ..backends.contract import BackendUnavailable, Complete
 from ..client import AggregatorRefused
 from ..core.chat import MODELS, ChatTurn
 from ..core.config import TASK_OPTIONS
 from ..core.datasets import DATASETS
 from ..core.observations import Observation
 from ..core.records import ResultRecord
+from ..core.replay import Generation
 from ..core.results import Aggregate, summary
 from ..core.tasks import TASK_KINDS
 from ..jobs import JOB_ERRORS, PreparedJob, prepare_job
 from ..models import load_model
-from ..runtime.lock import FolderInUse
+from ..runtime.lock import FolderInUse, FolderLock
 from ..runtime.settings import InvalidSettings, Settings
 from .parser import build_parser, grid_from, job_from
 
@@ -323,7 +326,9 @@ def _evaluate(args: argparse.Namespace) -> int:
           file=sys.stderr)  # fmt: skip
     setup_seconds = time.monotonic() - started
     try:
-        records, running = asyncio.run(_evaluate_in_process(prepared, observations, args.endpoint, args.concurrency))
+        records, running = asyncio.run(
+            _evaluate_in_process(prepared, observations, args.endpoint, args.concurrency, args.data_dir, args.gateways)
+        )
     except BackendUnavailable as error:
         return _fail(str(error))
     result_path, records_path = write_result_files(Path(args.out), spec, running, setup_seconds, records)
@@ -335,7 +340,12 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 async def _evaluate_in_process(
-    prepared: PreparedJob, observations: list[Observation], endpoint: str | None, concurrency: int
+    prepared: PreparedJob,
+    observations: list[Observation],
+    endpoint: str | None,
+    concurrency: int,
+    data_dir: str | None = None,
+    partitions: int = 1,
 ) -> tuple[list[ResultRecord], Aggregate]:
     import aiohttp
     from tqdm import tqdm
@@ -343,15 +353,40 @@ async def _evaluate_in_process(
     from ..backends import make_backend
     from ..generation import ChatModel
     from ..runner import evaluate
-    from ..standin import complete_in_process
+    from ..standin import STANDIN_MODEL_ID, complete_in_process
 
-    async with aiohttp.ClientSession() as session:
-        complete = make_backend(endpoint, session).complete if endpoint else complete_in_process
-        chat_model = ChatModel(prepared.model.chat_format, prepared.system, prepared.parameters, complete)
+    async with aiohttp.ClientSession() as session, contextlib.AsyncExitStack() as stack:
+        complete: Complete = complete_in_process
+        model_id = STANDIN_MODEL_ID  # what the stand-in server says it serves: a run's cache answers
+        if endpoint:
+            backend = make_backend(endpoint, session)
+            complete, model_id = backend.complete, (await backend.describe()).model_id
+        completes = [complete]
+        if data_dir is not None:
+            completes = [stack.enter_context(_cached(Path(data_dir), k, model_id, complete)) for k in range(partitions)]
+        models = [ChatModel(prepared.model.chat_format, prepared.system, prepared.parameters, c) for c in completes]
+        chat = prepared.chat
+
+        async def generate(message: str) -> Generation:
+            # The partition a run's scorer would send this question to, so its answer is found.
+            return await models[partition_of(chat, message, len(models))].generate(message)
+
         with tqdm(total=len(observations), unit="obs", file=sys.stderr, disable=None) as progress:
-            return await evaluate(
-                prepared.task, observations, chat_model.generate, concurrency, lambda _: progress.update()
-            )
+            return await evaluate(prepared.task, observations, generate, concurrency, lambda _: progress.update())
+
+
+@contextlib.contextmanager
+def _cached(data_dir: Path, partition: int, model_id: str, complete: Complete) -> Iterator[Complete]:
+    """The completion function behind partition `partition` of the gateway cache in `data_dir`."""
+    from ..gateway.cache import CachedCompletions, GenerationCache
+
+    folder = data_dir / "cache" / f"partition-{partition}"
+    with FolderLock(folder.with_name(folder.name + ".lock"), f"the gateway cache {folder}"):
+        cache = GenerationCache(folder)
+        try:
+            yield CachedCompletions(cache, model_id, complete)
+        finally:
+            cache.close()
 
 
 def _probe(endpoint: str) -> None:

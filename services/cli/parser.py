@@ -105,8 +105,16 @@ def build_parser() -> argparse.ArgumentParser:
     _job_arguments(evaluate)
     evaluate.add_argument("--concurrency", type=_count(1), default=32)
     evaluate.add_argument(
-        "--endpoint", default=None, help="URL of a TGI server (default: the stand-in, in this process)"
+        "--endpoint",
+        default=None,
+        help="TGI URL, or openai+URL for an OpenAI-compatible server (default: the stand-in, in this process)",
     )
+    evaluate.add_argument(
+        "--data-dir",
+        default=None,
+        help="use the generation cache of this folder, as `run --data-dir` does (default: no cache)",
+    )
+    evaluate.add_argument("--gateways", type=_count(1), default=1, help="the cache partitions the folder's run used")
     evaluate.add_argument("--out", default="results", help="folder for the result JSON and the records Parquet")
 
     serve = commands.add_parser("serve", help="run one service (settings from INTROSPECT_* variables and flags)")

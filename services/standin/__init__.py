@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from ..backends.contract import Completion
 from ..core.chat import GenerationParameters
-from .answers import STANDIN_NAME, standin_answer
+from .answers import STANDIN_MODEL_ID, STANDIN_NAME, standin_answer
 
-__all__ = ["STANDIN_NAME", "complete_in_process", "standin_answer"]
+__all__ = ["STANDIN_MODEL_ID", "STANDIN_NAME", "complete_in_process", "standin_answer"]
 
 
 async def complete_in_process(prompt: str, parameters: GenerationParameters) -> Completion:

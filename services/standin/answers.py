@@ -14,6 +14,7 @@ import hashlib
 import re
 
 STANDIN_NAME = "introspect-stand-in (deterministic test server, not a language model)"
+STANDIN_MODEL_ID = "introspect-stand-in"  # the model id its servers report: part of every cache key
 
 # Chat-template text after the user message, removed before reading the question.
 _TEMPLATE_TAILS = (" [/INST]", "[/INST]", "\nFalcon:", "<|im_end|>", "<|eot_id|>", "<end_of_turn>")

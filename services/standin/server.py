@@ -22,9 +22,8 @@ from typing import Any
 import uvloop
 from aiohttp import web
 
-from .answers import STANDIN_NAME, prompt_roll, standin_answer
+from .answers import STANDIN_MODEL_ID, STANDIN_NAME, prompt_roll, standin_answer
 
-STANDIN_MODEL_ID = "introspect-stand-in"
 _HEADER = {"X-Introspect-Stand-In": STANDIN_NAME}
 Reply = tuple[int, Any, float, tuple[int, int]]  # status, body, seconds, (prompt, generated) tokens
 

@@ -18,7 +18,7 @@ from services.client import dead_letters
 from services.local import LocalPipeline, free_port, wait_for_port
 from services.runtime.settings import Settings
 from tests.conftest import DATASET_MIRROR
-from tests.support.pipeline import standin_stats, submit_jobs, wait_complete
+from tests.support.pipeline import get_json, standin_stats, submit_jobs, wait_complete
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -210,3 +210,34 @@ def test_evaluate_through_an_openai_compatible_server_equals_tgi(tmp_path, capsy
         server.wait()
     tgi, openai = (json.loads((tmp_path / name / f"{EXPERIMENT}.json").read_text()) for name in ("tgi", "openai"))
     assert tgi["results"] == openai["results"]
+
+
+def test_evaluate_with_a_data_dir_answers_from_the_cache_a_run_filled(tmp_path, capsys) -> None:
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "services.cli", "standin", "--port", str(port)],
+                              stdout=subprocess.DEVNULL)  # fmt: skip
+    endpoint = f"http://127.0.0.1:{port}"
+    stats_url = f"{endpoint}/stand-in/stats"
+    try:
+        wait_for_port(port, "the stand-in", server, timeout=60)
+        data = ["--data-dir", str(tmp_path / "d")]
+        assert (
+            main(["run", *COMMON, "--endpoint", endpoint, *data, "--gateways", "2", "--out", str(tmp_path / "run")])
+            == 0
+        )
+        generated = get_json(stats_url)["generated"]
+        assert generated > 0
+        argv = ["evaluate", *COMMON, "--endpoint", endpoint, *data, "--gateways", "2", "--out", str(tmp_path / "ev")]
+        assert main(argv) == 0
+        assert get_json(stats_url)["generated"] == generated  # every answer came from the run's cache
+        assert main(["evaluate", *COMMON, "--endpoint", endpoint, "--out", str(tmp_path / "fresh")]) == 0
+        # Without --data-dir, no cache: every question asked again (repeats too, which a cache answers).
+        assert get_json(stats_url)["generated"] >= 2 * generated
+    finally:
+        server.terminate()
+        server.wait()
+    capsys.readouterr()
+    results = [
+        json.loads((tmp_path / name / f"{EXPERIMENT}.json").read_text())["results"] for name in ("run", "ev", "fresh")
+    ]
+    assert results[0] == results[1] == results[2]
