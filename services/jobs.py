@@ -14,12 +14,12 @@ from pathlib import Path
 from proto import Chat, Job
 
 from .core.chat import (
-    ChatTurn,
     GenerationParameters,
     SystemMessage,
     SystemMessageNotSupported,
     UnknownModel,
     generation_defaults,
+    render_checked,
 )
 from .core.config import InvalidTaskConfig, TaskConfig
 from .core.datasets import UnknownDataset, resolve_dataset
@@ -71,7 +71,7 @@ def prepare_job(job: Job) -> PreparedJob:
     """Check a job and resolve its parts; a mistake raises the user-facing error that names it."""
     model = load_model(job.model)
     system = model.default_system if job.system_message is None else SystemMessage.parse(job.system_message)
-    model.chat_format.render([ChatTurn("check")], system)  # refuses a system message the model cannot take
+    render_checked(model.chat_format, "check", system)  # refuses a system message the model cannot take
     source: str | LocalFileDataset
     if Path(job.dataset).suffix.lower() in LOCAL_FILE_SUFFIXES:
         if job.category not in DATASET_CATEGORIES:

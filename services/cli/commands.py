@@ -21,7 +21,7 @@ from proto.subjects import partition_of
 
 from ..backends.contract import BackendUnavailable, Complete
 from ..client import AggregatorRefused
-from ..core.chat import MODELS, ChatTurn
+from ..core.chat import MODELS, render_checked, template_mismatch
 from ..core.config import TASK_OPTIONS
 from ..core.datasets import DATASETS
 from ..core.observations import Observation
@@ -30,7 +30,7 @@ from ..core.replay import Generation
 from ..core.results import Aggregate, summary
 from ..core.tasks import TASK_KINDS
 from ..jobs import JOB_ERRORS, PreparedJob, prepare_job
-from ..models import load_model
+from ..models import ResolvedModel, load_model
 from ..runtime.lock import FolderInUse, FolderLock
 from ..runtime.settings import InvalidSettings, Settings
 from .parser import build_parser, grid_from, job_from
@@ -131,7 +131,7 @@ def _render(args: argparse.Namespace) -> int:
 
     model = load_model(args.model)
     system = model.default_system if args.system_message is None else SystemMessage.parse(args.system_message)
-    print(model.chat_format.render([ChatTurn(args.message)], system))
+    print(render_checked(model.chat_format, args.message, system))
     return 0
 
 
@@ -268,7 +268,7 @@ def _run(args: argparse.Namespace) -> int:
 
     job = with_job_id(job_from(args, args.model, args.dataset, args.task, args.config))
     if args.endpoint:
-        _probe(args.endpoint)  # before anything starts: a wrong endpoint fails in a second, not after the stack
+        _probe(args.endpoint, load_model(args.model))  # before anything starts: a wrong endpoint fails in a second
     source = args.endpoint or "the stand-in (deterministic, not a language model)"
     print(f"{job.job_id}: answers from {source}", file=sys.stderr)
     pipeline = LocalPipeline(Path(args.data_dir).resolve(), args.endpoint, partitions=args.gateways,
@@ -316,7 +316,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     started = time.monotonic()
     prepared = prepare_job(job_from(args, args.model, args.dataset, args.task, args.config))
     if args.endpoint:
-        _probe(args.endpoint)
+        _probe(args.endpoint, prepared.model)
     try:
         observations = prepared.load_observations()
     except loading.DatasetLoadError as error:
@@ -389,12 +389,18 @@ def _cached(data_dir: Path, partition: int, model_id: str, complete: Complete) -
             cache.close()
 
 
-def _probe(endpoint: str) -> None:
+def _probe(endpoint: str, model: ResolvedModel) -> None:
     """Ask the model server what it serves; say so, or raise BackendUnavailable saying why not."""
     from ..backends import probe
 
     info = asyncio.run(probe(endpoint))
     print(f"{endpoint} serves {info.model_id}", file=sys.stderr)
+    if template_mismatch(model.chat_format.name, info.model_id):
+        warning = (
+            f"introspect: warning: {endpoint} serves {info.model_id}, but --model {model.name} renders the "
+            f"{model.chat_format.name} chat template; give the --model that matches the server"
+        )
+        print(warning, file=sys.stderr)
 
 
 def _print_results(results: dict[str, Any]) -> None:

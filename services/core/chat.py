@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jinja2 import StrictUndefined
-from jinja2.exceptions import TemplateError
+from jinja2.exceptions import TemplateError, TemplateSyntaxError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 
@@ -163,7 +163,12 @@ def jinja_format(name: str, tokenizer_config: Mapping[str, Any], default_system:
         template_source = named.get("default")
     if not isinstance(template_source, str):
         raise UnknownModel(f"{name}: tokenizer_config.json has no chat_template")
-    template = _JINJA.from_string(template_source)
+    try:
+        template = _JINJA.from_string(template_source)
+    except TemplateSyntaxError as error:
+        raise UnknownModel(
+            f"{name}: the chat_template is not valid Jinja: {error.message} (line {error.lineno})"
+        ) from None
     special = {key: _token_text(tokenizer_config.get(key)) for key in ("bos_token", "eos_token")}
 
     def render(history: Sequence[ChatTurn], system: SystemMessage = DEFAULT_SYSTEM) -> str:
@@ -188,6 +193,17 @@ def _token_text(token: Any) -> str:
 # -- models --
 
 
+def render_checked(chat_format: ChatFormat, message: str, system: SystemMessage) -> str:
+    """`chat_format.render` of one user message, its template's own failures (a refused
+    system message aside) turned into UnknownModel, a mistake in the model given."""
+    try:
+        return chat_format.render([ChatTurn(message)], system)
+    except SystemMessageNotSupported:
+        raise
+    except TemplateError as error:
+        raise UnknownModel(f"{chat_format.name}: the chat_template failed to render: {error}") from None
+
+
 @dataclass(frozen=True, slots=True)
 class Model:
     shorthand: str
@@ -207,6 +223,24 @@ MODELS: dict[str, Model] = {
         Model("mistral-v2-7b", "mistralai/Mistral-7B-Instruct-v0.2", MISTRAL),
     )
 }
+
+# How a served model id names each of the paper's template families.
+_FAMILY_MARKS: dict[str, tuple[str, ...]] = {
+    "Llama2": ("llama-2", "llama2"),
+    "Falcon": ("falcon",),
+    "Mistral": ("mistral",),
+}
+
+
+def template_mismatch(format_name: str, served_model_id: str) -> bool:
+    """Whether a server reporting `served_model_id` plainly is not of the family whose chat
+    template `format_name` is: a model asked in another model's format answers badly, and
+    the results would say nothing about it. Formats read from a tokenizer_config are the
+    model's own; the stand-in answers any format."""
+    marks = _FAMILY_MARKS.get(format_name)
+    served = served_model_id.lower()
+    return marks is not None and "stand-in" not in served and not any(mark in served for mark in marks)
+
 
 # The paper's default system message per model family: Llama2 and Mistral ran without one.
 PAPER_SYSTEM_MESSAGE: dict[str, SystemMessage] = {"Llama2": NO_SYSTEM, "Falcon": DEFAULT_SYSTEM, "Mistral": NO_SYSTEM}

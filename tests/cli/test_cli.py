@@ -188,3 +188,22 @@ def test_a_metrics_port_in_use_is_one_line(nats_server, tmp_path) -> None:
         f"introspect: error: port {port} on 127.0.0.1 is in use; give the scorer another with --metrics-port "
         "or INTROSPECT_METRICS_PORT"
     )
+
+
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [("{% for m in messages %}{{ m.content }", "the chat_template is not valid Jinja: unexpected '}' (line 1)"),
+     ("{{ raise_exception('only two roles') }}", "the chat_template failed to render: only two roles"),
+     ("{{ messages[0].nothing.deeper }}", "the chat_template failed to render: ")],
+)  # fmt: skip
+@pytest.mark.parametrize("command", ["render", "evaluate"])
+def test_a_broken_chat_template_is_one_line(tmp_path, capsys, template: str, message: str, command: str) -> None:
+    folder = tmp_path / "broken-model"
+    folder.mkdir()
+    (folder / "tokenizer_config.json").write_text(json.dumps({"chat_template": template, "eos_token": "</s>"}))
+    argv = {"render": ["render", "Hi", "--model", str(folder)],
+            "evaluate": ["evaluate", "--model", str(folder), "--dataset", "IMDB", "--task", "classify",
+                         "--mirror", str(DATASET_MIRROR), "--out", str(tmp_path / "out")]}[command]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"introspect: error: broken-model: {message}")

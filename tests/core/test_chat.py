@@ -17,6 +17,7 @@ from services.core.chat import (
     clean_answer,
     jinja_format,
     resolve_model,
+    template_mismatch,
 )
 from services.models import load_model
 from tests.conftest import FIXTURES
@@ -95,3 +96,12 @@ def test_custom_system_messages_get_distinct_experiment_id_parts() -> None:
 )
 def test_clean_answer_removes_one_stop_sequence_then_white_space(generated: str, expected: str) -> None:
     assert clean_answer(generated, LLAMA2.stop) == expected
+
+
+def test_a_server_of_another_family_than_the_template_is_noticed() -> None:
+    assert template_mismatch("Llama2", "mistralai/Mistral-7B-Instruct-v0.2")
+    assert template_mismatch("Mistral", "tiiuae/falcon-7b-instruct")
+    assert not template_mismatch("Llama2", "meta-llama/Llama-2-70b-chat-hf")
+    assert not template_mismatch("Falcon", "/models/falcon-40b-instruct")
+    assert not template_mismatch("Llama2", "introspect-stand-in")  # the stand-in answers any format
+    assert not template_mismatch("smollm2-135m-instruct", "anything")  # a model's own template
