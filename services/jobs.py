@@ -23,7 +23,7 @@ from .core.chat import (
 )
 from .core.config import InvalidTaskConfig, TaskConfig
 from .core.datasets import UnknownDataset, resolve_dataset
-from .core.observations import DATASET_CATEGORIES, InvalidObservation, Observation
+from .core.observations import DATASET_CATEGORIES, SPLIT_NAMES, InvalidObservation, Observation
 from .core.results import ExperimentSpec
 from .core.tasks import Task, UnknownTask, task_kind
 from .datasets import DatasetLoadError, LocalFileDataset, check_local_file, load_split
@@ -73,6 +73,8 @@ def prepare_job(job: Job) -> PreparedJob:
     system = model.default_system if job.system_message is None else SystemMessage.parse(job.system_message)
     render_checked(model.chat_format, "check", system)  # refuses a system message the model cannot take
     source: str | LocalFileDataset
+    if job.split not in SPLIT_NAMES:  # it names the result files: nothing else may pass
+        raise UnknownDataset(f"unknown split {job.split!r}; use one of {', '.join(SPLIT_NAMES)}")
     if Path(job.dataset).suffix.lower() in LOCAL_FILE_SUFFIXES:
         if job.category not in DATASET_CATEGORIES:
             raise UnknownDataset(f"a local data file needs --category ({', '.join(DATASET_CATEGORIES)})")

@@ -8,6 +8,9 @@ own (the scrape job) and would rename ours.
 from prometheus_client import Counter, Gauge
 
 RECORDS = Counter("introspect_observations_completed_total", "Result records stored, first delivery only", ["task"])
+UNREADABLE = Counter(
+    "introspect_unreadable_stored_total", "Stored manifests or records skipped at start: unreadable or invalid"
+)
 DUPLICATES = Counter("introspect_duplicate_results_total", "Redelivered results recognised and not counted again")
 JOBS_COMPLETED = Counter("introspect_jobs_completed_total", "Jobs whose every expected record arrived")
 JOB_PROGRESS = Gauge("introspect_job_observations", "Observations of a job, by state", ["job_id", "state"])

@@ -11,6 +11,7 @@ are written (from the stored records, through the core's own `aggregate`) and a
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from proto import JobEvent, JobManifest, ScoredResult, decode, encode
+from proto import InvalidMessage, JobEvent, JobManifest, ScoredResult, decode, encode
 from proto import subjects as sub
 from proto.subjects import ConsumerSpec
 
@@ -31,6 +32,8 @@ from ..runtime.lock import FolderLock
 from ..wire import record_of
 from . import metrics
 from .store import ResultStore
+
+log = logging.getLogger("introspect")
 
 
 @dataclass(slots=True)
@@ -82,7 +85,14 @@ class Aggregator:
         self.lock.acquire()
         self.store = ResultStore(self.store_dir)
         for job_id, raw in self.store.manifests():
-            state = self._register(decode(raw, JobManifest))
+            try:
+                manifest = decode(raw, JobManifest)
+                _check_manifest(manifest)
+            except (InvalidMessage, ValueError) as error:  # stored by an older version, or damaged
+                metrics.UNREADABLE.inc()
+                log.warning("aggregator: skipping the stored manifest of job %s: %s", job_id, error)
+                continue
+            state = self._register(manifest)
             completion = self.store.completion(job_id)
             if completion is not None:  # finished: its counts were kept, its records stay on disk
                 state.complete, state.received = True, completion["received"]
@@ -114,6 +124,10 @@ class Aggregator:
         job_id = manifest.job.job_id
         if job_id in self.jobs:  # a redelivered manifest
             return _completed(self.jobs[job_id])
+        try:
+            _check_manifest(manifest)  # before it is stored: what is stored must never fail later
+        except ValueError as error:
+            raise Reject(f"job {job_id}: bad manifest: {error}", "bad-manifest") from None
         self.store.put_manifest(job_id, encode(manifest))
         state = self._register(manifest)
         if manifest.expected == 0:
@@ -156,9 +170,18 @@ class Aggregator:
         metrics.JOB_FAITHFUL.labels(state.job_id).set(state.running.both)
 
     def _records(self, state: JobState) -> list[ResultRecord]:
+        """The job's stored records; one that does not read (stored by an older version, or
+        damaged) is skipped and reported, never the end of the aggregator."""
         assert self.store is not None
         kind = kind_spec(state.running.task_kind).record
-        return [record_from_dict(kind, data) for data in self.store.records(state.job_id)]
+        records = []
+        for data in self.store.records(state.job_id):
+            try:
+                records.append(record_from_dict(kind, data))
+            except (TypeError, ValueError) as error:
+                metrics.UNREADABLE.inc()
+                log.warning("aggregator: skipping a stored record of job %s: %s", state.job_id, error)
+        return records
 
     async def _finish(self, state: JobState) -> list[Outgoing]:
         """Write the result files, remember the job complete; the `completed` event to publish."""
@@ -209,6 +232,17 @@ class Aggregator:
 
     async def _records_file(self, request: web.Request) -> web.StreamResponse:
         return _file_response(self._job(request).records_file)
+
+
+def _check_manifest(manifest: JobManifest) -> None:
+    """ValueError unless the manifest can run to its result files: a known task kind, a
+    count, and an experiment whose id is a file name and matches the one it carries."""
+    kind_spec(manifest.job.task)
+    if manifest.expected < 0:
+        raise ValueError(f"expected must be 0 or more, got {manifest.expected}")
+    spec = ExperimentSpec.from_args(manifest.experiment)
+    if spec.experiment_id != manifest.experiment_id:
+        raise ValueError(f"experiment_id {manifest.experiment_id!r} is not its experiment's {spec.experiment_id!r}")
 
 
 def _completed(state: JobState) -> list[Outgoing]:

@@ -60,11 +60,50 @@ def record_to_dict(record: ResultRecord) -> dict[str, Any]:
 
 
 def record_from_dict(kind: type[ResultRecord], data: dict[str, Any]) -> ResultRecord:
-    """The record of type `kind` (a task kind's `KindSpec.record`) in `data`."""
-    unknown = sorted(set(data).difference(_field_names(kind)))
+    """The record of type `kind` (a task kind's `KindSpec.record`) in `data`, every field's
+    type checked: a record that is stored and counted must not fail later, when counted
+    again or written out. Raises ValueError naming the first bad field."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{kind.__name__}: a record is a map, got {type(data).__name__}")
+    unknown = sorted(str(name) for name in set(data).difference(_field_names(kind)))
     if unknown:
         raise ValueError(f"{kind.__name__}: unknown field(s) {', '.join(unknown)}")
+    for name, value in data.items():
+        expected = _FIELD_TYPES[name]
+        if not _fits(value, expected):
+            raise ValueError(f"{kind.__name__}: field {name!r} must be {_describe(expected)}, got {value!r}")
+    if data.get("duration", 0.0) < 0 or data.get("duration", 0.0) != data.get("duration", 0.0):  # NaN too
+        raise ValueError(f"{kind.__name__}: field 'duration' must be a number of seconds, got {data['duration']!r}")
+    missing = [name for name in ("idx", "label") if name not in data]
+    if missing:
+        raise ValueError(f"{kind.__name__}: field {missing[0]!r} is missing")
     return kind(**data)
+
+
+# What each field may hold; None only where the record's type allows it.
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "idx": (int,), "label": (str,), "duration": (int, float),
+    "correct": (bool, type(None)), "introspect": (bool, type(None)), "faithful": (bool, type(None)),
+    **{name: (str, type(None)) for name in (
+        "predict_prompt", "predict_answer", "predict", "error", "ability_prompt", "ability_answer", "ability",
+        "explain_prompt", "explain_answer", "explain", "explain_predict_prompt", "explain_predict_answer",
+        "explain_predict",
+    )},
+}  # fmt: skip
+
+
+def _fits(value: Any, expected: tuple[type, ...]) -> bool:
+    # bool is an int to Python; nowhere here is a flag a number, or a number a flag.
+    if isinstance(value, bool):
+        return bool in expected
+    return isinstance(value, expected) and not (bool in expected and isinstance(value, int))
+
+
+def _describe(expected: tuple[type, ...]) -> str:
+    names = {int: "a whole number", float: "a number", str: "text", bool: "true or false", type(None): "null"}
+    if float in expected:  # a whole number is a number
+        expected = tuple(t for t in expected if t is not int)
+    return " or ".join(names[t] for t in expected)
 
 
 def error_record(kind: type[ResultRecord], idx: int, label: str, error: str, duration: float) -> ResultRecord:

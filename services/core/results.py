@@ -64,6 +64,10 @@ def aggregate(task_kind: str, records: Iterable[ResultRecord]) -> Aggregate:
     return running
 
 
+class InvalidExperiment(ValueError):
+    """An experiment's identity that cannot name result files (a missing or mistyped part)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Proportion:
     numerator: int
@@ -114,19 +118,42 @@ class ExperimentSpec:
             f"_t-{self.task}_c-{config}_s-{self.seed}"
         ).lower()
 
+    def __post_init__(self) -> None:
+        for name in ("model", "system_message", "dataset", "split", "task"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                raise InvalidExperiment(f"{name} must be non-empty text, got {value!r}")
+        if not all(isinstance(option, str) for option in self.config):
+            raise InvalidExperiment(f"task_config must be a list of text, got {list(self.config)!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise InvalidExperiment(f"seed must be a whole number, got {self.seed!r}")
+        if self.max_observations is not None and (
+            not isinstance(self.max_observations, int) or isinstance(self.max_observations, bool)
+        ):
+            raise InvalidExperiment(f"max_observations must be a whole number or null, got {self.max_observations!r}")
+        # The id names the result files: it must stay one file name in the results folder.
+        if any(bad in self.experiment_id for bad in ("/", "\\", "\0")) or self.experiment_id.startswith("."):
+            raise InvalidExperiment(f"experiment id {self.experiment_id!r} is not a file name")
+
     @classmethod
     def from_args(cls, args: dict[str, Any]) -> ExperimentSpec:
-        """The spec back from the `args` object of its result JSON."""
-        return cls(
-            model=args["model_name"],
-            system_message=args["system_message"],
-            dataset=args["dataset"],
-            split=args["split"],
-            task=args["task"],
-            config=tuple(args["task_config"]),
-            seed=args["seed"],
-            max_observations=args["max_observations"],
-        )
+        """The spec back from the `args` object of its result JSON; InvalidExperiment if it is not one."""
+        if not isinstance(args, dict):
+            raise InvalidExperiment(f"args must be a map, got {type(args).__name__}")
+        try:
+            config = args["task_config"]
+            return cls(
+                model=args["model_name"],
+                system_message=args["system_message"],
+                dataset=args["dataset"],
+                split=args["split"],
+                task=args["task"],
+                config=tuple(config) if isinstance(config, list) else (config,),
+                seed=args["seed"],
+                max_observations=args["max_observations"],
+            )
+        except KeyError as missing:
+            raise InvalidExperiment(f"args has no {missing.args[0]!r}") from None
 
     def args(self) -> dict[str, Any]:
         return {

@@ -107,3 +107,72 @@ async def test_a_completed_event_that_failed_to_publish_is_sent_on_redelivery(tm
         assert await bus.deliver(aggregator, _manifest("j1", 1)) == []  # sent once: JetStream drops repeats
     finally:
         await aggregator.close()
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [({"duration": "slow"}, "field 'duration' must be a number, got 'slow'"),
+     ({"label": 5}, "field 'label' must be text, got 5"),
+     ({"correct": 1}, "field 'correct' must be true or false or null, got 1"),
+     ({"duration": float("nan")}, "field 'duration' must be a number of seconds")],
+)  # fmt: skip
+async def test_a_mistyped_record_is_dead_lettered_before_it_is_stored(
+    tmp_path: Path, change: dict, reason: str
+) -> None:
+    aggregator, bus = Aggregator(tmp_path), MemoryBus()
+    await aggregator.start(bus)
+    try:
+        await bus.deliver(aggregator, _manifest("j1", 1))
+        good = _result("j1", 0)
+        assert await bus.deliver(aggregator, replace(good, record={**good.record, **change})) == []
+        assert aggregator.jobs["j1"].received == 0  # nothing stored, nothing counted
+        (completed,) = await bus.deliver(aggregator, good)  # the genuine record still finishes the job
+        assert isinstance(completed.message, JobEvent) and completed.message.event == "completed"
+    finally:
+        await aggregator.close()
+    (letter,) = bus.dead_letters
+    assert letter.category == "bad-record" and reason in letter.reason
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [({"model_name": "../../etc/llama"}, "is not a file name"),
+     ({"seed": None}, "seed must be a whole number"),
+     ({"split": None}, "split must be non-empty text")],
+)  # fmt: skip
+async def test_a_manifest_that_cannot_name_its_result_files_is_dead_lettered(
+    tmp_path: Path, change: dict, reason: str
+) -> None:
+    aggregator, bus = Aggregator(tmp_path), MemoryBus()
+    await aggregator.start(bus)
+    manifest = _manifest("j1", 1)
+    try:
+        assert await bus.deliver(aggregator, replace(manifest, experiment={**manifest.experiment, **change})) == []
+        missing = {k: v for k, v in manifest.experiment.items() if k != "seed"}
+        assert await bus.deliver(aggregator, replace(manifest, experiment=missing)) == []
+        assert aggregator.jobs == {}
+    finally:
+        await aggregator.close()
+    assert [letter.category for letter in bus.dead_letters] == ["bad-manifest", "bad-manifest"]
+    assert reason in bus.dead_letters[0].reason and "args has no 'seed'" in bus.dead_letters[1].reason
+    restarted = Aggregator(tmp_path)  # and nothing of them was stored to trip a restart
+    await restarted.start(bus)
+    await restarted.close()
+
+
+async def test_a_restart_skips_what_it_cannot_read_and_goes_on(tmp_path: Path) -> None:
+    aggregator, bus = Aggregator(tmp_path), MemoryBus()
+    await aggregator.start(bus)
+    await bus.deliver(aggregator, _manifest("j1", 3))
+    await bus.deliver(aggregator, _result("j1", 0))
+    assert aggregator.store is not None
+    aggregator.store.add_record("j1", 1, {"idx": 1, "label": 5})  # as an older version might have stored it
+    aggregator.store.put_manifest("j2", b"\xc1 not a manifest")
+    await aggregator.close()
+
+    restarted = Aggregator(tmp_path)
+    await restarted.start(bus)  # does not fail: skips and reports both
+    try:
+        assert set(restarted.jobs) == {"j1"} and restarted.jobs["j1"].received == 1
+    finally:
+        await restarted.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from proto import (
+    Job,
     JobEvent,
     JobManifest,
     ObservationMessage,
@@ -39,3 +40,14 @@ async def test_the_producer_rejects_a_bad_job_with_an_event_and_a_dead_letter(tm
     assert isinstance(event, JobEvent) and event.event == "rejected" and "no mirror of RTE" in event.detail
     (letter,) = bus.dead_letters
     assert letter.category == "bad-job" and letter.reason.startswith("job j2: no mirror of RTE")
+
+
+async def test_a_job_whose_split_is_not_a_split_is_rejected(tmp_path: Path) -> None:
+    bus = MemoryBus()
+    data = tmp_path / "reviews.jsonl"
+    data.write_text('{"text": "Good.", "label": "positive"}\n')
+    job = Job("j3", "llama2-7b", str(data), "classify", split="../../../x", category="sentiment")
+    (event,) = [item.message for item in await bus.deliver(Producer(), job)]
+    assert isinstance(event, JobEvent) and event.event == "rejected"
+    (letter,) = bus.dead_letters
+    assert letter.category == "bad-job" and "unknown split '../../../x'; use one of train, valid, test" in letter.reason
