@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,12 +22,24 @@ def write_result_files(
     out.mkdir(parents=True, exist_ok=True)
     result_path = out / f"{spec.experiment_id}.json"
     records_path = out / f"{spec.experiment_id}.parquet"
-    partial = result_path.with_suffix(".json.partial")
-    partial.write_text(json.dumps(result_json(spec, running, setup_seconds), indent=2) + "\n", encoding="utf-8")
-    partial.replace(result_path)
+    partial = _partial(result_path)
+    try:
+        partial.write_text(json.dumps(result_json(spec, running, setup_seconds), indent=2) + "\n", encoding="utf-8")
+        partial.replace(result_path)
+    finally:
+        partial.unlink(missing_ok=True)  # a failed write (a full disk) leaves nothing behind
     import pandas as pd  # here, not at the top: only the process that writes the files needs it
 
-    partial = records_path.with_suffix(".parquet.partial")
-    pd.DataFrame([record_to_dict(r) for r in records]).to_parquet(partial, index=False)
-    partial.replace(records_path)
+    partial = _partial(records_path)
+    try:
+        pd.DataFrame([record_to_dict(r) for r in records]).to_parquet(partial, index=False)
+        partial.replace(records_path)
+    finally:
+        partial.unlink(missing_ok=True)
     return result_path, records_path
+
+
+def _partial(final: Path) -> Path:
+    """A name of its own beside `final`: two writers of one experiment (two jobs, or a retry
+    beside a slow first try) never write into each other's half-written file."""
+    return final.with_name(f".{final.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.partial")

@@ -11,6 +11,7 @@ RECORDS = Counter("introspect_observations_completed_total", "Result records sto
 UNREADABLE = Counter(
     "introspect_unreadable_stored_total", "Stored manifests or records skipped at start: unreadable or invalid"
 )
+FINISH_FAILURES = Counter("introspect_finish_failures_total", "Attempts to write a job's result files that failed")
 DUPLICATES = Counter("introspect_duplicate_results_total", "Redelivered results recognised and not counted again")
 JOBS_COMPLETED = Counter("introspect_jobs_completed_total", "Jobs whose every expected record arrived")
 JOB_PROGRESS = Gauge("introspect_job_observations", "Observations of a job, by state", ["job_id", "state"])

@@ -34,6 +34,7 @@ from . import metrics
 from .store import ResultStore
 
 log = logging.getLogger("introspect")
+FINISH_RETRY_FIRST, FINISH_RETRY_MAX = 1.0, 30.0  # seconds between attempts to finish a job: doubling
 
 
 @dataclass(slots=True)
@@ -74,12 +75,15 @@ class Aggregator:
         self.results_dir = results_dir or data_dir / "results"
         self.store: ResultStore | None = None
         self.jobs: dict[str, JobState] = {}
+        self.bus: Publisher | None = None  # where a finish retried in the background publishes
+        self._retrying: dict[str, asyncio.Task[None]] = {}
         self.lock: FolderLock | None = None
 
     def consumer(self) -> ConsumerSpec:
         return sub.consumer_for("aggregator")
 
     async def start(self, bus: Publisher) -> None:
+        self.bus = bus
         # RocksDB locks the folder too, but says only "Resource temporarily unavailable".
         self.lock = FolderLock(self.store_dir.with_name("aggregator.lock"), f"the aggregator's store {self.store_dir}")
         self.lock.acquire()
@@ -106,9 +110,11 @@ class Aggregator:
             for record in self._records(state):
                 self._count(state, record)
             if state.received >= state.manifest.expected:
-                await bus.publish(await self._finish(state))  # it died between the last record and the files
+                await bus.publish(await self._finish_or_retry(state))  # died between the last record and the files
 
     async def close(self) -> None:
+        for task in list(self._retrying.values()):
+            task.cancel()
         if self.store is not None:
             self.store.close()
         if self.lock is not None:
@@ -131,7 +137,7 @@ class Aggregator:
         self.store.put_manifest(job_id, encode(manifest))
         state = self._register(manifest)
         if manifest.expected == 0:
-            return await self._finish(state)
+            return await self._finish_or_retry(state)
         return []
 
     async def _on_result(self, result: ScoredResult) -> list[Outgoing]:
@@ -149,11 +155,13 @@ class Aggregator:
             )
         if not self.store.add_record(result.job_id, result.idx, result.record):
             metrics.DUPLICATES.inc()
+            if state.received >= state.manifest.expected and not state.complete:
+                return await self._finish_or_retry(state)
             return _completed(state)
         self._count(state, record)
         metrics.RECORDS.labels(result.task).inc()
         if state.received == state.manifest.expected and not state.complete:
-            return await self._finish(state)
+            return await self._finish_or_retry(state)
         return []
 
     def _register(self, manifest: JobManifest) -> JobState:
@@ -182,6 +190,36 @@ class Aggregator:
                 metrics.UNREADABLE.inc()
                 log.warning("aggregator: skipping a stored record of job %s: %s", state.job_id, error)
         return records
+
+    async def _finish_or_retry(self, state: JobState) -> list[Outgoing]:
+        """Finish the job; if writing its files fails (a full disk), keep its records, say
+        so, and try again in the background until it succeeds: a job whose records are all
+        in always completes."""
+        try:
+            return await self._finish(state)
+        except OSError as error:
+            log.warning("aggregator: could not finish job %s (%s); trying again", state.job_id, error)
+            metrics.FINISH_FAILURES.inc()
+            if state.job_id not in self._retrying:
+                self._retrying[state.job_id] = asyncio.create_task(self._retry_finish(state))
+            return []
+
+    async def _retry_finish(self, state: JobState) -> None:
+        delay = FINISH_RETRY_FIRST
+        try:
+            while not state.complete:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, FINISH_RETRY_MAX)
+                try:
+                    events = await self._finish(state)
+                except OSError as error:
+                    metrics.FINISH_FAILURES.inc()
+                    log.warning("aggregator: job %s still cannot finish (%s)", state.job_id, error)
+                    continue
+                if self.bus is not None:
+                    await self.bus.publish(events)
+        finally:
+            self._retrying.pop(state.job_id, None)
 
     async def _finish(self, state: JobState) -> list[Outgoing]:
         """Write the result files, remember the job complete; the `completed` event to publish."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -176,3 +177,37 @@ async def test_a_restart_skips_what_it_cannot_read_and_goes_on(tmp_path: Path) -
         assert set(restarted.jobs) == {"j1"} and restarted.jobs["j1"].received == 1
     finally:
         await restarted.close()
+
+
+async def test_a_finish_that_fails_is_retried_until_the_job_completes(tmp_path: Path, monkeypatch) -> None:
+    import services.aggregator.service as aggregator_module
+
+    real, failures = aggregator_module.write_result_files, []
+
+    def full_disk_twice(*args, **kwargs):
+        if len(failures) < 2:
+            failures.append(1)
+            raise OSError(28, "No space left on device")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(aggregator_module, "write_result_files", full_disk_twice)
+    monkeypatch.setattr(aggregator_module, "FINISH_RETRY_FIRST", 0.01)
+    aggregator, bus = Aggregator(tmp_path), MemoryBus()
+    await aggregator.start(bus)
+    try:
+        await bus.deliver(aggregator, _manifest("j1", 1))
+        assert await bus.deliver(aggregator, _result("j1", 0)) == []  # stored and acknowledged, not finished
+        assert not aggregator.jobs["j1"].complete
+        for _ in range(500):  # until the background retry has written the files
+            if aggregator.jobs["j1"].complete:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        await aggregator.close()
+    assert aggregator.jobs["j1"].complete and len(failures) == 2
+    (event,) = bus.of(JobEvent)
+    assert event.event == "completed"
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == [
+        f"{_manifest('j1', 1).experiment_id}.json",
+        f"{_manifest('j1', 1).experiment_id}.parquet",
+    ]  # no half-written files left behind
