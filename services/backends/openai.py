@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 
 from ..core.chat import GenerationParameters
-from .contract import BackendInfo, Completion
+from .contract import BackendInfo, BackendUnavailable, Completion
 from .http import DEFAULT_RETRY, JsonEndpoint, RetryPolicy, get_json
 
 
@@ -63,10 +63,19 @@ class OpenAICompletionsBackend:
         if self.model is None:
             await self.describe()
         body, _ = await self.endpoint.post(openai_payload(str(self.model), prompt, parameters))
+        text = _choice_text(body)
+        if text is None:  # never cached: the request is tried again later
+            raise BackendUnavailable(f"{self.url}: an answer without choices[0].text: {str(body)[:200]}")
         usage = body.get("usage") or {}
-        return Completion(
-            body["choices"][0]["text"], 0.0, _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
-        )
+        return Completion(text, 0.0, _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens")))
+
+
+def _choice_text(body: Any) -> str | None:
+    try:
+        text = body["choices"][0]["text"]
+    except (KeyError, IndexError, TypeError):
+        return None
+    return text if isinstance(text, str) else None
 
 
 def _count(value: Any) -> int | None:

@@ -48,8 +48,11 @@ class TGIBackend:
     async def complete(self, prompt: str, parameters: GenerationParameters) -> Completion:
         """The generated text, with the inference time and token counts TGI puts in its headers."""
         body, headers = await self.endpoint.post(tgi_payload(prompt, parameters))
+        text = body.get("generated_text") if isinstance(body, dict) else None
+        if not isinstance(text, str):  # never cached: the request is tried again later
+            raise BackendUnavailable(f"{self.url}: an answer without generated_text: {str(body)[:200]}")
         return Completion(
-            body["generated_text"],
+            text,
             (header_int(headers, "x-inference-time") or 0) / 1000,
             header_int(headers, "x-prompt-tokens"),
             header_int(headers, "x-generated-tokens"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 from pathlib import Path
 
 import msgpack
@@ -18,6 +19,9 @@ import msgpack
 from ..backends.contract import Complete, Completion, GenerationRejected
 from ..core.chat import GenerationParameters
 from ..runtime.storage import open_rocksdb
+from .metrics import CACHE_UNREADABLE as UNREADABLE
+
+log = logging.getLogger("introspect")
 
 
 class CacheMiss(LookupError):
@@ -36,13 +40,26 @@ class GenerationCache:
         self.db = open_rocksdb(path)
 
     def get(self, key: bytes) -> Completion | None:
-        """The stored completion, marked cached; a stored rejection raises it again."""
-        raw = self.db.get(key)
+        """The stored completion, marked cached; a stored rejection raises it again. An entry
+        that cannot be read (damaged on disk, or stored wrong by an older version) is a
+        miss: the generation is asked for again and stored anew."""
+        try:
+            raw = self.db.get(key)
+            text, seconds, rejected = msgpack.unpackb(raw) if raw is not None else (None, None, None)
+        except Exception as error:  # RocksDB's checksum and I/O errors, msgpack's format errors
+            log.warning("gateway cache: an unreadable entry is a miss (%s: %s)", type(error).__name__, error)
+            UNREADABLE.inc()
+            return None
         if raw is None:
             return None
-        text, seconds, rejected = msgpack.unpackb(raw)
         if rejected is not None:
+            if not isinstance(rejected, str):
+                UNREADABLE.inc()
+                return None
             raise GenerationRejected(rejected, cached=True)
+        if not isinstance(text, str) or not isinstance(seconds, int | float) or isinstance(seconds, bool):
+            UNREADABLE.inc()  # a null answer an older version cached: asked again, stored anew
+            return None
         return Completion(text, seconds, cached=True)
 
     def put(self, key: bytes, completion: Completion) -> None:

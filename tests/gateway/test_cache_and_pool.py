@@ -6,11 +6,12 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import aiohttp
+import msgpack
 import pytest
 from aiohttp.test_utils import TestServer
 from prometheus_client import REGISTRY
 
-from services.backends.contract import BackendInfo, Completion, GenerationRejected
+from services.backends.contract import BackendInfo, BackendUnavailable, Completion, GenerationRejected
 from services.backends.openai import OpenAICompletionsBackend
 from services.backends.tgi import RetryPolicy, TGIBackend
 from services.core.chat import LLAMA2, NO_SYSTEM, ChatTurn, GenerationParameters, generation_defaults
@@ -242,3 +243,40 @@ async def test_a_freed_slot_goes_to_the_oldest_waiter_and_survives_its_cancellat
     assert (await asyncio.wait_for(third, 2)).text == "C"
     assert (await first).text == "A"
     assert backend.started == ["a", "c"] and second.cancelled()
+
+
+async def test_a_server_answering_null_is_never_cached(tmp_path) -> None:
+    from aiohttp import web
+
+    async def info(_: web.Request) -> web.Response:
+        return web.json_response({"model_id": "m", "max_concurrent_requests": 4})
+
+    async def generate(_: web.Request) -> web.Response:
+        return web.json_response({"generated_text": None})
+
+    app = web.Application()
+    app.add_routes([web.get("/info", info), web.post("/generate", generate)])
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    cache = GenerationCache(tmp_path / "cache")
+    try:
+        async with aiohttp.ClientSession() as session:
+            backend = TGIBackend(_url(server), session)
+            completions = CachedCompletions(cache, "m", backend.complete)
+            with pytest.raises(BackendUnavailable, match="an answer without generated_text"):
+                await completions("a prompt", PARAMETERS)  # the worker hands the request back
+            assert cache.get(cache_key("m", "a prompt", PARAMETERS)) is None  # and nothing was stored
+    finally:
+        cache.close()
+        await server.close()
+
+
+def test_an_unreadable_cache_entry_is_a_miss(tmp_path) -> None:
+    cache = GenerationCache(tmp_path / "cache")
+    cache.db[b"null"] = msgpack.packb([None, 0.0, None])  # what an older version cached from a null answer
+    cache.db[b"garbage"] = b"\xc1\xc1\xc1"
+    cache.db[b"short"] = msgpack.packb(["text only"])
+    assert cache.get(b"null") is None and cache.get(b"garbage") is None and cache.get(b"short") is None
+    cache.put(b"null", Completion("positive", 0.5))  # asked again, stored anew
+    assert cache.get(b"null") == Completion("positive", 0.5, cached=True)
+    cache.close()
