@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import msgpack
@@ -20,6 +21,7 @@ from ..backends.contract import Complete, Completion, GenerationRejected
 from ..core.chat import GenerationParameters
 from ..runtime.storage import open_rocksdb
 from .metrics import CACHE_UNREADABLE as UNREADABLE
+from .metrics import CACHE_WRITE_FAILURES as WRITE_FAILURES
 
 log = logging.getLogger("introspect")
 
@@ -116,7 +118,17 @@ class CachedCompletions:
         try:
             completion = await self.complete(prompt, parameters)
         except GenerationRejected as rejected:
-            self.cache.put_rejection(key, str(rejected))
+            reason = str(rejected)
+            self._store(lambda: self.cache.put_rejection(key, reason))
             raise
-        self.cache.put(key, completion)
+        self._store(lambda: self.cache.put(key, completion))
         return completion
+
+    def _store(self, write: Callable[[], None]) -> None:
+        """Store what a server said; if the store cannot take it (a full disk), the answer is
+        still used: a generation paid for is never thrown away for want of a cache entry."""
+        try:
+            write()
+        except Exception as error:
+            WRITE_FAILURES.inc()
+            log.warning("gateway cache: could not store a generation (%s: %s)", type(error).__name__, error)

@@ -7,6 +7,9 @@ from prometheus_client import Counter, Gauge, Histogram
 
 CACHE_HITS = Counter("introspect_cache_hits_total", "Generation requests answered from the cache")
 CACHE_MISSES = Counter("introspect_cache_misses_total", "Generation requests the cache could not answer")
+CACHE_WRITE_FAILURES = Counter(
+    "introspect_cache_write_failures_total", "Generations answered but not stored: the cache could not take them"
+)
 CACHE_UNREADABLE = Counter("introspect_cache_unreadable_total", "Cache entries that could not be read: taken as misses")
 GENERATIONS = Counter(
     "introspect_generations_total",

@@ -280,3 +280,15 @@ def test_an_unreadable_cache_entry_is_a_miss(tmp_path) -> None:
     cache.put(b"null", Completion("positive", 0.5))  # asked again, stored anew
     assert cache.get(b"null") == Completion("positive", 0.5, cached=True)
     cache.close()
+
+
+async def test_an_answer_is_used_even_when_the_cache_cannot_store_it(tmp_path) -> None:
+    class FullDisk(GenerationCache):
+        def _put(self, key: bytes, text: str, seconds: float, rejected: str | None) -> None:
+            raise OSError(28, "No space left on device")
+
+    server, cache = _CountingServer(), FullDisk(tmp_path / "cache")
+    completions = CachedCompletions(cache, "m", server)
+    assert (await completions("a prompt", PARAMETERS)).text == "A PROMPT"  # delivered, not thrown away
+    assert cache.get(cache_key("m", "a prompt", PARAMETERS)) is None and server.calls == 1
+    cache.close()
