@@ -13,6 +13,7 @@ from proto import DeadLetter, Job, JobManifest, ScoredResult, encode
 from proto import subjects as sub
 from services.cli import main
 from services.client import dead_letters, wait_for_job, with_job_id
+from services.core.results import ExperimentSpec
 from services.local import LocalPipeline
 from services.runtime.settings import Settings
 from tests.conftest import DATASET_MIRROR
@@ -109,7 +110,7 @@ def test_a_dead_letter_replays_once_its_cause_is_fixed(tmp_path, capsys, pipelin
     job = Job(job_id="late-job", model="llama2-7b", dataset="IMDB", task="classify")
     experiment = {"model_name": "llama2-7b", "system_message": "none", "dataset": "IMDB", "split": "test",
                   "task": "classify", "task_config": [], "seed": 0, "max_observations": None}  # fmt: skip
-    manifest = JobManifest(job, "analysis_late", experiment, expected=1)
+    manifest = JobManifest(job, ExperimentSpec.from_args(experiment).experiment_id, experiment, expected=1)
     asyncio.run(_publish(pipeline.nats_url, [(sub.MANIFESTS, encode(manifest))]))
 
     assert main(["dead-letters", "replay", "--seq", str(seq), "--nats", pipeline.nats_url]) == 0
