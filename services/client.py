@@ -133,7 +133,7 @@ async def wait_for_job(
 async def _follow_dead_letters(bus: Bus, on_dead_letter: Callable[[DeadLetter], None]) -> None:
     async def on_message(msg: Any) -> None:
         with contextlib.suppress(InvalidMessage):  # not ours to report
-            on_dead_letter(decode(msg.data, DeadLetter))
+            on_dead_letter(decode(msg.data, DeadLetter, max_bytes=DeadLetter.MAX_BYTES))
 
     # A plain subscription: JetStream stores them, and a listener hears each as it is published.
     await bus.client.subscribe(sub.dead_letter_subject("*"), cb=on_message)

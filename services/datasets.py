@@ -255,7 +255,7 @@ def check_local_file(dataset: LocalFileDataset) -> None:
     if file_format == "parquet":
         return
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is how Excel saves "CSV UTF-8"
     except UnicodeDecodeError as error:
         byte = error.object[error.start]
         raise DatasetLoadError(
@@ -282,9 +282,12 @@ def _plain_rows(path: Path, text: str, file_format: str) -> list[dict[str, Any]]
     for number, line in enumerate(text.splitlines(), start=1):
         if line.strip():
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError as error:
                 raise DatasetLoadError(f"{path}: line {number} is not JSON ({error})") from None
+            if not isinstance(row, dict):
+                raise DatasetLoadError(f"{path}: line {number} is not a JSON object (one row per line)")
+            rows.append(row)
     return rows
 
 

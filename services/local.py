@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import shutil
 import signal
@@ -60,6 +61,7 @@ class LocalPipeline:
     lock: FolderLock | None = None
     on_stop: Callable[[], None] | None = None  # called once stopping begins (e.g. to say so)
     on_step: Callable[[str], None] | None = None  # told each start-up step as it happens
+    _log_start: dict[str, int] = field(default_factory=dict)
 
     @property
     def nats_url(self) -> str:
@@ -153,7 +155,9 @@ class LocalPipeline:
         free is only reserved once the process binds it, and a busy machine may take it."""
         if self.processes[name].poll() is None:
             return False
-        log = self.log_path(name).read_text(encoding="utf-8", errors="replace")[-2000:]
+        with self.log_path(name).open("rb") as file:  # only what this start of it wrote
+            file.seek(self._log_start.get(name, 0))
+            log = file.read().decode(errors="replace")[-2000:]
         return "address already in use" in log or " is in use; give the " in log
 
     def restart_nats(self) -> None:
@@ -229,11 +233,11 @@ class LocalPipeline:
                 try:
                     with urllib.request.urlopen(url, timeout=2) as response:
                         page = response.read().decode()
-                except OSError:  # restarting: counted next time
+                    samples = [s for family in text_string_to_metric_families(page) for s in family.samples]
+                except Exception:  # restarting, or a read cut short: counted next time
                     continue
-                for family in text_string_to_metric_families(page):
-                    for sample in family.samples:
-                        totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+                for sample in samples:
+                    totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
         hits, misses = totals.get("introspect_cache_hits_total", 0), totals.get("introspect_cache_misses_total", 0)
         return GenerationCounts(
             done=int(hits + misses),
@@ -258,8 +262,16 @@ class LocalPipeline:
 
     def _spawn(self, name: str, command: list[str], env: dict[str, str] | None = None) -> None:
         log = self.log_path(name).open("ab")
+        self._log_start[name] = log.tell()  # what this process writes begins here
+        # A session of its own: a terminal's Ctrl-C or hang-up reaches `run` alone, which then
+        # stops the services first and NATS last, instead of all of them at once.
         self.processes[name] = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            preexec_fn=functools.partial(_die_with_parent, os.getpid()),
+            start_new_session=True,
         )
         log.close()
 
@@ -313,12 +325,14 @@ BACKGROUND_NICENESS = 10  # added to the niceness of every service but the gatew
 PORT_ATTEMPTS = 3  # a port found free and taken by another process before ours binds it: try anew
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent: int) -> None:
     """In the child before it runs: SIGTERM when the process that started it dies, however
     it dies (Linux's parent-death signal), so a killed `introspect run` leaves no orphans."""
     if sys.platform == "linux":
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before the signal was asked for
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 _PR_SET_PDEATHSIG = 1

@@ -17,7 +17,7 @@ from services.core.observations import (
     MultiChoiceObservation,
     SentimentObservation,
 )
-from services.datasets import MIRROR_ENV, DatasetLoadError, LocalFileDataset, load_split
+from services.datasets import MIRROR_ENV, DatasetLoadError, LocalFileDataset, check_local_file, load_split
 from tests.conftest import DATASET_MIRROR
 
 
@@ -249,3 +249,12 @@ def test_local_file_mistakes_name_the_problem(tmp_path) -> None:
         load_split(LocalFileDataset(tmp_path / "data.txt", "sentiment"), "test")
     with pytest.raises(UnknownDataset, match="unknown category 'poetry'"):
         load_split(LocalFileDataset(path, "poetry"), "test")
+
+
+def test_a_csv_with_a_byte_order_mark_is_read(tmp_path) -> None:
+    """What Excel saves as "CSV UTF-8" starts with a byte-order mark; the check reads it as the loader does."""
+    path = tmp_path / "excel.csv"
+    path.write_bytes(b"\xef\xbb\xbftext,label\nGood,positive\n")
+    dataset = LocalFileDataset(path, "sentiment")
+    check_local_file(dataset)
+    assert load_split(dataset, "test") == [SentimentObservation(0, "positive", "Good")]

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgpack
 from aiohttp import web
 
 from proto import InvalidMessage, JobEvent, JobManifest, ScoredResult, decode, encode
@@ -183,12 +184,13 @@ class Aggregator:
         assert self.store is not None
         kind = kind_spec(state.running.task_kind).record
         records = []
-        for data in self.store.records(state.job_id):
+        for key, raw in self.store.records(state.job_id):
             try:
-                records.append(record_from_dict(kind, data))
-            except (TypeError, ValueError) as error:
+                records.append(record_from_dict(kind, msgpack.unpackb(raw)))
+            except Exception as error:  # msgpack's format errors, the record's own checks
                 metrics.UNREADABLE.inc()
-                log.warning("aggregator: skipping a stored record of job %s: %s", state.job_id, error)
+                log.warning("aggregator: dropping an unreadable stored record of job %s: %s", state.job_id, error)
+                self.store.forget(key)
         return records
 
     async def _finish_or_retry(self, state: JobState) -> list[Outgoing]:
@@ -197,7 +199,7 @@ class Aggregator:
         in always completes."""
         try:
             return await self._finish(state)
-        except OSError as error:
+        except Exception as error:  # a full disk: OSError from the files, RocksDB's own errors
             log.warning("aggregator: could not finish job %s (%s); trying again", state.job_id, error)
             metrics.FINISH_FAILURES.inc()
             if state.job_id not in self._retrying:
@@ -212,7 +214,7 @@ class Aggregator:
                 delay = min(delay * 2, FINISH_RETRY_MAX)
                 try:
                     events = await self._finish(state)
-                except OSError as error:
+                except Exception as error:
                     metrics.FINISH_FAILURES.inc()
                     log.warning("aggregator: job %s still cannot finish (%s)", state.job_id, error)
                     continue

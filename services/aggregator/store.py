@@ -43,9 +43,14 @@ class ResultStore:
         self.db[key] = msgpack.packb(record, use_bin_type=True)
         return True
 
-    def records(self, job_id: str) -> Iterator[dict[str, Any]]:
-        for _, value in self._prefix(_RECORD + job_id.encode() + b"\0"):
-            yield msgpack.unpackb(value)
+    def records(self, job_id: str) -> Iterator[tuple[bytes, bytes]]:
+        """The job's stored records as (key, msgpack bytes): decoding is the caller's, so one
+        damaged entry cannot end the iteration."""
+        yield from self._prefix(_RECORD + job_id.encode() + b"\0")
+
+    def forget(self, key: bytes) -> None:
+        """Drop a stored entry that cannot be read, so a redelivery of it is stored anew."""
+        del self.db[key]
 
     def mark_complete(self, job_id: str, info: dict[str, Any]) -> None:
         self.db[_COMPLETE + job_id.encode()] = msgpack.packb(info, use_bin_type=True)

@@ -51,7 +51,8 @@ class Producer(ServiceBase):
         """The manifest, then the observations chunk by chunk, then the `accepted` event."""
         started = time.monotonic()
         try:
-            prepared = prepare_job(job)
+            # Checking a local data file reads all of it: off the event loop too.
+            prepared = await asyncio.to_thread(prepare_job, job)
             if self.served_models and prepared.model.name not in self.served_models:
                 raise NotServed(
                     f"no gateway serves model {prepared.model.name!r} (served: {', '.join(sorted(self.served_models))})"

@@ -15,6 +15,7 @@ from proto import (
     replace,
 )
 from services.aggregator.service import Aggregator
+from services.aggregator.store import _record_key
 from services.core.observations import SentimentObservation
 from services.core.replay import run_transcript
 from services.core.tasks import Task
@@ -168,13 +169,18 @@ async def test_a_restart_skips_what_it_cannot_read_and_goes_on(tmp_path: Path) -
     await bus.deliver(aggregator, _result("j1", 0))
     assert aggregator.store is not None
     aggregator.store.add_record("j1", 1, {"idx": 1, "label": 5})  # as an older version might have stored it
+    aggregator.store.db[_record_key("j1", 2)] = b"\xc1 damaged"
     aggregator.store.put_manifest("j2", b"\xc1 not a manifest")
     await aggregator.close()
 
     restarted = Aggregator(tmp_path)
-    await restarted.start(bus)  # does not fail: skips and reports both
+    await restarted.start(bus)  # does not fail: skips and reports all three
     try:
         assert set(restarted.jobs) == {"j1"} and restarted.jobs["j1"].received == 1
+        # The unreadable records were dropped: their redeliveries are stored and complete the job.
+        assert await bus.deliver(restarted, _result("j1", 1)) == []
+        (completed,) = await bus.deliver(restarted, _result("j1", 2))
+        assert isinstance(completed.message, JobEvent) and completed.message.event == "completed"
     finally:
         await restarted.close()
 

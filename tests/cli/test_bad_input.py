@@ -22,6 +22,8 @@ CASES = [
      "{path}: row 1 has no column 'text' (for text); its columns are review, label; "
      "name one with --column text=COLUMN"),
     ("broken.jsonl", b'{"text": "Good", "label": 5}\n{"text": \n', [], "{path}: line 2 is not JSON ("),
+    ("numbers.jsonl", b'{"text": "Good", "label": 5}\n5\n', [],
+     "{path}: line 2 is not a JSON object (one row per line)"),
     ("notes.txt", b"Good\n", [], "notes.txt: unsupported file type '.txt'; use .jsonl, .json, .csv, .parquet"),
     ("missing.csv", None, [], "no such file: {path}"),
 ]  # fmt: skip
