@@ -95,11 +95,7 @@ class LocalPipeline:
             # importing, which the two cores do side by side. A gateway asks its backend again
             # until the stand-in listens.
             if self.endpoint is None and not self.offline:
-                self.ports["standin"] = free_port()
-                self._spawn(
-                    "standin",
-                    [*_introspect(), "standin", "--port", str(self.ports["standin"]), *self.standin_args],
-                )
+                self._spawn_standin()
             names = self.service_names()
             self._step(f"starting {'the stand-in and ' if 'standin' in self.processes else ''}{len(names)} services")
             for name in names:
@@ -133,22 +129,23 @@ class LocalPipeline:
                 del self.ports["nats"]
         raise PipelineError(f"no free port for nats-server after {PORT_ATTEMPTS} tries")
 
+    def _spawn_standin(self) -> None:
+        self.ports["standin"] = free_port()
+        self._spawn("standin", [*_introspect(), "standin", "--port", str(self.ports["standin"]), *self.standin_args])
+
     def _wait_for_standin(self) -> None:
         for _ in range(PORT_ATTEMPTS - 1):
             try:
-                return _wait_for_http(self.standin_url + "/info", "the stand-in", self.processes["standin"], 60)
+                return self._wait_for_http("standin", self.standin_url + "/info", 60)
             except PipelineError:
                 if not self._port_was_taken("standin"):
                     raise
-            self.ports["standin"] = free_port()
-            self._spawn(
-                "standin", [*_introspect(), "standin", "--port", str(self.ports["standin"]), *self.standin_args]
-            )
+            self._spawn_standin()
             for name in self.service_names():  # the gateways were told the old port
                 if name.startswith("gateway"):
                     self.kill(name)  # still asking the old port: nothing taken, nothing to hand back
                     self.start_service(name)
-        _wait_for_http(self.standin_url + "/info", "the stand-in", self.processes["standin"], 60)
+        self._wait_for_http("standin", self.standin_url + "/info", 60)
 
     def _port_was_taken(self, name: str) -> bool:
         """Whether `name` exited because another process took its port first: a port found
@@ -207,20 +204,20 @@ class LocalPipeline:
         return self._wait_healthy(name, timeout)
 
     def _wait_healthy(self, name: str, timeout: float) -> None:
+        self._wait_for_http(name, f"http://127.0.0.1:{self.ports[name]}/healthz", timeout)
+
+    def _wait_for_http(self, name: str, url: str, timeout: float) -> None:
+        """Until `url` answers 200, while the process started as `name` runs: whatever
+        else listens on its port never answers for it."""
         deadline = time.monotonic() + timeout
-        url = f"http://127.0.0.1:{self.ports[name]}/healthz"
         while time.monotonic() < deadline:
-            process = self.processes[name]
-            if process.poll() is not None:
+            if self.processes[name].poll() is not None:
                 raise PipelineError(f"{name} exited ({self.last_log_line(name)}); see {self.log_path(name)}")
-            try:
-                with urllib.request.urlopen(url, timeout=1) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                pass
+            with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
             time.sleep(0.05)
-        raise PipelineError(f"{name} did not become healthy in {timeout:.0f} s; see {self.log_path(name)}")
+        raise PipelineError(f"{name} did not answer {url} in {timeout:.0f} s; see {self.log_path(name)}")
 
     def generation_counts(self) -> GenerationCounts:
         """What the gateways have done so far, from their /metrics pages."""
@@ -354,19 +351,6 @@ def _wait_for_nats(port: int, process: subprocess.Popen[bytes], timeout: float) 
                 return
         time.sleep(0.05)
     raise PipelineError(f"nats-server did not answer on port {port} in {timeout:.0f} s")
-
-
-def _wait_for_http(url: str, what: str, process: subprocess.Popen[bytes], timeout: float) -> None:
-    """Until `url` answers 200 from the process started for it."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise PipelineError(f"{what} exited with {process.returncode}")
-        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as response:
-            if response.status == 200:
-                return
-        time.sleep(0.05)
-    raise PipelineError(f"{what} did not answer {url} in {timeout:.0f} s")
 
 
 def wait_for_port(port: int, what: str, process: subprocess.Popen[bytes], timeout: float = 20.0) -> None:

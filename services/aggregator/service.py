@@ -86,7 +86,7 @@ class Aggregator:
     async def start(self, bus: Publisher) -> None:
         self.bus = bus
         # RocksDB locks the folder too, but says only "Resource temporarily unavailable".
-        self.lock = FolderLock(self.store_dir.with_name("aggregator.lock"), f"the aggregator's store {self.store_dir}")
+        self.lock = FolderLock.beside(self.store_dir, f"the aggregator's store {self.store_dir}")
         self.lock.acquire()
         self.store = ResultStore(self.store_dir)
         for job_id, raw in self.store.manifests():

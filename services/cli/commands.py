@@ -381,7 +381,7 @@ def _cached(data_dir: Path, partition: int, model_id: str, complete: Complete) -
     from ..gateway.cache import CachedCompletions, GenerationCache
 
     folder = data_dir / "cache" / f"partition-{partition}"
-    with FolderLock(folder.with_name(folder.name + ".lock"), f"the gateway cache {folder}"):
+    with FolderLock.beside(folder, f"the gateway cache {folder}"):
         cache = GenerationCache(folder)
         try:
             yield CachedCompletions(cache, model_id, complete)

@@ -72,8 +72,9 @@ def record_from_dict(kind: type[ResultRecord], data: dict[str, Any]) -> ResultRe
         expected = _FIELD_TYPES[name]
         if not _fits(value, expected):
             raise ValueError(f"{kind.__name__}: field {name!r} must be {_describe(expected)}, got {value!r}")
-    if data.get("duration", 0.0) < 0 or data.get("duration", 0.0) != data.get("duration", 0.0):  # NaN too
-        raise ValueError(f"{kind.__name__}: field 'duration' must be a number of seconds, got {data['duration']!r}")
+    duration = data.get("duration", 0.0)
+    if not 0 <= duration < float("inf"):  # negative, infinite or NaN
+        raise ValueError(f"{kind.__name__}: field 'duration' must be a number of seconds, got {duration!r}")
     missing = [name for name in ("idx", "label") if name not in data]
     if missing:
         raise ValueError(f"{kind.__name__}: field {missing[0]!r} is missing")

@@ -92,7 +92,7 @@ class Gateway(ServiceBase):
     async def start(self, bus: Publisher) -> None:
         folder = self.cache_dir / f"partition-{self.partition}"
         # RocksDB locks the folder too, but says only "Resource temporarily unavailable".
-        self.lock = FolderLock(folder.with_name(folder.name + ".lock"), f"the gateway cache {folder}")
+        self.lock = FolderLock.beside(folder, f"the gateway cache {folder}")
         self.lock.acquire()
         self.cache = GenerationCache(folder)
         if self.offline:

@@ -22,6 +22,11 @@ class FolderLock:
         self.what = what  # how the message names what is locked
         self._fd: int | None = None
 
+    @classmethod
+    def beside(cls, folder: Path, what: str) -> FolderLock:
+        """The lock of `folder`, in `<folder>.lock` beside it (not inside: a store owns its folder)."""
+        return cls(folder.with_name(folder.name + ".lock"), what)
+
     def acquire(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by children
