@@ -1,9 +1,12 @@
-"""Loading dataset splits with Hugging Face `datasets`: from the Hub, from a local mirror
-of a dataset's raw files, or from a user's own JSONL/CSV/Parquet file.
+"""Loading dataset splits: from the Hugging Face Hub, from a local mirror of a dataset's
+raw files, or from a user's own JSONL/CSV/Parquet file.
 
-A local mirror is a folder laid out like the source (`<dir>/<hub id>/<split>.jsonl`,
-and the bAbI archive as `<dir>/babi/tasks_1-20_v1-2.tar.gz`); it runs the same loading
-code as the Hub, which is how the tests and offline machines use it.
+The Hub and a user's file are read with Hugging Face `datasets`. A local mirror is a
+folder laid out like the source (`<dir>/<hub id>/<split>.jsonl`, and the bAbI archive as
+`<dir>/babi/tasks_1-20_v1-2.tar.gz`), which is how the tests and offline machines use it;
+it is read with the standard library, because importing `datasets` takes a second, the
+longest wait of a small local run. The rows, the split arithmetic and the seeded order
+are those `datasets` gives (tests/test_datasets.py compares them).
 """
 
 from __future__ import annotations
@@ -12,8 +15,9 @@ import csv
 import io
 import json
 import os
+import re
 import tarfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -49,38 +53,15 @@ def _hf() -> Any:
     return datasets
 
 
-@cache
-def _source_features(source: str, config: str | None) -> Any:
-    """The raw schema of a Hub source, to read a mirror's JSON with the same label names."""
-    hf = _hf()
-    string = hf.Value("string")
-    schemas: dict[tuple[str, str | None], Callable[[], Any]] = {
-        ("stanfordnlp/imdb", "plain_text"): lambda: hf.Features(
-            {"text": string, "label": hf.ClassLabel(names=["neg", "pos"])}
-        ),
-        ("nyu-mll/glue", "sst2"): lambda: hf.Features(
-            {"sentence": string, "label": hf.ClassLabel(names=["negative", "positive"]), "idx": hf.Value("int32")}
-        ),
-        ("nyu-mll/glue", "rte"): lambda: hf.Features(
-            {
-                "sentence1": string,
-                "sentence2": string,
-                "label": hf.ClassLabel(names=["entailment", "not_entailment"]),
-                "idx": hf.Value("int32"),
-            }
-        ),
-        ("sagnikrayc/mctest", "mc500"): lambda: hf.Features(
-            {
-                "idx": string,
-                "question": string,
-                "story": string,
-                "properties": {"author": string, "work_time": string},
-                "answer_options": {key: string for key in "ABCD"},
-                "answer": string,
-            }
-        ),
-    }
-    return schemas[(source, config)]()
+# The label names of each Hub source's `ClassLabel`: a mirror's JSON lines may hold a label
+# as its number or its name, as the Hub's files do.
+SOURCE_LABEL_NAMES: dict[tuple[str, str | None], tuple[str, ...]] = {
+    ("stanfordnlp/imdb", "plain_text"): ("neg", "pos"),
+    ("nyu-mll/glue", "sst2"): ("negative", "positive"),
+    ("nyu-mll/glue", "rte"): ("entailment", "not_entailment"),
+}
+
+Row = dict[str, Any]
 
 
 Mirror = str | os.PathLike[str] | None
@@ -121,48 +102,65 @@ def load_split(
 ) -> list[Observation]:
     """The observations of one split, `idx` assigned in source order, then shuffled by `seed`."""
     if isinstance(dataset, LocalFileDataset):
-        table = _load_local_file(dataset)
+        rows = _load_local_file(dataset)
         restructure = _local_restructure(dataset)
     else:
         definition = resolve_dataset(dataset)
-        table = _load_source(definition, definition.split_selection(split), mirror or os.environ.get(MIRROR_ENV))
+        rows = _load_source(definition, definition.split_selection(split), mirror or os.environ.get(MIRROR_ENV))
         restructure = definition.restructure
-    label_names = _label_names(table)
-    observations = []
-    # to_list converts the Arrow table column by column: iterating the Dataset formats
-    # every row on its own, half a second for 10,000 rows.
-    for idx, row in enumerate(table.to_list()):
-        if label_names is not None:
-            row = {**row, "label": label_names[row["label"]]}
-        observations.append(restructure(row, idx))
-    return shuffled(observations, seed)
+    return shuffled([restructure(row, idx) for idx, row in enumerate(rows)], seed)
 
 
 def shuffled(observations: list[Observation], seed: int) -> list[Observation]:
-    """The seeded order of the paper (`datasets.Dataset.shuffle`); it changes nothing but order."""
-    order = _hf().Dataset.from_dict({"i": list(range(len(observations)))}).shuffle(seed=seed).to_dict()["i"]
-    return [observations[i] for i in order]
+    """The seeded order of the paper: `datasets.Dataset.shuffle(seed=seed)`, which is the
+    permutation of NumPy's default generator seeded so; it changes nothing but order."""
+    import numpy as np
+
+    return [observations[i] for i in np.random.default_rng(seed).permutation(len(observations))]
 
 
-def _label_names(table: Any) -> list[str] | None:
+def _hub_rows(table: Any) -> list[Row]:
+    """The rows of a Hugging Face dataset, each label by its name when it is a class label."""
     feature = table.features.get("label")
-    return list(feature.names) if isinstance(feature, _hf().ClassLabel) else None
+    names = list(feature.names) if isinstance(feature, _hf().ClassLabel) else None
+    # to_list converts the Arrow table column by column: iterating the Dataset formats
+    # every row on its own, half a second for 10,000 rows.
+    rows = table.to_list()
+    return rows if names is None else [{**row, "label": names[row["label"]]} for row in rows]
 
 
-def _load_source(definition: DatasetDefinition, selection: str, mirror: Mirror) -> Any:
+def select_rows(selection: str, splits: Mapping[str, list[Row]]) -> list[Row]:
+    """The rows a split selection names (`test`, `train[:80%]`, `train[80%:]`, `train[10:20]`),
+    by the arithmetic of `datasets.ReadInstruction`: a percentage boundary is the closest
+    row (Python's rounding), a negative one counts from the end, both are clipped."""
+    match = re.fullmatch(r"([\w.-]+)(?:\[(-?\d+)?(%?):(-?\d+)?(%?)\])?", selection)
+    if match is None:
+        raise DatasetLoadError(f"cannot read the split selection {selection!r}")
+    name, start, start_unit, stop, stop_unit = match.groups()
+    if name not in splits:
+        raise DatasetLoadError(f"no split {name!r} (there are {', '.join(sorted(splits)) or 'none'})")
+    rows = splits[name]
+
+    def bound(value: str | None, unit: str, default: int) -> int:
+        if value is None:
+            return default
+        number = round(int(value) * len(rows) / 100.0) if unit == "%" else int(value)
+        return min(max(len(rows) + number, 0) if number < 0 else number, len(rows))
+
+    return rows[bound(start, start_unit, 0) : bound(stop, stop_unit, len(rows))]
+
+
+def _load_source(definition: DatasetDefinition, selection: str, mirror: Mirror) -> list[Row]:
     if definition.source == "babi":
         return _load_babi(definition, selection, mirror)
     try:
         if mirror is None:
-            return _hf().load_dataset(
-                definition.source, definition.source_config, revision=definition.source_revision, split=selection
+            return _hub_rows(
+                _hf().load_dataset(
+                    definition.source, definition.source_config, revision=definition.source_revision, split=selection
+                )
             )
-        folder = Path(mirror) / definition.source / (definition.source_config or "default")
-        files = {path.stem: str(path) for path in sorted(folder.glob("*.jsonl"))}
-        if not files:
-            raise DatasetLoadError(f"no mirror of {definition.name} in {folder} (expected <split>.jsonl files)")
-        features = _source_features(definition.source, definition.source_config)
-        return _hf().load_dataset("json", data_files=files, features=features, split=selection)
+        return _load_mirror(definition, selection, Path(mirror))
     except DatasetLoadError:
         raise
     except Exception as error:  # the Hub, the network or the files: all end the same way
@@ -172,7 +170,7 @@ def _load_source(definition: DatasetDefinition, selection: str, mirror: Mirror) 
         raise DatasetLoadError(f"could not load {definition.name} ({definition.source}): {error}{hint}") from error
 
 
-def _load_babi(definition: DatasetDefinition, selection: str, mirror: Mirror) -> Any:
+def _load_babi(definition: DatasetDefinition, selection: str, mirror: Mirror) -> list[Row]:
     """bAbI comes as one archive of text files; parse the task's train or test file."""
     if mirror is not None:
         archive = Path(mirror) / "babi" / "tasks_1-20_v1-2.tar.gz"
@@ -184,7 +182,7 @@ def _load_babi(definition: DatasetDefinition, selection: str, mirror: Mirror) ->
     if not archive.is_file():
         raise DatasetLoadError(f"no bAbI archive at {archive}")
 
-    tables: dict[str, Any] = {}
+    tables: dict[str, list[Row]] = {}
     with tarfile.open(archive, "r:gz") as tar:
         for raw_split in ("train", "test"):
             member = BABI_TASK_FILES[definition.source_config or ""].format(split=raw_split)
@@ -194,23 +192,49 @@ def _load_babi(definition: DatasetDefinition, selection: str, mirror: Mirror) ->
                 handle = None
             if handle is None:
                 raise DatasetLoadError(f"{archive} has no file {member}")
-            rows = parse_babi(handle.read().decode("utf-8").splitlines())
-            tables[raw_split] = _hf().Dataset.from_list(rows)
-
-    # The same split arithmetic as the Hub datasets ("train[:80%]"), by `datasets` itself.
-    instruction = _hf().ReadInstruction.from_spec(selection)
-    bounds = instruction.to_absolute({name: len(table) for name, table in tables.items()})
-    pieces = [tables[b.splitname].select(range(b.from_ or 0, b.to)) for b in bounds]
-    return _hf().concatenate_datasets(pieces) if len(pieces) > 1 else pieces[0]
+            tables[raw_split] = parse_babi(handle.read().decode("utf-8").splitlines())
+    return select_rows(selection, tables)
 
 
-def _load_local_file(dataset: LocalFileDataset) -> Any:
+def _load_mirror(definition: DatasetDefinition, selection: str, mirror: Path) -> list[Row]:
+    """A split from a mirror's JSON lines, read with the standard library: the rows the Hub's
+    loader gives for the same files, without importing `datasets` (a second, on a laptop)."""
+    folder = mirror / definition.source / (definition.source_config or "default")
+    files = {path.stem: path for path in sorted(folder.glob("*.jsonl"))}
+    if not files:
+        raise DatasetLoadError(f"no mirror of {definition.name} in {folder} (expected <split>.jsonl files)")
+    name = selection.partition("[")[0]
+    if name not in files:
+        raise DatasetLoadError(f"no split {name!r} in the mirror {folder} (there are {', '.join(files)})")
+    path = files[name]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise DatasetLoadError(f"could not read {path}: {error}") from None
+    rows = _plain_rows(path, text, "json")
+    names = SOURCE_LABEL_NAMES.get((definition.source, definition.source_config))
+    if names is not None:
+        rows = [{**row, "label": _label_name(row.get("label"), names, path, number)} for number, row in enumerate(rows)]
+    return select_rows(selection, {name: rows})
+
+
+def _label_name(label: Any, names: tuple[str, ...], path: Path, number: int) -> str:
+    if isinstance(label, int) and not isinstance(label, bool) and 0 <= label < len(names):
+        return names[label]
+    if isinstance(label, str) and label in names:
+        return label
+    raise DatasetLoadError(
+        f"{path}: row {number + 1} has the label {label!r}, not one of {', '.join(names)} or its number"
+    )
+
+
+def _load_local_file(dataset: LocalFileDataset) -> list[Row]:
     if dataset.category not in DATASET_CATEGORIES:
         raise UnknownDataset(f"unknown category {dataset.category!r}; use one of {', '.join(DATASET_CATEGORIES)}")
     if not dataset.path.is_file():
         raise DatasetLoadError(f"no such file: {dataset.path}")
     try:
-        return _hf().load_dataset(dataset.file_format(), data_files=str(dataset.path), split="train")
+        return _hub_rows(_hf().load_dataset(dataset.file_format(), data_files=str(dataset.path), split="train"))
     except Exception as error:
         raise DatasetLoadError(f"could not read {dataset.path}: {error}") from error
 

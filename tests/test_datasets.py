@@ -17,7 +17,14 @@ from services.core.observations import (
     MultiChoiceObservation,
     SentimentObservation,
 )
-from services.datasets import MIRROR_ENV, DatasetLoadError, LocalFileDataset, check_local_file, load_split
+from services.datasets import (
+    MIRROR_ENV,
+    SOURCE_LABEL_NAMES,
+    DatasetLoadError,
+    LocalFileDataset,
+    check_local_file,
+    load_split,
+)
 from tests.conftest import DATASET_MIRROR
 
 
@@ -112,14 +119,66 @@ def test_without_a_mirror_each_split_is_asked_of_the_hub(monkeypatch, name: str)
     def hub(path: str, config_name: str | None = None, *, revision: str | None = None, split: str) -> object:
         calls.append((path, config_name, revision, split))
         source_split = split.partition("[")[0]
-        features = dataset_loading._source_features(path, config_name)
         rows = _raw_rows(*path.split("/"), config_name or "", f"{source_split}.jsonl")
-        return datasets.Dataset.from_list(rows, features=features)
+        return _as_the_hub_serves(rows, path, config_name)
 
     monkeypatch.setattr(datasets, "load_dataset", hub)
     from_hub = {split: load_split(name, split) for split in ("train", "valid", "test")}
     assert calls == [(source, config, revision, DATASETS[name].splits[split]) for split in ("train", "valid", "test")]
     assert from_hub["test"] == from_mirror
+
+
+def _as_the_hub_serves(rows: list[dict], source: str, config: str | None) -> datasets.Dataset:
+    """A Dataset of `rows`, its label a ClassLabel as on the Hub."""
+    table = datasets.Dataset.from_list(rows)
+    names = SOURCE_LABEL_NAMES.get((source, config))
+    return table if names is None else table.cast_column("label", datasets.ClassLabel(names=list(names)))
+
+
+MIRRORED = [(name, split) for name in ("IMDB", "SST2", "RTE", "MCTest") for split in ("train", "valid", "test")]
+
+
+@pytest.mark.parametrize(("name", "split"), MIRRORED)
+def test_a_mirror_read_without_datasets_gives_what_datasets_gives(name: str, split: str) -> None:
+    """The plain reader against `datasets.load_dataset("json", ...)` on the same files, with
+    the same split selection: the same rows, in the same order."""
+    definition = DATASETS[name]
+    folder = DATASET_MIRROR / definition.source / (definition.source_config or "default")
+    files = {path.stem: str(path) for path in folder.glob("*.jsonl")}
+    selection = definition.split_selection(split)
+    by_datasets = datasets.load_dataset("json", data_files=files, split=selection)
+    names = SOURCE_LABEL_NAMES.get((definition.source, definition.source_config))
+    if names is not None:
+        by_datasets = by_datasets.cast_column("label", datasets.ClassLabel(names=list(names)))
+    expected = dataset_loading._hub_rows(by_datasets)
+    assert dataset_loading._load_mirror(definition, selection, DATASET_MIRROR) == expected
+
+
+@pytest.mark.parametrize("size", [0, 1, 2, 3, 4, 5, 7, 9, 10, 11, 19, 20, 21, 33, 99, 101, 997])
+def test_split_arithmetic_is_datasets_read_instruction(size: int) -> None:
+    rows = [{"i": i} for i in range(size)]
+    for spec in ("train", "train[:80%]", "train[80%:]", "train[10%:35%]", "train[-30%:]", "train[3:7]", "train[:-2]"):
+        bounds = datasets.ReadInstruction.from_spec(spec).to_absolute({"train": size})
+        expected = [row for b in bounds for row in rows[b.from_ : b.to]]
+        assert dataset_loading.select_rows(spec, {"train": rows}) == expected, spec
+
+
+@pytest.mark.parametrize("seed", [0, 1, 42, 2**31 - 1])
+def test_the_seeded_order_is_datasets_shuffle(seed: int) -> None:
+    for size in (0, 1, 2, 20, 101, 1000):
+        by_datasets = datasets.Dataset.from_dict({"i": list(range(size))}).shuffle(seed=seed)["i"]
+        assert dataset_loading.shuffled(list(range(size)), seed) == by_datasets  # type: ignore[arg-type]
+
+
+def test_a_mirror_label_that_is_not_a_class_is_named(tmp_path) -> None:
+    folder = tmp_path / "nyu-mll" / "glue" / "rte"
+    folder.mkdir(parents=True)
+    (folder / "validation.jsonl").write_text('{"sentence1": "a", "sentence2": "b", "label": 7, "idx": 0}\n')
+    with pytest.raises(DatasetLoadError, match=r"validation.jsonl: row 1 has the label 7, not one of entailment"):
+        load_split("RTE", "test", mirror=tmp_path)
+    (folder / "validation.jsonl").write_text("not json\n")
+    with pytest.raises(DatasetLoadError, match=r"validation.jsonl: line 1 is not JSON"):
+        load_split("RTE", "test", mirror=tmp_path)
 
 
 def test_a_hub_failure_is_a_clear_error(monkeypatch) -> None:
