@@ -5,35 +5,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import secrets
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 import nats.js.errors
 from nats.js import api
 
-from proto import DeadLetter, InvalidMessage, Job, JobEvent, decode, replace
+from proto import DeadLetter, InvalidMessage, Job, JobEvent, decode
 from proto import subjects as sub
 
-from .jobs import prepare_job
+from .errors import AggregatorRefused
+from .jobs import with_job_id
 from .runtime.bus import Bus
 from .runtime.handlers import Outgoing
 from .runtime.settings import Settings
 
 DEAD_STREAM = "INTROSPECT_DEAD"
-
-
-def with_job_id(job: Job) -> Job:
-    """Give a job its id: the experiment id and a token, so each submission is its own run."""
-    if job.job_id:
-        return job
-    experiment_id = prepare_job(job).experiment.experiment_id
-    return replace(job, job_id=f"{experiment_id}.{time.strftime('%Y%m%d%H%M%S')}-{secrets.token_hex(2)}")
 
 
 async def submit(settings: Settings, jobs: Iterable[Job], wait: float = 0.0) -> list[tuple[Job, JobEvent | None]]:
@@ -48,7 +40,7 @@ async def submit(settings: Settings, jobs: Iterable[Job], wait: float = 0.0) -> 
         while watch is not None and time.monotonic() < deadline:
             if all(_verdict(watch, job.job_id) for job in submitted):
                 break
-            await asyncio.sleep(0.1)
+            await watch.next_event(deadline - time.monotonic())
         return [(job, _verdict(watch, job.job_id) if watch else None) for job in submitted]
     finally:
         await bus.close()
@@ -63,10 +55,17 @@ class JobWatch:
     """Events of the jobs a client follows, as they arrive."""
 
     events: dict[str, list[JobEvent]]
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)  # set by each event
 
     def last(self, job_id: str) -> JobEvent | None:
         seen = self.events.get(job_id)
         return seen[-1] if seen else None
+
+    async def next_event(self, seconds: float) -> None:
+        """Until another event arrives, or `seconds` pass."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.arrived.wait(), seconds)
+        self.arrived.clear()
 
 
 async def watch_events(bus: Bus) -> JobWatch:
@@ -79,6 +78,7 @@ async def watch_events(bus: Bus) -> JobWatch:
         except InvalidMessage:
             return
         watch.events.setdefault(event.job_id, []).append(event)
+        watch.arrived.set()
 
     config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.NEW)
     await bus.js.subscribe(sub.EVENTS, cb=on_event, ordered_consumer=True, config=config)
@@ -125,7 +125,7 @@ async def wait_for_job(
                     on_progress(status["received"], status["expected"])
                     if status["complete"]:
                         return status
-                await asyncio.sleep(poll)
+                await watch.next_event(poll)  # a `completed` event ends the wait at once
     finally:
         await bus.close()
 
@@ -194,10 +194,6 @@ async def replay_dead_letters(
 
 
 # -- the aggregator's HTTP API, for the command line --
-
-
-class AggregatorRefused(RuntimeError):
-    """The aggregator answered with an error (no such job, not complete yet): its words."""
 
 
 def list_jobs(aggregator: str) -> list[dict[str, Any]]:

@@ -7,11 +7,13 @@ producer all use it, so a job means the same thing wherever it runs.
 
 from __future__ import annotations
 
+import secrets
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from proto import Chat, Job
+from proto import Chat, Job, replace
 
 from .core.chat import (
     GenerationParameters,
@@ -109,3 +111,11 @@ def prepare_job(job: Job) -> PreparedJob:
 def select(observations: Sequence[Observation], limit: int | None, start: int, stop: int | None) -> list[Observation]:
     chosen = list(observations if limit is None else observations[:limit])
     return chosen[start:stop]
+
+
+def with_job_id(job: Job) -> Job:
+    """Give a job its id: the experiment id and a token, so each submission is its own run."""
+    if job.job_id:
+        return job
+    experiment_id = prepare_job(job).experiment.experiment_id
+    return replace(job, job_id=f"{experiment_id}.{time.strftime('%Y%m%d%H%M%S')}-{secrets.token_hex(2)}")

@@ -18,11 +18,15 @@ import socket
 import subprocess
 import sys
 import time
+import types
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from multiprocessing.process import BaseProcess
 from pathlib import Path
+from typing import Any, Protocol
 
+from .runtime.handoff import READY, listen_on_free_port
 from .runtime.lock import FolderLock
 
 SERVICES = ("producer", "scorer", "gateway", "aggregator")
@@ -56,12 +60,14 @@ class LocalPipeline:
     offline: bool = False
     results_dir: Path | None = None  # default: <data_dir>/results
     ack_wait: float | None = None  # seconds before JetStream redelivers unacknowledged work
-    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    processes: dict[str, Process] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
+    sockets: dict[str, socket.socket] = field(default_factory=dict)  # each server's port, bound here
     lock: FolderLock | None = None
     on_stop: Callable[[], None] | None = None  # called once stopping begins (e.g. to say so)
     on_step: Callable[[str], None] | None = None  # told each start-up step as it happens
     _log_start: dict[str, int] = field(default_factory=dict)
+    _ready: dict[str, socket.socket] = field(default_factory=dict)  # our ends of the ready pipes
 
     @property
     def nats_url(self) -> str:
@@ -89,22 +95,18 @@ class LocalPipeline:
         (self.data_dir / "logs").mkdir(exist_ok=True)
         started = time.monotonic()
         try:
+            start_launcher()  # imports while NATS starts
             self._step("starting NATS")
             self._start_nats()  # first: it listens in a few milliseconds, and everything connects to it
-            # Then everything else at once: each Python process spends most of its start
-            # importing, which the two cores do side by side. A gateway asks its backend again
-            # until the stand-in listens.
-            if self.endpoint is None and not self.offline:
-                self._spawn_standin()
             names = self.service_names()
-            self._step(f"starting {'the stand-in and ' if 'standin' in self.processes else ''}{len(names)} services")
+            if self.endpoint is None and not self.offline:
+                names = ["standin", *names]
+            standin = "the stand-in and " if "standin" in names else ""
+            self._step(f"starting {standin}{len(self.service_names())} services")
             for name in names:
                 self.start_service(name)
-            if "standin" in self.processes:
-                self._wait_for_standin()
-            for name in names:
-                self.wait_healthy(name)
-            self._step(f"{len(names)} services ready in {time.monotonic() - started:.1f} s")
+            self._wait_ready(names, timeout=120)
+            self._step(f"{len(self.service_names())} services ready in {time.monotonic() - started:.1f} s")
         except BaseException:
             self.stop()
             raise
@@ -116,54 +118,39 @@ class LocalPipeline:
     def _start_nats(self) -> None:
         fresh = "nats" not in self.ports  # a restart keeps its port: the services know it
         for _ in range(PORT_ATTEMPTS):
+            # nats-server binds its own port, so one found free may be taken first: then try anew.
             self.ports.setdefault("nats", free_port())
             store = self.data_dir / "nats"
             command = [nats_server_binary(), "-js", "-sd", str(store), "-a", "127.0.0.1", "-p", str(self.ports["nats"])]
-            self._spawn("nats", command)
+            self._spawn_nats(command)
             try:
                 _wait_for_nats(self.ports["nats"], self.processes["nats"], timeout=60)
                 return
             except PipelineError:
-                if not (fresh and self._port_was_taken("nats")):
+                if not (fresh and self._nats_port_was_taken()):
                     raise
                 del self.ports["nats"]
         raise PipelineError(f"no free port for nats-server after {PORT_ATTEMPTS} tries")
 
-    def _spawn_standin(self) -> None:
-        self.ports["standin"] = free_port()
-        self._spawn("standin", [*_introspect(), "standin", "--port", str(self.ports["standin"]), *self.standin_args])
-
-    def _wait_for_standin(self) -> None:
-        for _ in range(PORT_ATTEMPTS - 1):
-            try:
-                return self._wait_for_http("standin", self.standin_url + "/info", 60)
-            except PipelineError:
-                if not self._port_was_taken("standin"):
-                    raise
-            self._spawn_standin()
-            for name in self.service_names():  # the gateways were told the old port
-                if name.startswith("gateway"):
-                    self.kill(name)  # still asking the old port: nothing taken, nothing to hand back
-                    self.start_service(name)
-        self._wait_for_http("standin", self.standin_url + "/info", 60)
-
-    def _port_was_taken(self, name: str) -> bool:
-        """Whether `name` exited because another process took its port first: a port found
-        free is only reserved once the process binds it, and a busy machine may take it."""
-        if self.processes[name].poll() is None:
+    def _nats_port_was_taken(self) -> bool:
+        if self.processes["nats"].poll() is None:
             return False
-        with self.log_path(name).open("rb") as file:  # only what this start of it wrote
-            file.seek(self._log_start.get(name, 0))
-            log = file.read().decode(errors="replace")[-2000:]
-        return "address already in use" in log or " is in use; give the " in log
+        with self.log_path("nats").open("rb") as file:  # only what this start of it wrote
+            file.seek(self._log_start.get("nats", 0))
+            return "address already in use" in file.read().decode(errors="replace")[-2000:]
 
     def restart_nats(self) -> None:
         self.stop_process("nats")
         self._start_nats()
 
     def start_service(self, name: str) -> None:
+        """Start `name` ("standin", "producer", "gateway-0", ...) on its port, kept across restarts."""
+        if name not in self.sockets:
+            self.sockets[name] = listen_on_free_port()
+            self.ports[name] = self.sockets[name].getsockname()[1]
+        if name == "standin":
+            return self._fork(name, ["standin", *self.standin_args], dict(os.environ))
         service, _, number = name.partition("-")
-        self.ports.setdefault(name, free_port())
         env = {
             **os.environ,
             "INTROSPECT_NATS_URL": self.nats_url,
@@ -182,42 +169,40 @@ class LocalPipeline:
             env["INTROSPECT_BACKENDS"] = backend or ""
         if service == "aggregator":
             self.ports["aggregator"] = self.ports[name]
-        command = [*_introspect(), "serve", service]
         # On one machine the services share its cores. The gateway's response time decides
         # how busy the model servers are kept; the other stages have queues that absorb a
         # short wait, so they yield the CPU to it (and to a model server running here too).
-        if service != "gateway" and (nice := shutil.which("nice")):
-            command = [nice, "-n", str(BACKGROUND_NICENESS), *command]
-        self._spawn(name, command, env)
+        niceness = 0 if service == "gateway" else BACKGROUND_NICENESS
+        self._fork(name, ["serve", service], env, niceness)
 
     def wait_healthy(self, name: str, timeout: float = 120.0) -> None:
-        """Until the service says it is ready (a generous ceiling: a busy machine is slow to
-        start Python processes); a service whose port was taken meanwhile gets another."""
-        for _ in range(PORT_ATTEMPTS - 1):
-            try:
-                return self._wait_healthy(name, timeout)
-            except PipelineError:
-                if not self._port_was_taken(name):
-                    raise
-                del self.ports[name]
-                self.start_service(name)
-        return self._wait_healthy(name, timeout)
+        """Until `name`, just started, says it is ready (a generous ceiling: a busy machine is
+        slow to start processes)."""
+        self._wait_ready([name], timeout)
 
-    def _wait_healthy(self, name: str, timeout: float) -> None:
-        self._wait_for_http(name, f"http://127.0.0.1:{self.ports[name]}/healthz", timeout)
+    def _wait_ready(self, names: list[str], timeout: float) -> None:
+        """Until each of `names` writes "ready" on its pipe: an event, not a poll. A process
+        that exits first closes its pipe and is named with what it last logged."""
+        from multiprocessing.connection import wait
 
-    def _wait_for_http(self, name: str, url: str, timeout: float) -> None:
-        """Until `url` answers 200, while the process started as `name` runs: whatever
-        else listens on its port never answers for it."""
+        waiting = {self._ready.pop(name): name for name in names}
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.processes[name].poll() is not None:
-                raise PipelineError(f"{name} exited ({self.last_log_line(name)}); see {self.log_path(name)}")
-            with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as response:
-                if response.status == 200:
-                    return
-            time.sleep(0.05)
-        raise PipelineError(f"{name} did not answer {url} in {timeout:.0f} s; see {self.log_path(name)}")
+        try:
+            while waiting:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    late = ", ".join(waiting.values())
+                    raise PipelineError(f"{late} did not start in {timeout:.0f} s; see {self.data_dir / 'logs'}")
+                for pipe in wait(list(waiting), left):
+                    assert isinstance(pipe, socket.socket)
+                    if pipe.recv(64) != READY:  # closed unsaid: the process died
+                        self.processes[waiting[pipe]].wait(10)
+                        raise self._exited(waiting[pipe])
+                    pipe.close()
+                    del waiting[pipe]
+        finally:
+            for pipe in waiting:
+                pipe.close()
 
     def generation_counts(self) -> GenerationCounts:
         """What the gateways have done so far, from their /metrics pages."""
@@ -247,7 +232,10 @@ class LocalPipeline:
         """Raise if a process of the pipeline has exited, naming it and what it last logged."""
         for name, process in self.processes.items():
             if process.poll() is not None:
-                raise PipelineError(f"{name} exited ({self.last_log_line(name)}); see {self.log_path(name)}")
+                raise self._exited(name)
+
+    def _exited(self, name: str) -> PipelineError:
+        return PipelineError(f"{name} exited ({self.last_log_line(name)}); see {self.log_path(name)}")
 
     def last_log_line(self, name: str) -> str:
         """The last line a process logged: usually the error it stopped with."""
@@ -257,20 +245,33 @@ class LocalPipeline:
     def log_path(self, name: str) -> Path:
         return self.data_dir / "logs" / f"{name}.log"
 
-    def _spawn(self, name: str, command: list[str], env: dict[str, str] | None = None) -> None:
-        log = self.log_path(name).open("ab")
-        self._log_start[name] = log.tell()  # what this process writes begins here
+    def _spawn_nats(self, command: list[str]) -> None:
+        log = self.log_path("nats").open("ab")
+        self._log_start["nats"] = log.tell()  # what this start writes begins here
+        lock = [fd] if self.lock is not None and (fd := self.lock.fileno()) is not None else []
         # A session of its own: a terminal's Ctrl-C or hang-up reaches `run` alone, which then
-        # stops the services first and NATS last, instead of all of them at once.
-        self.processes[name] = subprocess.Popen(
+        # stops the services first and NATS last, instead of all of them at once. The folder's
+        # lock goes with it: the folder is in use until the last process of this run is gone.
+        self.processes["nats"] = subprocess.Popen(
             command,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=env,
             preexec_fn=functools.partial(_die_with_parent, os.getpid()),
             start_new_session=True,
+            pass_fds=lock,
         )
         log.close()
+
+    def _fork(self, name: str, argv: list[str], env: dict[str, str], niceness: int = 0) -> None:
+        """Start `introspect <argv>` as `name`, forked from the launcher (see `start_launcher`)."""
+        ours, theirs = socket.socketpair()
+        self._ready[name] = ours
+        with self.log_path(name).open("ab") as log:
+            self._log_start[name] = log.tell()
+        lock = self.lock.fileno() if self.lock is not None else None
+        child = Child(name, argv, env, str(self.log_path(name)), self.sockets[name], theirs, lock, niceness)
+        self.processes[name] = ForkedProcess.start(child)
+        theirs.close()
 
     def kill(self, name: str) -> None:
         """SIGKILL: no goodbye, no cleanup; what the chaos tests do."""
@@ -286,7 +287,7 @@ class LocalPipeline:
         try:
             process.wait(timeout)
         except subprocess.TimeoutExpired:
-            process.kill()
+            process.send_signal(signal.SIGKILL)
             process.wait()
 
     def stop(self) -> None:
@@ -295,10 +296,15 @@ class LocalPipeline:
             self.on_stop()
         services = [n for n in self.processes if n not in ("nats", "standin")]
         for name in services:
-            if self.processes[name].poll() is None:
-                self.processes[name].send_signal(signal.SIGTERM)
+            self.processes[name].send_signal(signal.SIGTERM)
         for name in [*services, "standin", "nats"]:
             self.stop_process(name)
+        for pipe in self._ready.values():
+            pipe.close()
+        for server in self.sockets.values():
+            server.close()
+        self._ready.clear()
+        self.sockets.clear()
         if self.lock is not None:
             self.lock.release()
 
@@ -322,6 +328,201 @@ BACKGROUND_NICENESS = 10  # added to the niceness of every service but the gatew
 PORT_ATTEMPTS = 3  # a port found free and taken by another process before ours binds it: try anew
 
 
+class Process(Protocol):
+    """What the pipeline needs of a process it started: `subprocess.Popen`'s interface."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+    def send_signal(self, signum: int) -> None: ...
+
+
+# What the launcher imports once, so that a service forked from it starts without importing
+# anything: importing the libraries took a Python process about 0.7 s of CPU, five times
+# over on a two-core laptop. See `start_launcher`.
+PRELOADED = (
+    "services.cli.commands",
+    "services.runtime.service",
+    "services.producer.service",
+    "services.scorer.service",
+    "services.gateway.service",
+    "services.aggregator.service",
+    "services.standin.server",
+)
+
+
+def start_launcher() -> None:
+    """Start the launcher, if not started yet: a fresh Python process (multiprocessing's fork
+    server) that imports `PRELOADED`, then forks a copy of itself for each service.
+
+    It starts in the background; the first service started waits for its imports. SIGTERM
+    and SIGHUP stay blocked in it (the mask is inherited): a terminal's hang-up or a signal
+    to the whole process group must leave it to `run` to stop the services in order.
+    """
+    import multiprocessing.forkserver
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(list(PRELOADED))
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGHUP})
+    try:
+        multiprocessing.forkserver.ensure_running()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
+def stop_launcher() -> None:
+    """End the launcher now, not when this process exits: it shares this process's standard
+    output and error, which whoever reads them waits on, and its own exit (a large heap
+    torn down) takes a few tenths of a second. For a process that starts no more services."""
+    import multiprocessing.forkserver
+
+    server = multiprocessing.forkserver._forkserver  # no public way to stop it (Python 3.11-3.13)
+    pid = getattr(server, "_forkserver_pid", None)
+    if pid is None or not hasattr(server, "_stop"):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)  # it holds nothing: its children were the services
+    server._stop()  # reaps it and forgets it, so that a later start starts a new one
+
+
+@dataclass(frozen=True)
+class Child:
+    """How to start one forked process: `introspect <argv>` with this environment and log,
+    serving on `listen`, saying "ready" on `ready`, holding the folder's lock `lock`."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log: str
+    listen: socket.socket
+    ready: socket.socket
+    lock: int | None
+    niceness: int
+
+
+class ForkedProcess:
+    """A process forked by the launcher, behind `subprocess.Popen`'s interface."""
+
+    def __init__(self, process: BaseProcess) -> None:
+        self._process = process
+
+    @classmethod
+    def start(cls, child: Child) -> ForkedProcess:
+        import multiprocessing
+
+        context = multiprocessing.get_context("forkserver")
+        lock = None if child.lock is None else InheritedFd(child.lock)
+        process = context.Process(target=_run_child, args=(child, lock), name=child.name, daemon=True)
+        with _main_module_hidden():
+            process.start()
+        return cls(process)
+
+    @property
+    def pid(self) -> int:
+        assert self._process.pid is not None
+        return self._process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._process.exitcode
+
+    @property
+    def sentinel(self) -> int:
+        return self._process.sentinel
+
+    def poll(self) -> int | None:
+        return self._process.exitcode
+
+    def wait(self, timeout: float | None = None) -> int:
+        self._process.join(timeout)
+        if self._process.exitcode is None:
+            raise subprocess.TimeoutExpired(self._process.name, timeout or 0)
+        return self._process.exitcode
+
+    def send_signal(self, signum: int) -> None:
+        if self._process.exitcode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signum)
+
+
+@contextlib.contextmanager
+def _main_module_hidden() -> Iterator[None]:
+    """multiprocessing runs the starting program's main script again in a child it starts,
+    unless it was run with `-m`; a service needs nothing of it (and a script that starts a
+    pipeline would start another). An empty `__main__` while the child starts says so."""
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
+
+
+class InheritedFd:
+    """A file descriptor that travels to a forked process (pickled as a copy of it)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __reduce__(self) -> tuple[Callable[..., int], tuple[object]]:
+        from multiprocessing.reduction import DupFd
+
+        return _detach, (DupFd(self.fd),)
+
+
+def _detach(duplicate: Any) -> int:
+    return int(duplicate.detach())
+
+
+def _run_child(child: Child, lock: int | None) -> None:
+    """In the forked process: become `introspect <argv>` as if started afresh."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGHUP})
+    for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(signum, signal.SIG_DFL if signum != signal.SIGINT else signal.default_int_handler)
+    os.setsid()  # a terminal's Ctrl-C reaches `run`, which stops the services in order
+    if child.niceness:
+        os.nice(child.niceness)
+    log = os.open(child.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
+    os.environ.clear()
+    os.environ.update(child.env)
+    # Handed down by number; `lock` stays open unused: the folder stays locked until the
+    # last process of the run has exited, even when `run` itself was killed.
+    os.environ["INTROSPECT_LISTEN_FD"] = str(child.listen.detach())
+    os.environ["INTROSPECT_READY_FD"] = str(child.ready.detach())
+    _stop_with_parent()
+    from .cli.commands import main
+
+    sys.exit(main(child.argv))
+
+
+def _stop_with_parent() -> None:
+    """SIGTERM this process when the one that started it dies, however it dies: its end of
+    a pipe from that process closes. (The parent-death signal would name the launcher.)"""
+    import multiprocessing
+    import threading
+    from multiprocessing.connection import wait
+
+    parent = multiprocessing.parent_process()
+    if parent is None or parent.sentinel is None:
+        return
+
+    def watch() -> None:
+        wait([parent.sentinel])
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="stop-with-parent", daemon=True).start()
+
+
 def _die_with_parent(parent: int) -> None:
     """In the child before it runs: SIGTERM when the process that started it dies, however
     it dies (Linux's parent-death signal), so a killed `introspect run` leaves no orphans."""
@@ -339,7 +540,7 @@ def _introspect() -> list[str]:
     return [sys.executable, "-m", "services.cli"]
 
 
-def _wait_for_nats(port: int, process: subprocess.Popen[bytes], timeout: float) -> None:
+def _wait_for_nats(port: int, process: Process, timeout: float) -> None:
     """Until nats-server greets a connection with its INFO line: a port that merely accepts
     may belong to another process that took it first."""
     deadline = time.monotonic() + timeout

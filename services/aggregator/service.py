@@ -30,6 +30,7 @@ from ..core.tasks import kind_spec
 from ..result_files import write_result_files
 from ..runtime.handlers import Outgoing, Publisher, Reject
 from ..runtime.lock import FolderLock
+from ..runtime.service import import_in_background
 from ..wire import record_of
 from . import metrics
 from .store import ResultStore
@@ -85,6 +86,7 @@ class Aggregator:
 
     async def start(self, bus: Publisher) -> None:
         self.bus = bus
+        import_in_background("pandas", "pyarrow.parquet")  # the result files are written with them
         # RocksDB locks the folder too, but says only "Resource temporarily unavailable".
         self.lock = FolderLock.beside(self.store_dir, f"the aggregator's store {self.store_dir}")
         self.lock.acquire()
@@ -233,6 +235,7 @@ class Aggregator:
             write_result_files, self.results_dir, spec, final, state.manifest.setup_seconds, records
         )
         state.result_file, state.records_file = str(result_path), str(records_path)
+        log.info("job %s: complete, %d records; results in %s", state.job_id, len(records), result_path)
         state.final_results = final.results()
         completion = {
             "result_file": state.result_file,

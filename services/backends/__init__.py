@@ -3,17 +3,23 @@ spec; `probe` asks a server what it serves before anything is started against it
 
 from __future__ import annotations
 
-import aiohttp
+from typing import TYPE_CHECKING
 
 from .contract import BackendInfo, BackendUnavailable, CompletionBackend
-from .openai import OpenAICompletionsBackend
-from .tgi import TGIBackend
+
+if TYPE_CHECKING:
+    import aiohttp
 
 OPENAI_PREFIX = "openai+"
 
 
 def make_backend(spec: str, session: aiohttp.ClientSession) -> CompletionBackend:
     """`http://host:port` is a TGI server; `openai+http://host:port` an OpenAI-compatible one."""
+    # Imported here: the command line reaches `contract` through this package, and needs
+    # no HTTP client until it talks to a server.
+    from .openai import OpenAICompletionsBackend
+    from .tgi import TGIBackend
+
     if spec.startswith(OPENAI_PREFIX):
         return OpenAICompletionsBackend(spec.removeprefix(OPENAI_PREFIX), session)
     return TGIBackend(spec, session)
@@ -22,6 +28,8 @@ def make_backend(spec: str, session: aiohttp.ClientSession) -> CompletionBackend
 async def probe(spec: str, timeout: float = 10.0) -> BackendInfo:
     """What the server at `spec` serves; BackendUnavailable with a message a person can act
     on when it cannot say (not listening, or not the kind of server the spec names)."""
+    import aiohttp
+
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
         try:
             return await make_backend(spec, session).describe()

@@ -15,12 +15,9 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from nats.errors import NoServersError
-
 from proto.subjects import partition_of
 
 from ..backends.contract import BackendUnavailable, Complete
-from ..client import AggregatorRefused
 from ..core.chat import MODELS, render_checked, template_mismatch
 from ..core.config import TASK_OPTIONS
 from ..core.datasets import DATASETS
@@ -29,10 +26,11 @@ from ..core.records import ResultRecord
 from ..core.replay import Generation
 from ..core.results import Aggregate, summary
 from ..core.tasks import TASK_KINDS
-from ..jobs import JOB_ERRORS, PreparedJob, prepare_job
+from ..errors import AggregatorRefused, NatsRefused, NatsUnreachable
+from ..jobs import JOB_ERRORS, PreparedJob, prepare_job, with_job_id
 from ..models import ResolvedModel, load_model
 from ..runtime.lock import FolderInUse, FolderLock
-from ..runtime.settings import InvalidSettings, Settings
+from ..runtime.settings import InvalidSettings, Settings, redact_url
 from .parser import build_parser, grid_from, job_from
 
 # Mistakes a user can make; each becomes one line on stderr, never a traceback.
@@ -61,7 +59,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(unavailable))
     except AggregatorRefused as refused:
         return _fail(str(refused))
-    except NoServersError:
+    except NatsRefused as refused:
+        return _fail(f"{refused} (--nats, or INTROSPECT_NATS_USER / _PASSWORD / _TOKEN / _CREDS)", 1)
+    except NatsUnreachable:
         return _fail(f"cannot reach NATS at {_nats_url(args)} (is it running? --nats or INTROSPECT_NATS_URL)", 1)
     except (ConnectionError, OSError) as error:
         return _fail(f"cannot reach a server: {error}", 1)
@@ -112,9 +112,9 @@ def _too_many_errors(total: int, errors: Sequence[str]) -> str | None:
 
 def _nats_url(args: argparse.Namespace) -> str:
     try:
-        return _settings(args).nats_url
+        return _settings(args).public_nats_url
     except InvalidSettings:
-        return str(getattr(args, "nats", None))
+        return redact_url(str(getattr(args, "nats", None)))
 
 
 def _fail(message: str, code: int = 1) -> int:
@@ -139,7 +139,8 @@ def _standin(args: argparse.Namespace) -> int:
     from ..standin.server import StandInSettings, serve
 
     settings = StandInSettings(args.latency, args.max_concurrent, args.error_every, args.max_input_chars)
-    serve(settings, args.host, args.port)
+    handed = Settings.from_env()  # a socket and a ready pipe, when the local pipeline started it
+    serve(settings, args.host, args.port, handed.listen_fd, handed.ready_fd)
     return 0
 
 
@@ -262,8 +263,9 @@ def _dead_letters(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..client import JobRejected, wait_for_job, with_job_id
-    from ..local import LocalPipeline, PipelineError
+    from ..local import LocalPipeline, PipelineError, start_launcher, stop_launcher
+
+    start_launcher()  # the services' imports, in the background, while this checks the job
     from .progress import RunProgress
 
     job = with_job_id(job_from(args, args.model, args.dataset, args.task, args.config))
@@ -275,6 +277,8 @@ def _run(args: argparse.Namespace) -> int:
                              results_dir=Path(args.out).resolve())  # fmt: skip
     progress = RunProgress(pipeline.generation_counts)
     pipeline.on_step, pipeline.on_stop = progress.step, lambda: progress.step("stopping services...")
+    from ..client import JobRejected, wait_for_job  # NATS and HTTP clients: while the services start
+
     try:
         with _stopping_on_signals(), pipeline:
             settings = Settings.from_env(nats_url=pipeline.nats_url)
@@ -292,6 +296,7 @@ def _run(args: argparse.Namespace) -> int:
         return _fail(str(error))
     finally:
         progress.close()
+        stop_launcher()
     _print_results(status["results"])
     print(f"results: {status['result_file']}\nrecords: {status['records_file']}")
     if status["results"]["error"]:

@@ -8,6 +8,7 @@ producer dies half-way and the job is redelivered, JetStream drops the repeats.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 
@@ -22,6 +23,8 @@ from ..runtime.handlers import Outgoing, Reject
 from ..runtime.service import ServiceBase
 from ..wire import work_item
 from . import metrics
+
+log = logging.getLogger("introspect")
 
 CHUNK = 500  # observations published at once; each chunk is stored before the next is sent
 
@@ -65,6 +68,7 @@ class Producer(ServiceBase):
             rejected = _event(job.job_id, "rejected", str(error))
             raise Reject(f"job {job.job_id}: {error}", "bad-job", publish=[rejected]) from None
 
+        log.info("job %s: %d observations loaded in %.2f s", job.job_id, len(observations), time.monotonic() - started)
         manifest = JobManifest(
             job=job,
             experiment_id=prepared.experiment.experiment_id,

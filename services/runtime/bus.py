@@ -26,6 +26,7 @@ from nats.js import api
 from proto import MAX_MESSAGE_BYTES, DeadLetter, encode
 from proto.subjects import STREAMS, ConsumerSpec, StreamSpec, dead_letter_subject
 
+from ..errors import NatsRefused, NatsUnreachable
 from . import metrics
 from .handlers import Outgoing
 from .settings import Settings
@@ -38,12 +39,19 @@ class PublishRefused(Exception):
 
 
 async def connect(settings: Settings, name: str, reconnected: Callable[[], Awaitable[None]] | None = None) -> Client:
+    refused: list[Exception] = []  # what the server said while the first connection was tried
+
+    async def on_error(error: Exception) -> None:
+        if isinstance(error, nats.errors.AuthorizationError) or "authorization" in str(error).lower():
+            refused.append(error)
+        await _log_error(error)
+
     options: dict[str, Any] = {
         "servers": [settings.nats_url],
         "name": name,
         "max_reconnect_attempts": 10,  # the first connection: give up after about 5 s
         "reconnect_time_wait": 0.5,
-        "error_cb": _log_error,
+        "error_cb": on_error,
         "disconnected_cb": _log_disconnected,
         "reconnected_cb": reconnected or _log_reconnected,
     }
@@ -58,7 +66,13 @@ async def connect(settings: Settings, name: str, reconnected: Callable[[], Await
         if settings.nats_tls_cert:
             context.load_cert_chain(settings.nats_tls_cert, settings.nats_tls_key)
         options["tls"] = context
-    client = await nats.connect(**options)
+    try:
+        client = await nats.connect(**options)
+    except nats.errors.NoServersError:
+        if refused:
+            url = settings.public_nats_url
+            raise NatsRefused(f"NATS at {url} refused the credentials: authorization failed") from None
+        raise NatsUnreachable(f"cannot reach NATS at {settings.public_nats_url}") from None
     # Once connected, never give up reconnecting: a NATS restart must not end a service.
     client.options["max_reconnect_attempts"] = -1
     return client

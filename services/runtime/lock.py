@@ -1,8 +1,9 @@
 """One process at a time on a folder: a lock file holding the owner's pid.
 
-The lock is the kernel's (`flock`), so it dies with its process: a lock left behind by a
-killed process is simply taken over. The pid in the file only names the owner in the
-message another process gets.
+The lock is the kernel's (`flock`), so it dies with the last process holding it: a lock
+left behind by a killed process is simply taken over. A process that inherits the locked
+descriptor (`fileno`) holds it too, as the local pipeline's services do. The pid in the
+file only names the owner in the message another process gets.
 """
 
 from __future__ import annotations
@@ -35,10 +36,17 @@ class FolderLock:
         except BlockingIOError:
             owner = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise FolderInUse(f"{self.what} is in use by process {owner} (lock {self.path})") from None
+            holder = f"process {owner}"
+            if owner.isdigit() and not _alive(int(owner)):  # its children inherited the lock
+                holder = f"the processes that process {owner} started (it has exited; they are stopping)"
+            raise FolderInUse(f"{self.what} is in use by {holder} (lock {self.path})") from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
+
+    def fileno(self) -> int | None:
+        """The locked file's descriptor while held: a process that inherits it holds the lock too."""
+        return self._fd
 
     def release(self) -> None:
         if self._fd is not None:
@@ -52,3 +60,13 @@ class FolderLock:
 
     def __exit__(self, *_: object) -> None:
         self.release()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True

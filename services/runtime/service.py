@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import errno
 import gc
+import importlib
 import logging
 import signal
+import threading
 from dataclasses import replace
 from typing import Any, Protocol
 
@@ -22,6 +24,7 @@ from proto.subjects import ConsumerSpec
 
 from .bus import Bus
 from .handlers import Handled, Publisher
+from .handoff import announce_ready, listening_socket
 from .metrics import CONSUMER_PENDING, health_app
 from .settings import PortInUse, Settings
 from .worker import Worker
@@ -82,7 +85,12 @@ async def serve(service: Service, settings: Settings, stop: asyncio.Event | None
     app.add_routes(service.routes())
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, settings.metrics_host, settings.metrics_port)
+    handed_down = listening_socket(settings.listen_fd)
+    site: web.BaseSite
+    if handed_down is not None:
+        site = web.SockSite(runner, handed_down)
+    else:
+        site = web.TCPSite(runner, settings.metrics_host, settings.metrics_port)
     try:
         await site.start()
     except OSError as error:
@@ -94,12 +102,8 @@ async def serve(service: Service, settings: Settings, stop: asyncio.Event | None
                 "another with --metrics-port or INTROSPECT_METRICS_PORT"
             ) from None
         raise
-    log.info(
-        "ready: metrics on http://%s:%d/metrics, NATS %s",
-        settings.metrics_host,
-        settings.metrics_port,
-        settings.nats_url,
-    )
+    host, port = handed_down.getsockname()[:2] if handed_down else (settings.metrics_host, settings.metrics_port)
+    log.info("ready: metrics on http://%s:%d/metrics, NATS %s", host, port, settings.public_nats_url)
     consumer = replace(service.consumer(), ack_wait=settings.ack_wait)
     worker = Worker(bus, consumer, service.accepts, service.handle, settings.concurrency, settings.batch)
     pending = asyncio.create_task(_watch_pending(bus, service, stop))
@@ -107,6 +111,7 @@ async def serve(service: Service, settings: Settings, stop: asyncio.Event | None
         await service.start(bus)
         settle_garbage_collector()
         started.set()
+        announce_ready(settings.ready_fd)
         await worker.run(stop)
     finally:
         pending.cancel()
@@ -114,6 +119,21 @@ async def serve(service: Service, settings: Settings, stop: asyncio.Event | None
         await runner.cleanup()
         await bus.close()
         log.info("stopped")
+
+
+def import_in_background(*modules: str) -> None:
+    """Import `modules` in a thread, now: a service whose first message needs a slow import
+    (the aggregator's Parquet writer, half a second on a laptop) pays for it while it waits
+    for work, not while a job waits for it."""
+
+    def load() -> None:
+        for module in modules:
+            try:
+                importlib.import_module(module)
+            except Exception as error:  # the message that needs it will say so
+                log.info("could not import %s ahead of time: %s", module, error)
+
+    threading.Thread(target=load, name="import-in-background", daemon=True).start()
 
 
 def settle_garbage_collector() -> None:

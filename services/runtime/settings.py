@@ -50,6 +50,10 @@ class Settings:
     ack_wait: float = 15.0  # seconds before an unacknowledged message is redelivered
     concurrency: int = 256  # messages processed at once by one service process
     batch: int = 256  # most messages one pull request asks for
+    # Set by a parent that starts the process (the local pipeline; see `handoff`): a socket
+    # already listening on the metrics port, and a pipe to say "ready" on.
+    listen_fd: int | None = None
+    ready_fd: int | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -77,6 +81,11 @@ class Settings:
             raise InvalidSettings("concurrency and batch must be at least 1")
 
     @property
+    def public_nats_url(self) -> str:
+        """`nats_url` fit for a log line or a message: a password or token in it is masked."""
+        return redact_url(self.nats_url)
+
+    @property
     def data_path(self) -> Path:
         return Path(self.data_dir)
 
@@ -99,3 +108,14 @@ def _parse(name: str, raw: str, annotation: str) -> Any:
     if annotation.startswith("tuple"):
         return tuple(part.strip() for part in raw.split(",") if part.strip())
     return raw
+
+
+def redact_url(url: str) -> str:
+    """`url` with the secret of its user part (`user:password@`, or a lone token) masked."""
+    scheme, separator, rest = url.partition("://")
+    authority, slash, path = rest.partition("/")
+    if not separator or "@" not in authority:
+        return url
+    user, _, host = authority.rpartition("@")  # a password may hold an @; a host may not
+    name, colon, _ = user.partition(":")
+    return f"{scheme}://{name}:***@{host}{slash}{path}" if colon else f"{scheme}://***@{host}{slash}{path}"

@@ -13,7 +13,9 @@ itself a stand-in in `/info`, in a response header and in its log line.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
+import signal
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -22,6 +24,8 @@ from typing import Any
 import uvloop
 from aiohttp import web
 
+from ..runtime.handoff import announce_ready, listening_socket
+from ..runtime.settings import PortInUse
 from .answers import STANDIN_MODEL_ID, STANDIN_NAME, prompt_roll, standin_answer
 
 _HEADER = {"X-Introspect-Stand-In": STANDIN_NAME}
@@ -180,9 +184,39 @@ def _openai_response(text: str, tokens: tuple[int, int]) -> dict[str, Any]:
     }
 
 
-def serve(settings: StandInSettings, host: str = "127.0.0.1", port: int = 8080) -> None:
-    print(f"{STANDIN_NAME} on http://{host}:{port}", flush=True)
+def serve(
+    settings: StandInSettings,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    listen_fd: int | None = None,
+    ready_fd: int | None = None,
+) -> None:
+    """Serve until SIGTERM or SIGINT; on `listen_fd`'s socket when a parent handed one down."""
     # uvloop and no access log: the stand-in should add as little latency as it can, so a
     # benchmark measures the pipeline, not the stand-in.
-    loop = uvloop.new_event_loop()
-    web.run_app(create_app(settings), host=host, port=port, print=None, access_log=None, loop=loop)
+    uvloop.run(_serve(settings, host, port, listen_fd, ready_fd))
+
+
+async def _serve(settings: StandInSettings, host: str, port: int, listen_fd: int | None, ready_fd: int | None) -> None:
+    runner = web.AppRunner(create_app(settings), access_log=None)
+    await runner.setup()
+    handed_down = listening_socket(listen_fd)
+    site = web.SockSite(runner, handed_down) if handed_down else web.TCPSite(runner, host, port)
+    try:
+        await site.start()
+    except OSError as error:
+        await runner.cleanup()
+        if error.errno == errno.EADDRINUSE:
+            raise PortInUse(f"port {port} on {host} is in use; give the stand-in another with --port") from None
+        raise
+    if handed_down is not None:
+        host, port = handed_down.getsockname()[:2]
+    print(f"{STANDIN_NAME} on http://{host}:{port}", flush=True)
+    announce_ready(ready_fd)
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()

@@ -35,10 +35,10 @@ from proto import Job, replace
 from proto import subjects as sub
 from services.backends.contract import Completion
 from services.backends.tgi import TGIBackend, tgi_payload
-from services.client import watch_events, with_job_id
+from services.client import watch_events
 from services.core.chat import GenerationParameters
 from services.generation import ChatModel
-from services.jobs import prepare_job
+from services.jobs import prepare_job, with_job_id
 from services.local import LocalPipeline, free_port, wait_for_port
 from services.result_files import write_result_files
 from services.runner import evaluate

@@ -18,7 +18,8 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from proto import Job
-from services.client import JobRejected, wait_for_job, with_job_id
+from services.client import JobRejected, wait_for_job
+from services.jobs import with_job_id
 from services.local import free_port
 from services.runtime.settings import Settings
 from services.standin.server import StandInSettings, create_app

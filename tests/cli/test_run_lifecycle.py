@@ -4,19 +4,21 @@ Processes are checked in the process table (/proc), not trusted to have gone."""
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from services.local import LocalPipeline, free_port, wait_for_port
-from services.runtime.lock import FolderInUse
+from services.runtime.lock import FolderInUse, FolderLock
 from tests.conftest import DATASET_MIRROR
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -81,10 +83,16 @@ def _start_run(tmp_path: Path, endpoint: str) -> subprocess.Popen[str]:
 
 
 def _started_pipeline(run: subprocess.Popen[str]) -> set[int]:
-    """The run's processes once nats-server and the four services are up (5 processes)."""
-    _until(lambda: len(_children(run.pid)) >= 5 or run.poll() is not None, 90, "the pipeline to start")
-    assert run.poll() is None, run.communicate()
-    return _children(run.pid)
+    """The run's processes (nats-server, the launcher, the four services) once it says they
+    are ready."""
+    assert run.stderr is not None
+    said = []
+    while not said or "services ready" not in said[-1]:
+        said.append(run.stderr.readline())
+        assert said[-1], f"the run ended before its services were ready: {''.join(said)}{run.communicate()}"
+    children = _children(run.pid)
+    assert len(children) >= 6, children  # nats-server, the launcher and the services at least
+    return children
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
@@ -95,7 +103,8 @@ def test_a_signal_stops_the_run_and_every_process_it_started(tmp_path: Path, slo
     _, err = run.communicate(timeout=120)
     assert run.returncode == (130 if signum == signal.SIGINT else 128 + signum)
     assert "stopping services..." in err
-    assert not [pid for pid in children if _alive(pid)]
+    # Gone with it (a process may still be in the kernel's exit when the pipes close).
+    _until(lambda: not [pid for pid in children if _alive(pid)], 30, f"{children} to exit with the run")
 
 
 def test_a_killed_run_takes_its_processes_with_it(tmp_path: Path, slow_standin: str) -> None:
@@ -104,6 +113,37 @@ def test_a_killed_run_takes_its_processes_with_it(tmp_path: Path, slow_standin: 
     run.kill()  # no handler runs: the children's parent-death signal must do it
     run.wait()
     _until(lambda: not [pid for pid in children if _alive(pid)], 90, f"{children} to exit after their parent")
+
+
+def test_a_killed_run_s_folder_stays_locked_until_its_services_have_stopped(tmp_path: Path, slow_standin: str) -> None:
+    """The services drain after `run` is killed (the gateway waits for its 5 s answers): a
+    new run on the folder meanwhile would start a second nats-server on one store."""
+    run = _start_run(tmp_path, slow_standin)
+    children = _started_pipeline(run)
+    run.kill()
+    run.wait()
+    lock = FolderLock(tmp_path / "d" / "pipeline.lock", "the data folder")
+    with pytest.raises(FolderInUse, match=rf"the processes that process {run.pid} started \(it has exited; they"):
+        lock.acquire()
+    _until(lambda: not [pid for pid in children if _alive(pid)], 90, f"{children} to exit after their parent")
+    with lock:  # the last of them gone, the folder is free
+        pass
+
+
+def test_a_service_s_port_is_the_pipeline_s_from_before_the_service_starts(tmp_path: Path) -> None:
+    """Bound by the pipeline and handed down: no other process can take it between choosing
+    and binding, nor while the service restarts."""
+    with LocalPipeline(tmp_path / "d") as pipeline:
+        port = pipeline.ports["scorer-0"]
+        pipeline.kill("scorer-0")
+        with socket.socket() as other, pytest.raises(OSError) as taken:
+            other.bind(("127.0.0.1", port))
+        assert taken.value.errno == errno.EADDRINUSE
+        pipeline.start_service("scorer-0")
+        pipeline.wait_healthy("scorer-0")
+        assert pipeline.ports["scorer-0"] == port
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as response:
+            assert response.status == 200
 
 
 def test_a_second_pipeline_on_one_folder_is_refused_at_once(tmp_path: Path) -> None:
@@ -149,9 +189,8 @@ def test_a_run_writing_to_a_log_says_what_happens_in_plain_lines(tmp_path: Path)
     assert "\r" not in done.stderr  # no progress bar redrawn into a log file
 
 
-@pytest.mark.parametrize("which", ["nats", "standin", "producer"])
-def test_a_port_taken_between_choosing_and_binding_is_chosen_again(tmp_path: Path, monkeypatch, which: str) -> None:
-    """A busy machine can give away a port found free before the process binds it."""
+def test_a_nats_port_taken_between_choosing_and_binding_is_chosen_again(tmp_path: Path, monkeypatch) -> None:
+    """nats-server binds its own port: a busy machine can give away one found free first."""
     import services.local as local
 
     real = local.free_port
@@ -159,9 +198,7 @@ def test_a_port_taken_between_choosing_and_binding_is_chosen_again(tmp_path: Pat
         taken.bind(("127.0.0.1", 0))
         taken.listen()  # accepts connections and never answers: not the server we started
         port = taken.getsockname()[1]
-        # Ports are handed out in this order: NATS, the stand-in, then the services.
-        order = ["nats", "standin", "producer"].index(which)
-        handed_out = iter([real() for _ in range(order)] + [port])
+        handed_out = iter([port])
         monkeypatch.setattr(local, "free_port", lambda: next(handed_out, None) or real())
         with LocalPipeline(tmp_path / "d") as pipeline:
             assert port not in pipeline.ports.values()

@@ -12,8 +12,9 @@ import pytest
 from proto import DeadLetter, Job, JobManifest, ScoredResult, encode
 from proto import subjects as sub
 from services.cli import main
-from services.client import dead_letters, wait_for_job, with_job_id
+from services.client import dead_letters, wait_for_job
 from services.core.results import ExperimentSpec
+from services.jobs import with_job_id
 from services.local import LocalPipeline
 from services.runtime.settings import Settings
 from tests.conftest import DATASET_MIRROR
@@ -120,7 +121,15 @@ def test_a_dead_letter_replays_once_its_cause_is_fixed(tmp_path, capsys, pipelin
     assert asyncio.run(dead_letters(settings)) == []  # replayed letters leave the stream
 
 
-async def test_whoever_waits_on_a_job_hears_each_dead_letter_as_it_happens(pipeline: LocalPipeline) -> None:
+@pytest.fixture
+def slow_pipeline(tmp_path):
+    """A pipeline whose answers take a second each: a job lasts while bad messages arrive."""
+    with LocalPipeline(tmp_path / "slow", standin_args=("--latency", "1")) as running:
+        yield running
+
+
+async def test_whoever_waits_on_a_job_hears_each_dead_letter_as_it_happens(slow_pipeline: LocalPipeline) -> None:
+    pipeline = slow_pipeline
     heard: list[DeadLetter] = []
     job = Job(job_id="", model="llama2-7b", dataset="RTE", task="classify", mirror=str(DATASET_MIRROR), limit=2)
     settings = Settings(nats_url=pipeline.nats_url)

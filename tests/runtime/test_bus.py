@@ -14,6 +14,8 @@ from nats.js import JetStreamContext
 
 from proto import Chat, JobEvent, Sampling, WorkItem
 from proto import subjects as sub
+from services.errors import NatsRefused, NatsUnreachable
+from services.local import free_port
 from services.runtime.bus import Bus, connect
 from services.runtime.handlers import Outgoing
 from services.runtime.settings import Settings
@@ -37,8 +39,15 @@ async def test_credentials_are_used_and_wrong_ones_refused(nats_with_password: N
     client = await connect(good, "test")
     assert client.is_connected
     await client.close()
-    with pytest.raises((nats.errors.NoServersError, nats.errors.Error)):
+    with pytest.raises(NatsRefused, match="refused the credentials: authorization failed"):
         await connect(Settings(nats_url=url, nats_user="introspect", nats_password="wrong"), "test")
+
+
+async def test_a_server_that_is_not_there_is_named_without_its_secrets(tmp_path) -> None:
+    url = f"nats://introspect:s3cret@127.0.0.1:{free_port()}"
+    with pytest.raises(NatsUnreachable) as raised:
+        await connect(Settings(nats_url=url), "test")
+    assert "s3cret" not in str(raised.value) and "introspect:***@127.0.0.1" in str(raised.value)
 
 
 async def test_streams_are_declared_idempotently_and_repeats_are_dropped(nats_with_password: NatsServer) -> None:
