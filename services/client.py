@@ -165,12 +165,23 @@ async def _dead_letters(bus: Bus, service: str | None) -> list[tuple[int, DeadLe
             raw = await bus.js.get_msg(DEAD_STREAM, seq)
         except nats.js.errors.NotFoundError:  # deleted after a replay
             continue
-        if raw.data is None:
-            continue
-        letter = decode(raw.data, DeadLetter, max_bytes=DeadLetter.MAX_BYTES)
-        if service is None or letter.service == service:
+        try:
+            letter = decode(raw.data or b"", DeadLetter, max_bytes=DeadLetter.MAX_BYTES)
+        except InvalidMessage as error:  # one letter that does not read must not hide the others
+            letter = unreadable_letter(len(raw.data or b""), str(error))
+        if service is None or letter.service in (service, UNREADABLE):
             letters.append((seq, letter))
     return letters
+
+
+UNREADABLE = "?"  # the service of a letter that does not read: it is shown, never replayed
+
+
+def unreadable_letter(size: int, error: str) -> DeadLetter:
+    """What is shown of a stored dead letter that cannot be decoded (written by another
+    version, or damaged): its size and why; it has no subject to be replayed to."""
+    return DeadLetter(service=UNREADABLE, subject="", reason=f"unreadable dead letter of {size} bytes: {error[:500]}",
+                      payload=b"")  # fmt: skip
 
 
 async def replay_dead_letters(
@@ -183,6 +194,7 @@ async def replay_dead_letters(
         if sequences is not None:
             wanted = set(sequences)
             letters = [(seq, letter) for seq, letter in letters if seq in wanted]
+        letters = [(seq, letter) for seq, letter in letters if letter.service != UNREADABLE]  # kept to be seen
         for seq, letter in letters:
             # A fresh message id: the original may still be inside the de-duplication window.
             headers = {"Nats-Msg-Id": f"{letter.msg_id or 'dead'}:replay:{seq}"}

@@ -233,12 +233,15 @@ class Bus:
         if len(payload) > MAX_MESSAGE_BYTES:  # keep the start; the whole would not fit in a message
             payload = payload[:MAX_MESSAGE_BYTES]
             reason += f" (payload cut to its first {MAX_MESSAGE_BYTES} bytes)"
+        msg_id = header(headers, "Nats-Msg-Id")
         letter = DeadLetter(
             service=self.service,
-            subject=msg.subject,
-            reason=reason,
+            subject=msg.subject[:MAX_DEAD_LETTER_TEXT],
+            # A reason quotes what it could not read: bounded, so that every letter stays
+            # under DeadLetter.MAX_BYTES and can be listed and replayed.
+            reason=_bounded(reason),
             payload=payload,
-            msg_id=header(headers, "Nats-Msg-Id"),
+            msg_id=None if msg_id is None else msg_id[:MAX_DEAD_LETTER_TEXT],
             deliveries=deliveries(msg),
             at=time.time(),
         )
@@ -252,6 +255,15 @@ class Bus:
         if not self.client.is_closed:
             await self.client.flush()
             await self.client.close()
+
+
+MAX_DEAD_LETTER_TEXT = 4096  # characters of a dead letter's reason, subject or message id
+
+
+def _bounded(text: str) -> str:
+    if len(text) <= MAX_DEAD_LETTER_TEXT:
+        return text
+    return text[:MAX_DEAD_LETTER_TEXT] + f"... ({len(text) - MAX_DEAD_LETTER_TEXT} more characters cut)"
 
 
 def header(headers: dict[str, Any], name: str) -> str | None:

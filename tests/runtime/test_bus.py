@@ -118,3 +118,36 @@ async def test_a_publication_jetstream_never_acknowledges_fails_after_its_timeou
         assert not bus._unacked  # nothing left waiting
     finally:
         await bus.close()
+
+
+async def test_no_dead_letter_can_break_the_listing_of_the_others(nats_server: NatsServer) -> None:
+    """A reason quoting a huge bad message is cut to a bounded size; a stored letter that
+    does not decode (another version's, or damaged) is listed as unreadable, never replayed,
+    and the readable ones are listed and replayed as usual."""
+    from services.client import UNREADABLE, _dead_letters, replay_dead_letters
+
+    settings = Settings(nats_url=nats_server.url)
+    bus = await Bus.open(settings, "scorer")
+    try:
+        spec = sub.consumer_for("gateway", 0)
+        await bus.ensure_consumer(spec)
+        gateway = await bus.js.pull_subscribe_bind(spec.durable, spec.stream)
+        subject = spec.filter_subject.replace("*", "llama2-7b").replace(">", "llama2-7b.0")
+        await bus.js.publish(subject, b"\xc1 not msgpack", headers={"Nats-Msg-Id": "x" * 60_000})
+        (msg,) = await _drain(gateway)
+        await bus.dead_letter(msg, "invalid message: " + "y" * 2_000_000, "invalid")
+        await bus.js.publish(sub.dead_letter_subject("scorer"), b"\x00 damaged on disk")
+
+        listed = await _dead_letters(bus, "scorer")
+        assert [letter.service for _, letter in listed] == ["scorer", UNREADABLE]
+        good, bad = listed[0][1], listed[1][1]
+        assert len(good.reason) < 4200 and good.reason.endswith("more characters cut)")
+        assert good.msg_id is not None and len(good.msg_id) == 4096
+        assert bad.reason.startswith("unreadable dead letter of 17 bytes: ") and bad.subject == ""
+
+        replayed = await replay_dead_letters(settings)
+        assert [letter.service for _, letter in replayed] == ["scorer"]
+        assert [letter.service for _, letter in await _dead_letters(bus, None)] == [UNREADABLE]  # kept, to be seen
+        assert [m.data for m in await _drain(gateway)] == [b"\xc1 not msgpack"]  # back where it came from
+    finally:
+        await bus.close()
