@@ -13,16 +13,20 @@ if TYPE_CHECKING:
 OPENAI_PREFIX = "openai+"
 
 
-def make_backend(spec: str, session: aiohttp.ClientSession) -> CompletionBackend:
-    """`http://host:port` is a TGI server; `openai+http://host:port` an OpenAI-compatible one."""
+def make_backend(spec: str, session: aiohttp.ClientSession, timeout: float | None = None) -> CompletionBackend:
+    """`http://host:port` is a TGI server; `openai+http://host:port` an OpenAI-compatible one;
+    `timeout`: seconds for one generation call (default `http.GENERATION_TIMEOUT`)."""
     # Imported here: the command line reaches `contract` through this package, and needs
     # no HTTP client until it talks to a server.
+    from .http import GENERATION_TIMEOUT
     from .openai import OpenAICompletionsBackend
     from .tgi import TGIBackend
 
+    timeout = GENERATION_TIMEOUT if timeout is None else timeout
+
     if spec.startswith(OPENAI_PREFIX):
-        return OpenAICompletionsBackend(spec.removeprefix(OPENAI_PREFIX), session)
-    return TGIBackend(spec, session)
+        return OpenAICompletionsBackend(spec.removeprefix(OPENAI_PREFIX), session, timeout=timeout)
+    return TGIBackend(spec, session, timeout=timeout)
 
 
 async def probe(spec: str, timeout: float = 10.0) -> BackendInfo:

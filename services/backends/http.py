@@ -24,12 +24,17 @@ class RetryPolicy:
     max_attempts: int = 8
     first_delay: float = 0.05
     max_delay: float = 5.0
+    # A call that timed out held a server slot for the whole timeout: after this many, the
+    # server is not answering this request, and the caller hands it back (it is tried
+    # again later, perhaps elsewhere) instead of holding the slot for 8 more timeouts.
+    max_timeouts: int = 2
 
     def delay(self, attempt: int) -> float:
         return min(self.first_delay * 2**attempt, self.max_delay)
 
 
 DEFAULT_RETRY = RetryPolicy()
+GENERATION_TIMEOUT = 300.0  # seconds for one generation call: long answers of a large model under load
 
 
 _JSON = {"Content-Type": "application/json"}
@@ -41,7 +46,11 @@ class JsonEndpoint:
     """POST JSON to one URL over a shared session, retrying what is worth retrying."""
 
     def __init__(
-        self, url: str, session: aiohttp.ClientSession, retry: RetryPolicy = DEFAULT_RETRY, timeout: float = 600.0
+        self,
+        url: str,
+        session: aiohttp.ClientSession,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        timeout: float = GENERATION_TIMEOUT,
     ) -> None:
         self.url = url
         self.session = session
@@ -53,6 +62,7 @@ class JsonEndpoint:
         """(JSON body, headers) of the first successful answer."""
         body = msgspec.json.encode(payload)  # msgspec: the same JSON as json.dumps, several times faster
         last_problem = "no attempt made"
+        timeouts = 0
         for attempt in range(self.retry.max_attempts):
             if attempt:
                 self.retries += 1
@@ -65,12 +75,12 @@ class JsonEndpoint:
                     if response.status in (400, 422):
                         raise GenerationRejected(f"{response.status}: {detail}")
                     last_problem = f"HTTP {response.status}: {detail}"
-            except (
-                TimeoutError,
-                aiohttp.ClientConnectionError,
-                aiohttp.ClientPayloadError,
-                msgspec.DecodeError,
-            ) as error:
+            except TimeoutError:
+                timeouts += 1
+                last_problem = f"no answer in {self.timeout.total:g} s"
+                if timeouts >= self.retry.max_timeouts:
+                    raise BackendUnavailable(f"{self.url}: {last_problem}, {timeouts} times") from None
+            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, msgspec.DecodeError) as error:
                 last_problem = f"{type(error).__name__}: {error}"
         raise BackendUnavailable(f"{self.url} gave no answer after {self.retry.max_attempts} attempts ({last_problem})")
 

@@ -14,7 +14,7 @@ import aiohttp
 
 from ..core.chat import GenerationParameters
 from .contract import BackendInfo, BackendUnavailable, Completion
-from .http import DEFAULT_RETRY, JsonEndpoint, RetryPolicy, get_json
+from .http import DEFAULT_RETRY, GENERATION_TIMEOUT, JsonEndpoint, RetryPolicy, get_json
 
 
 def openai_payload(model: str, prompt: str, parameters: GenerationParameters) -> dict[str, Any]:
@@ -39,7 +39,7 @@ class OpenAICompletionsBackend:
         base_url: str,
         session: aiohttp.ClientSession,
         retry: RetryPolicy = DEFAULT_RETRY,
-        timeout: float = 600.0,
+        timeout: float = GENERATION_TIMEOUT,
         model: str | None = None,
     ) -> None:
         self.url = base_url.rstrip("/").removesuffix("/v1")

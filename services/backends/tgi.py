@@ -8,7 +8,7 @@ import aiohttp
 
 from ..core.chat import GenerationParameters
 from .contract import BackendInfo, BackendUnavailable, Completion
-from .http import DEFAULT_RETRY, JsonEndpoint, RetryPolicy, get_json, header_int
+from .http import DEFAULT_RETRY, GENERATION_TIMEOUT, JsonEndpoint, RetryPolicy, get_json, header_int
 
 __all__ = ["BackendUnavailable", "RetryPolicy", "TGIBackend", "tgi_payload"]
 
@@ -29,7 +29,11 @@ def tgi_payload(prompt: str, parameters: GenerationParameters) -> dict[str, Any]
 
 class TGIBackend:
     def __init__(
-        self, base_url: str, session: aiohttp.ClientSession, retry: RetryPolicy = DEFAULT_RETRY, timeout: float = 600.0
+        self,
+        base_url: str,
+        session: aiohttp.ClientSession,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        timeout: float = GENERATION_TIMEOUT,
     ) -> None:
         self.url = base_url.rstrip("/")
         self.session = session

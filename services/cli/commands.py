@@ -138,7 +138,9 @@ def _render(args: argparse.Namespace) -> int:
 def _standin(args: argparse.Namespace) -> int:
     from ..standin.server import StandInSettings, serve
 
-    settings = StandInSettings(args.latency, args.max_concurrent, args.error_every, args.max_input_chars)
+    settings = StandInSettings(
+        args.latency, args.max_concurrent, args.error_every, args.max_input_chars, hang_every=args.hang_every
+    )
     handed = Settings.from_env()  # a socket and a ready pipe, when the local pipeline started it
     serve(settings, args.host, args.port, handed.listen_fd, handed.ready_fd)
     return 0
@@ -165,6 +167,7 @@ def _serve(args: argparse.Namespace) -> int:
         partition=args.partition,
         backends=tuple(args.backend) if args.backend else None,
         backend_concurrency=args.backend_concurrency,
+        generation_timeout=args.generation_timeout,
         offline=args.offline,
         tgi_service=args.tgi_service,
         model=args.model,
@@ -188,6 +191,7 @@ def _serve(args: argparse.Namespace) -> int:
                 settings.backends,
                 settings.partition,
                 settings.backend_concurrency,
+                settings.generation_timeout,
                 settings.offline,
                 settings.tgi_service,
                 settings.kubernetes_api,
@@ -364,7 +368,7 @@ async def _evaluate_in_process(
         complete: Complete = complete_in_process
         model_id = STANDIN_MODEL_ID  # what the stand-in server says it serves: a run's cache answers
         if endpoint:
-            backend = make_backend(endpoint, session)
+            backend = make_backend(endpoint, session, Settings.from_env().generation_timeout)
             complete, model_id = backend.complete, (await backend.describe()).model_id
         completes = [complete]
         if data_dir is not None:

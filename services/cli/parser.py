@@ -127,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--backend", action="append", default=None, metavar="URL",
                        help="gateway: a TGI URL, or openai+URL (repeatable)")  # fmt: skip
     serve.add_argument("--backend-concurrency", type=_count(1), default=None, help="gateway: per-backend limit")
+    serve.add_argument("--generation-timeout", type=float, default=None,
+                       help="gateway: seconds for one call to a model server (default 300)")  # fmt: skip
     serve.add_argument("--tgi-service", default=None, metavar="NAMESPACE/NAME[:PORT]",
                        help="gateway: find TGI pods through the Kubernetes API (EndpointSlices)")  # fmt: skip
     serve.add_argument("--offline", action="store_true", default=None, help="gateway: answer from the cache alone")
@@ -165,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     standin.add_argument("--max-concurrent", type=int, default=128, help="answer 429 past this many in flight")
     standin.add_argument("--error-every", type=int, default=0, help="every n-th request fails with 503")
     standin.add_argument("--max-input-chars", type=int, default=100_000, help="answer 422 for longer prompts")
+    standin.add_argument("--hang-every", type=int, default=0, help="every n-th request is never answered")
 
     render = commands.add_parser("render", help="show the prompt a model's chat template makes of a message")
     render.add_argument("message")

@@ -58,6 +58,7 @@ class Gateway(ServiceBase):
         backends: tuple[str, ...],
         partition: int = 0,
         backend_limit: int = 0,
+        generation_timeout: float | None = None,
         offline: bool = False,
         tgi_service: str | None = None,
         kubernetes_api: str | None = None,
@@ -67,6 +68,7 @@ class Gateway(ServiceBase):
         self.backend_specs = backends
         self.partition = partition
         self.backend_limit = backend_limit
+        self.generation_timeout = generation_timeout
         self.tgi_service = tgi_service  # namespace/name[:port]: find its pods through the Kubernetes API
         self.kubernetes_api = kubernetes_api  # None: the in-cluster API server
         if not (offline or backends or tgi_service):
@@ -101,13 +103,19 @@ class Gateway(ServiceBase):
             return
         session = self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         if self.tgi_service is not None:
-            self.pool = BackendPool(limit=self.backend_limit, make_backend=lambda url: TGIBackend(url, session))
+            timeout = self.generation_timeout
+
+            def discovered(url: str) -> TGIBackend:
+                return TGIBackend(url, session) if timeout is None else TGIBackend(url, session, timeout=timeout)
+
+            self.pool = BackendPool(limit=self.backend_limit, make_backend=discovered)
             from .discovery import ServiceRef
 
             self._watch(ServiceRef.parse(self.tgi_service))
             log.info("waiting for a ready pod of %s", self.tgi_service)
         else:
-            self.pool = BackendPool([make_backend(spec, session) for spec in self.backend_specs], self.backend_limit)
+            backends = [make_backend(spec, session, self.generation_timeout) for spec in self.backend_specs]
+            self.pool = BackendPool(backends, self.backend_limit)
             await self.pool.start()
         model_id = await self.pool.wait_ready()
         (self.cache_dir / "served-model").write_text(model_id + "\n", encoding="utf-8")

@@ -44,6 +44,7 @@ class Settings:
     served_models: tuple[str, ...] = field(default=())  # producer: refuse jobs for other models; empty: any
     backends: tuple[str, ...] = field(default=())  # gateway: URLs; "openai+" prefix for OpenAI-compatible
     backend_concurrency: int = 0  # gateway: per-backend limit; 0 asks TGI's /info
+    generation_timeout: float = 300.0  # gateway: seconds for one call to a model server (two such, then handed back)
     tgi_service: str | None = None  # gateway: namespace/name[:port] of TGI pods to discover
     kubernetes_api: str | None = None  # gateway: API server URL (default: in-cluster)
     offline: bool = False  # gateway: answer from the cache alone
@@ -75,6 +76,8 @@ class Settings:
             raise InvalidSettings(f"partition {self.partition} is outside 0..{self.partitions - 1}")
         if self.tgi_service is not None and not re.fullmatch(r"[^/:\s]+/[^/:\s]+(:[^/:\s]+)?", self.tgi_service):
             raise InvalidSettings(f"tgi_service is namespace/name[:port-name], got {self.tgi_service!r}")
+        if self.generation_timeout <= 0:
+            raise InvalidSettings(f"generation_timeout must be positive, got {self.generation_timeout}")
         if self.ack_wait <= 0:
             raise InvalidSettings(f"ack_wait must be positive, got {self.ack_wait}")
         if self.concurrency < 1 or self.batch < 1:

@@ -5,8 +5,9 @@ the official `text-generation` client uses), `GET /info`, `GET /health`; as an
 OpenAI-compatible server (vLLM, llama.cpp) serves them: `POST /v1/completions` and
 `GET /v1/models`; plus
 `GET /stand-in/stats` with request counters for tests and benchmarks. Latency, a
-concurrency limit (429 past it, like TGI's overload answer), a share of 5xx failures and
-a prompt-length limit (422, like TGI's validation error) are configurable. It names
+concurrency limit (429 past it, like TGI's overload answer), a share of 5xx failures, a
+share of requests never answered (a hung server, for timeouts) and a prompt-length limit
+(422, like TGI's validation error) are configurable. It names
 itself a stand-in in `/info`, in a response header and in its log line.
 """
 
@@ -38,6 +39,7 @@ class StandInSettings:
     max_concurrent: int = 128  # requests past this many in flight get 429
     error_every: int = 0  # every n-th generate request fails with 503 (0: never)
     max_input_chars: int = 100_000  # longer prompts get 422
+    hang_every: int = 0  # every n-th generate request is never answered (0: never)
 
 
 def create_app(settings: StandInSettings = StandInSettings()) -> web.Application:
@@ -78,6 +80,10 @@ def create_app(settings: StandInSettings = StandInSettings()) -> web.Application
         if settings.error_every and (stats["requests"] % settings.error_every == 0):
             stats["failed"] += 1
             return 503, {"error": "stand-in: injected failure", "error_type": "generation"}, 0.0, (0, 0)
+
+        if settings.hang_every and (stats["requests"] % settings.hang_every == 0):
+            stats["hung"] += 1
+            await asyncio.Event().wait()  # a server that took the request and went silent
 
         in_flight += 1
         window.setdefault("first_started_at", time.time())

@@ -8,12 +8,14 @@ undisturbed in-process run.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 
 import pytest
 
 from proto import Job
-from services.local import LocalPipeline
+from services.local import LocalPipeline, free_port, wait_for_port
 from tests.support.pipeline import get_json, in_process, records_frame, result_json, scrape, submit_jobs, wait_complete
 from tests.support.synthetic import write_synthetic
 
@@ -119,3 +121,38 @@ def test_a_restarted_aggregator_remembers_finished_jobs_without_rescanning(tmp_p
     assert gauges[f'introspect_job_observations{{{label},state="received"}}'] == 12
     assert gauges[f"introspect_job_correct{{{label}}}"] == before["results"]["correct"]
     assert gauges[f"introspect_job_faithful_and_correct{{{label}}}"] == before["results"]["introspect_and_correct"]
+
+
+def test_a_model_server_that_never_answers_some_requests_delays_the_job_only(tmp_path, monkeypatch) -> None:
+    """One request in 7 is taken and never answered. Each such call is given up after the
+    generation timeout and tried again; the job completes with every record and the
+    aggregates of the undisturbed run, nothing dead-lettered (the timeout scaled down from
+    300 s to 1 s through its setting)."""
+    from tests.support.pipeline import metric_total
+
+    files = write_synthetic(tmp_path / "data", rows=60)
+    monkeypatch.setenv("INTROSPECT_GENERATION_TIMEOUT", "1")
+    pipeline = LocalPipeline(tmp_path / "run", standin_args=("--hang-every", "7"))
+    with pipeline:
+        job = Job(job_id="", model="llama2-7b", dataset=str(files["sentiment"]), category="sentiment",
+                  task="counterfactual")  # fmt: skip
+        (job,) = submit_jobs(pipeline, [job])
+        wait_complete(pipeline, [job.job_id], timeout=120)
+        records = records_frame(pipeline, job.job_id)
+        assert len(records) == 60 and records["idx"].is_unique and records["error"].isna().all()
+        assert get_json(f"{pipeline.standin_url}/stand-in/stats")["hung"] > 0
+        assert metric_total(pipeline, "gateway", "introspect_backend_retries_total") > 0
+        assert metric_total(pipeline, "scorer", "introspect_dead_letters_total") == 0
+        assert metric_total(pipeline, "gateway", "introspect_dead_letters_total") == 0
+        # What the undisturbed run gives: the same deterministic answers, from a stand-in that hangs on nothing.
+        port = free_port()
+        server = subprocess.Popen([sys.executable, "-m", "services.cli", "standin", "--port", str(port)],
+                                  stdout=subprocess.DEVNULL)  # fmt: skip
+        try:
+            wait_for_port(port, "the stand-in", server, timeout=60)
+            expected_records, expected_results = in_process(job, f"http://127.0.0.1:{port}", tmp_path)
+        finally:
+            server.terminate()
+            server.wait()
+        assert result_json(pipeline, job.job_id)["results"] == expected_results
+        assert records.drop(columns=["duration"]).equals(expected_records.drop(columns=["duration"]))

@@ -292,3 +292,35 @@ async def test_an_answer_is_used_even_when_the_cache_cannot_store_it(tmp_path) -
     assert (await completions("a prompt", PARAMETERS)).text == "A PROMPT"  # delivered, not thrown away
     assert cache.get(cache_key("m", "a prompt", PARAMETERS)) is None and server.calls == 1
     cache.close()
+
+
+async def test_a_call_the_server_never_answers_is_given_up_after_two_timeouts(session) -> None:
+    """Not eight attempts of the whole timeout each (80 minutes at 600 s) holding a slot:
+    two, then the request is handed back to be tried again later."""
+    server = await _serve(StandInSettings(hang_every=1))  # takes every request, answers none
+    try:
+        backend = TGIBackend(_url(server), session, timeout=0.3)
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(BackendUnavailable, match=r"no answer in 0.3 s, 2 times"):
+            await backend.complete(PROMPTS[0], PARAMETERS)
+        assert asyncio.get_running_loop().time() - started >= 0.6
+        assert backend.retries == 1
+    finally:
+        await server.close()
+
+
+async def test_hung_calls_free_their_slot_and_are_tried_again(session) -> None:
+    """Every other request hangs; with one slot, each hung call costs one timeout, then the
+    slot serves the retry and the rest: every prompt gets its answer."""
+    server = await _serve(StandInSettings(hang_every=2))
+    try:
+        pool = BackendPool([TGIBackend(_url(server), session, timeout=0.3)], limit=1)
+        await pool.start()
+        answers = await asyncio.gather(*(pool.complete(prompt, PARAMETERS) for prompt in PROMPTS[:6]))
+        assert [a.text.removesuffix("[INST]") for a in answers] == [standin_answer(p) for p in PROMPTS[:6]]
+        async with session.get(f"{_url(server)}/stand-in/stats") as response:
+            stats = await response.json()
+        # Requests 2, 4, 6, 8 and 10 hung; each prompt's next request was answered.
+        assert stats["hung"] == 5 and stats["generated"] == 6
+    finally:
+        await server.close()
