@@ -227,8 +227,16 @@ def extract_paragraph(answer: str) -> str | None:
 
 _BULLET_LINE = re.compile(r"^(?:\d+\.|\*|•|-)[ \t]*(.*)$")
 _QUOTED_WORD = re.compile(r'["*]([^",.]+)[,.]?["*]')
-_TRAILING_WORD = re.compile(r"(\w+)(?:,|\.|$)")
-_LIST_ITEM = re.compile(r'(?:["*]([^",*.]+)[,.]?["*]|(\w[\w \-]*)(?:,|\.|$))(?:\. |, | and | or | |$|)')
+# The original finds list items with `findall` of
+#     (?:["*]([^",*.]+)[,.]?["*]|(\w[\w \-]*)(?:,|\.|$))(?:\. |, | and | or | |$|)
+# and where a line's list starts with `search` of (\w+)(?:,|\.|$). Both try every position
+# of a run of word characters and backtrack through the rest of it: quadratic, hours for
+# one long word in a hostile answer. `_list_items` and `_first_trailing_word` give the same
+# results in one pass (tests/core/test_extract_linear.py compares them with the regexes).
+_QUOTED_ITEM = re.compile(r'["*]([^",*.]+)[,.]?["*]')
+_BARE_ITEM = re.compile(r"\w[\w \-]*+")
+_WORD_RUN = re.compile(r"\w+")
+_ITEM_SEPARATORS = (". ", ", ", " and ", " or ", " ")
 
 
 def extract_list(answer: str) -> list[str] | None:
@@ -249,12 +257,56 @@ def extract_list(answer: str) -> list[str] | None:
         start = line.find(":") + 1  # after "The most important words are:"
         if quoted := _QUOTED_WORD.search(line):
             start = min(quoted.start(), start)
-        elif start == 0 and (trailing := _TRAILING_WORD.search(line)):
-            start = trailing.start()
-        for quoted_item, bare_item in _LIST_ITEM.findall(line[start:].lstrip()):
-            if item := quoted_item or bare_item:
-                words.append(item)
+        elif start == 0 and (trailing := _first_trailing_word(line)) is not None:
+            start = trailing
+        words += _list_items(line[start:].lstrip())
     return words or None
+
+
+def _first_trailing_word(line: str) -> int | None:
+    """Where the first run of word characters followed by a comma, a full stop or the end of
+    the line starts: a run matches from its first character exactly when its end does, so
+    one look at each run's end decides (a line holds no line break, so `$` is its end)."""
+    for run in _WORD_RUN.finditer(line):
+        if run.end() == len(line) or line[run.end()] in ",.":
+            return run.start()
+    return None
+
+
+def _list_items(text: str) -> list[str]:
+    """The items of one line's list, as the original's `findall` finds them, in one pass.
+
+    At each position: a quoted or starred item; else a run of word characters, spaces and
+    hyphens that starts with a word character and is followed by a comma, a full stop or
+    the end. Such a run cannot end earlier (its characters are none of those), so a run
+    that fails fails from every position inside it, and the scan skips it whole.
+    """
+    items = []
+    position = 0
+    while position < len(text):
+        if text[position] in '"*':
+            if quoted := _QUOTED_ITEM.match(text, position):
+                items.append(quoted.group(1))
+                position = _after_separator(text, quoted.end())
+            else:
+                position += 1
+        elif bare := _BARE_ITEM.match(text, position):
+            end = bare.end()
+            if end == len(text) or text[end] in ",.":
+                items.append(bare.group())
+                position = _after_separator(text, end + 1)
+            else:
+                position = end
+        else:
+            position += 1
+    return items
+
+
+def _after_separator(text: str, position: int) -> int:
+    for separator in _ITEM_SEPARATORS:  # in the original's order: the first that fits
+        if text.startswith(separator, position):
+            return position + len(separator)
+    return position
 
 
 # -- redaction by word list --
