@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 import typing
 from functools import lru_cache
-from typing import Any, ClassVar, TypeAlias, TypeVar, Union
+from typing import Annotated, Any, ClassVar, TypeAlias, TypeVar, Union
 
 import msgspec
 
@@ -26,6 +26,10 @@ SCHEMA_VERSION = 1
 MAX_MESSAGE_BYTES = 512 << 10  # well under JetStream's default 1 MiB payload limit
 
 replace = msgspec.structs.replace  # a copy of a message with some fields changed
+
+# Whole numbers a message may carry: non-negative and within a signed 64-bit integer, as
+# stores key them and model servers read them; anything else is refused at decoding.
+Natural = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 
 
 class InvalidMessage(ValueError):
@@ -51,10 +55,10 @@ class Sampling(_Part, frozen=True):
     temperature: float = 0.1
     top_p: float = 0.95
     repetition_penalty: float = 1.2
-    top_k: int = 50
-    max_new_tokens: int = 1024
+    top_k: Natural = 50
+    max_new_tokens: Natural = 1024
     stop: list[str] = []
-    seed: int = 0
+    seed: Natural = 0
 
 
 class Chat(_Part, frozen=True):
@@ -106,11 +110,11 @@ class Job(_Message, frozen=True, tag="job"):
     task: str
     split: str = "test"
     config: list[str] = []
-    seed: int = 0
+    seed: Natural = 0
     system_message: str | None = None  # None: the paper's choice for the model
-    limit: int | None = None  # at most this many observations, after shuffling
-    start: int = 0  # then only positions [start, stop) of the shuffled split
-    stop: int | None = None
+    limit: Natural | None = None  # at most this many observations, after shuffling
+    start: Natural = 0  # then only positions [start, stop) of the shuffled split
+    stop: Natural | None = None
     category: str | None = None  # for a local data file
     columns: dict[str, str] = {}  # local file column -> field
     labels: dict[str, str] = {}  # raw label -> label
@@ -125,7 +129,7 @@ class JobManifest(_Message, frozen=True, tag="job-manifest"):
     job: Job
     experiment_id: str
     experiment: dict[str, Any]  # the paper's `args` object
-    expected: int
+    expected: Natural
     setup_seconds: float = 0.0
     v: int = SCHEMA_VERSION
 
@@ -161,7 +165,7 @@ class ScoredResult(_Message, frozen=True, tag="scored-result"):
     KIND: ClassVar[str] = "scored-result"
     job_id: str
     task: str
-    idx: int
+    idx: Natural
     record: dict[str, Any]
     v: int = SCHEMA_VERSION
 
@@ -232,9 +236,11 @@ def decode(payload: bytes, *expected: type[M], max_bytes: int = MAX_MESSAGE_BYTE
         raise InvalidMessage("message is not a map") from None
     except msgspec.DecodeError as error:
         raise InvalidMessage(f"not msgpack ({error})") from None
+    except RecursionError:  # msgspec's own limit on nesting, reached by a hostile message
+        raise InvalidMessage("values nested too deeply") from None
     if envelope.v != SCHEMA_VERSION:
         raise InvalidMessage(f"field 'v': schema version {envelope.v!r} is not {SCHEMA_VERSION}")
-    if envelope.kind not in _kinds(allowed):
+    if not isinstance(envelope.kind, str) or envelope.kind not in _kinds(allowed):
         raise InvalidMessage(f"field 'kind': {envelope.kind!r} is not {' or '.join(t.KIND for t in allowed)}")
     try:
         return typing.cast(M, _decoder(allowed).decode(payload))
@@ -242,6 +248,8 @@ def decode(payload: bytes, *expected: type[M], max_bytes: int = MAX_MESSAGE_BYTE
         raise InvalidMessage(_field_error(str(error))) from None
     except msgspec.DecodeError as error:
         raise InvalidMessage(f"not msgpack ({error})") from None
+    except RecursionError:
+        raise InvalidMessage("values nested too deeply") from None
 
 
 @lru_cache(maxsize=64)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,9 @@ class JobState:
     result_file: str | None = None
     records_file: str | None = None
     final_results: dict[str, Any] | None = None  # kept when complete: no records to rescan at start
+    # One finish at a time: redelivered last records arrive together, and each would
+    # otherwise write the result files again.
+    finishing: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
     def job_id(self) -> str:
@@ -200,7 +203,10 @@ class Aggregator:
         so, and try again in the background until it succeeds: a job whose records are all
         in always completes."""
         try:
-            return await self._finish(state)
+            async with state.finishing:
+                if state.complete:  # finished meanwhile, by the call this one waited for
+                    return _completed(state)
+                return await self._finish(state)
         except Exception as error:  # a full disk: OSError from the files, RocksDB's own errors
             log.warning("aggregator: could not finish job %s (%s); trying again", state.job_id, error)
             metrics.FINISH_FAILURES.inc()
@@ -215,7 +221,10 @@ class Aggregator:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, FINISH_RETRY_MAX)
                 try:
-                    events = await self._finish(state)
+                    async with state.finishing:
+                        if state.complete:
+                            break
+                        events = await self._finish(state)
                 except Exception as error:
                     metrics.FINISH_FAILURES.inc()
                     log.warning("aggregator: job %s still cannot finish (%s)", state.job_id, error)

@@ -17,6 +17,9 @@ SplitName: TypeAlias = Literal["train", "valid", "test"]
 SPLIT_NAMES: tuple[SplitName, ...] = get_args(SplitName)
 
 
+MAX_IDX = 2**63  # an observation's position is a signed 64-bit number wherever it is stored
+
+
 class InvalidObservation(ValueError):
     """An observation dict does not have the shape its category requires."""
 
@@ -91,6 +94,8 @@ def observation_from_dict(category: str, data: dict[str, Any]) -> Observation:
         if name == "idx":
             if not isinstance(value, int) or isinstance(value, bool):
                 raise InvalidObservation(f"field 'idx' must be an integer, got {value!r}")
+            if not 0 <= value < MAX_IDX:  # stores key records by a signed 64-bit idx
+                raise InvalidObservation(f"field 'idx' must be from 0 to 2**63 - 1, got {value}")
         elif name == "choices":
             if not isinstance(value, (list, tuple)) or not value or not all(isinstance(c, str) for c in value):
                 raise InvalidObservation("field 'choices' must be a non-empty list of strings")

@@ -217,3 +217,27 @@ async def test_a_finish_that_fails_is_retried_until_the_job_completes(tmp_path: 
         f"{_manifest('j1', 1).experiment_id}.json",
         f"{_manifest('j1', 1).experiment_id}.parquet",
     ]  # no half-written files left behind
+
+
+async def test_last_records_arriving_together_finish_the_job_once(tmp_path: Path, monkeypatch) -> None:
+    """The last record and its redelivered copies arrive at once: the files are written once."""
+    import services.aggregator.service as aggregator_module
+
+    writes = []
+    real_write = aggregator_module.write_result_files
+
+    def counted(*args, **kwargs):
+        writes.append(args[1])
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(aggregator_module, "write_result_files", counted)
+    aggregator, bus = Aggregator(tmp_path), MemoryBus()
+    await aggregator.start(bus)
+    try:
+        await bus.deliver(aggregator, _manifest("j1", 2))
+        await bus.deliver(aggregator, _result("j1", 0))
+        await asyncio.gather(*(bus.deliver(aggregator, _result("j1", 1)) for _ in range(8)))
+        assert len(writes) == 1
+        assert aggregator.jobs["j1"].complete and aggregator.jobs["j1"].received == 2
+    finally:
+        await aggregator.close()
