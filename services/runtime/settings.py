@@ -36,7 +36,9 @@ class Settings:
     nats_tls_key: str | None = None
     data_dir: str = ".introspect"  # RocksDB folders (gateway cache, aggregator store)
     results_dir: str | None = None  # aggregator: result files (default: <data_dir>/results)
-    metrics_host: str = "0.0.0.0"
+    # Loopback unless told otherwise: the API serves records, which hold rows of the data a
+    # job read. The chart sets 0.0.0.0, inside the pod's network policy.
+    metrics_host: str = "127.0.0.1"
     metrics_port: int = 9090  # /metrics and /healthz (the aggregator also serves its API here)
     partitions: int = 1  # gateway partitions: each has its own subject and cache
     partition: int = 0  # which partition this gateway serves (a StatefulSet ordinal)

@@ -127,6 +127,9 @@ def test_the_scorer_producer_and_aggregator_agree_with_the_gateways() -> None:
             if c["image"].startswith("registry.example.org/research/introspect"):
                 assert c["image"] == "registry.example.org/research/introspect:0.1.0"
                 assert c["args"][0] == "serve" and c["readinessProbe"]["httpGet"]["path"] == "/healthz"
+                # A service listens on loopback unless told otherwise; in a pod, the probes,
+                # Prometheus and the API's clients come from outside it.
+                assert env_of(c)["INTROSPECT_METRICS_HOST"] == "0.0.0.0"
 
 
 def test_nats_keeps_its_streams_on_a_persistent_volume() -> None:

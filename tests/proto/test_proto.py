@@ -149,6 +149,7 @@ def test_settings_from_the_environment_with_flags_on_top() -> None:
     assert settings.nats_url == "nats://n:4222" and settings.partitions == 4 and settings.partition == 1
     assert settings.backends == ("http://a:80", "openai+http://b:8000") and settings.offline is True
     assert settings.ack_wait == 2.5 and settings.metrics_port == 9090
+    assert settings.metrics_host == "127.0.0.1"  # loopback unless told otherwise: the API serves records
 
 
 @pytest.mark.parametrize(

@@ -67,6 +67,8 @@ app.kubernetes.io/component: {{ .component }}
     secretKeyRef:
       name: {{ include "introspect.natsSecret" . }}
       key: password
+- name: INTROSPECT_METRICS_HOST  # the probes, Prometheus and the API's clients reach the pod's address
+  value: "0.0.0.0"
 - name: INTROSPECT_METRICS_PORT
   value: "9090"
 - name: INTROSPECT_PARTITIONS
