@@ -14,6 +14,7 @@ runner and the gateway both generate through `ChatModel.generate`.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from .backends.contract import Complete, GenerationRejected
@@ -35,7 +36,12 @@ class ChatModel:
         return self.chat_format.render([ChatTurn(message)], self.system)
 
     async def generate(self, message: str) -> Generation:
-        prompt = self.render(message)
+        if self.chat_format.from_model:
+            # A model's own template renders in a thread, within its limits (core.chat): a
+            # slow one must not stop the event loop, its other requests and /metrics with it.
+            prompt = await asyncio.to_thread(self.render, message)
+        else:
+            prompt = self.render(message)
         try:
             completion = await self.complete(prompt, self.parameters)
         except GenerationRejected as rejected:

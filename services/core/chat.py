@@ -9,6 +9,8 @@ reads the file, this module only sees the parsed dict.
 from __future__ import annotations
 
 import hashlib
+import re
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -135,6 +137,9 @@ class ChatFormat:
     name: str
     render: Callable[[Sequence[ChatTurn], SystemMessage], str]
     stop: tuple[str, ...]
+    # A template that came with a model (a job's message carries it): it may be slow or
+    # hostile, so it renders within limits (`_BoundedSandbox`) and off the event loop.
+    from_model: bool = False
 
 
 LLAMA2 = ChatFormat("Llama2", render_llama2, ("[INST]", "[/INST]", "<s>", "</s>"))
@@ -145,7 +150,113 @@ FORMATS: dict[str, ChatFormat] = {f.name: f for f in (LLAMA2, FALCON, MISTRAL)}
 
 # -- any model with a Jinja chat template --
 
-_JINJA = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, undefined=StrictUndefined)
+# Limits on rendering a model's template: real chat templates take a few hundred steps and
+# make a few kilobytes; a template built to spin or to fill memory is refused, and the one
+# request carrying it fails, instead of the gateway's CPU or memory.
+TEMPLATE_MAX_STEPS = 1_000_000  # lines of the compiled template's Python run, loops included
+TEMPLATE_MAX_CHARS = 1_000_000  # characters of output, and of any one string or list it builds
+
+
+class TemplateOverLimit(TemplateError):
+    """A chat template went past its limits on steps or size."""
+
+
+class _BoundedSandbox(ImmutableSandboxedEnvironment):
+    """Jinja's immutable sandbox, with the operators and calls that can build one huge value
+    (repetition, powers, %-formatting, str.format, padding filters) checked first."""
+
+    intercepted_binops = frozenset({"*", "**", "%"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "*" and isinstance(right, int) and isinstance(left, (str, list, tuple)):
+            _check_size(len(left) * right)
+        if operator == "*" and isinstance(left, int) and isinstance(right, (str, list, tuple)):
+            _check_size(len(right) * left)
+        if operator == "**" and isinstance(right, int) and abs(right) > 64:
+            raise TemplateOverLimit(f"exponent {right} is over the template limit of 64")
+        if operator == "%" and isinstance(left, str):
+            _check_widths(left, _PERCENT_WIDTHS)
+        return super().call_binop(context, operator, left, right)
+
+    def wrap_str_format(self, value: Any) -> Any:
+        wrapped = super().wrap_str_format(value)  # not None: `value` is a string's format method
+        if wrapped is not None:
+            _check_widths(value.__self__, _BRACE_WIDTHS)
+        return wrapped
+
+
+def _check_size(size: int) -> None:
+    if size > TEMPLATE_MAX_CHARS:
+        raise TemplateOverLimit(f"a value of {size} items is over the template limit of {TEMPLATE_MAX_CHARS}")
+
+
+_PERCENT_WIDTHS = re.compile(r"%[#0\- +]*(\d*)(?:\.(\d*))?")  # %10.3f: width, precision
+_BRACE_WIDTHS = re.compile(r"\{[^{}:]*:[^{}\d]*(\d*)(?:[^{}\d.]*\.(\d*))?")  # {:>10.3}
+
+
+def _check_widths(format_string: str, fields: re.Pattern[str]) -> None:
+    """Refuse a field width or precision that would build a string over the limit."""
+    for numbers in fields.findall(format_string):
+        for number in numbers:
+            if number:
+                _check_size(int(number) if len(number) < 20 else TEMPLATE_MAX_CHARS + 1)
+
+
+def _padding(filter_: Callable[..., Any], width_at: int) -> Callable[..., Any]:
+    """`filter_` with its width argument (position `width_at`, after the value) checked."""
+
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        width = args[width_at] if len(args) > width_at else kwargs.get("width")
+        if isinstance(width, int):
+            _check_size(width)
+        return filter_(*args, **kwargs)
+
+    return checked
+
+
+_JINJA = _BoundedSandbox(trim_blocks=True, lstrip_blocks=True, undefined=StrictUndefined)
+for _name in ("center", "wordwrap"):
+    _JINJA.filters[_name] = _padding(_JINJA.filters[_name], 2 if _name == "wordwrap" else 1)
+_JINJA.filters["indent"] = _padding(_JINJA.filters["indent"], 1)
+_format_filter = _JINJA.filters["format"]
+
+
+def _checked_format(value: Any, *args: Any, **kwargs: Any) -> Any:
+    _check_widths(str(value), _PERCENT_WIDTHS)
+    return _format_filter(value, *args, **kwargs)
+
+
+_JINJA.filters["format"] = _checked_format
+
+
+def render_bounded(template: Any, **variables: Any) -> str:
+    """`template.render(**variables)` within TEMPLATE_MAX_STEPS and TEMPLATE_MAX_CHARS.
+
+    The steps are counted by a trace function on this thread while it renders: the lines
+    Jinja's compiled Python runs, so a loop that makes no output is counted too. Whoever
+    traced this thread before (a coverage tool) gets its tracer back afterwards."""
+    steps = 0
+
+    def count(frame: Any, event: str, arg: Any) -> Any:
+        nonlocal steps
+        if event == "line":
+            steps += 1
+            if steps > TEMPLATE_MAX_STEPS:
+                raise TemplateOverLimit(f"the template ran over its limit of {TEMPLATE_MAX_STEPS} steps")
+        return count
+
+    before = sys.gettrace()
+    sys.settrace(count)
+    try:
+        chunks, size = [], 0
+        for chunk in template.generate(**variables):
+            size += len(chunk)
+            if size > TEMPLATE_MAX_CHARS:
+                raise TemplateOverLimit(f"the template made over {TEMPLATE_MAX_CHARS} characters")
+            chunks.append(chunk)
+        return "".join(chunks)
+    finally:
+        sys.settrace(before)
 
 
 def _raise_exception(message: str) -> None:
@@ -177,11 +288,11 @@ def jinja_format(name: str, tokenizer_config: Mapping[str, Any], default_system:
         for turn in history[:-1]:
             messages += [{"role": "user", "content": turn.user}, {"role": "assistant", "content": turn.assistant or ""}]
         messages.append({"role": "user", "content": history[-1].user})
-        prompt = template.render(messages=messages, add_generation_prompt=True, **special)
+        prompt = render_bounded(template, messages=messages, add_generation_prompt=True, **special)
         return prompt + (history[-1].assistant or "")
 
     stop = tuple(s for s in (special["eos_token"],) if s)
-    return ChatFormat(name, render, stop)
+    return ChatFormat(name, render, stop, from_model=True)
 
 
 def _token_text(token: Any) -> str:

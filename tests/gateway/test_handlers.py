@@ -92,3 +92,24 @@ async def test_an_offline_gateway_answers_hits_and_dead_letters_misses(tmp_path:
         await offline.close()
     (letter,) = bus.dead_letters
     assert letter.category == "offline-miss"
+
+
+async def test_a_template_over_its_limits_is_that_request_s_dead_letter(tmp_path: Path, standin_url: str) -> None:
+    """Rendered in a thread within its limits: the request is refused in well under a
+    second of work, and the gateway goes on answering others."""
+    from proto import replace as replace_message
+
+    gateway, bus = Gateway(tmp_path, backends=(standin_url,)), MemoryBus()
+    await gateway.start(bus)
+    try:
+        spinning = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+        work = _work()
+        chat = replace_message(work.chat, model="my-model", template={"chat_template": spinning})
+        hostile = GenerationRequest("Is it positive?", replace_message(work, chat=chat))
+        assert await bus.deliver(gateway, hostile) == []
+        (letter,) = bus.dead_letters
+        assert letter.category == "bad-request" and "over its limit of 1000000 steps" in letter.reason
+        (answer,) = await bus.deliver(gateway, GenerationRequest("What is the sentiment? Paragraph: Fine.", _work()))
+        assert isinstance(answer.message, GenerationReply)
+    finally:
+        await gateway.close()
