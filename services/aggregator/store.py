@@ -13,7 +13,7 @@ from typing import Any
 
 import msgpack
 
-from ..runtime.storage import open_rocksdb
+from ..runtime.storage import StoreDamaged, open_rocksdb
 
 _MANIFEST = b"manifest\0"
 _RECORD = b"record\0"
@@ -26,7 +26,13 @@ def _record_key(job_id: str, idx: int) -> bytes:
 
 class ResultStore:
     def __init__(self, path: Path) -> None:
-        self.db = open_rocksdb(path)
+        try:
+            self.db = open_rocksdb(path, "refuse", "the aggregator's store")
+        except StoreDamaged as damaged:  # never set aside on its own: it holds every job's records
+            raise StoreDamaged(
+                f"{damaged}; it holds the jobs' records: restore it from a backup, or move it away "
+                "to start without them (finished jobs' result files stay where they are)"
+            ) from None
 
     def put_manifest(self, job_id: str, manifest: bytes) -> None:
         self.db[_MANIFEST + job_id.encode()] = manifest

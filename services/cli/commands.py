@@ -31,6 +31,7 @@ from ..jobs import JOB_ERRORS, PreparedJob, prepare_job, with_job_id
 from ..models import ResolvedModel, load_model
 from ..runtime.lock import FolderInUse, FolderLock
 from ..runtime.settings import InvalidSettings, Settings, redact_url
+from ..runtime.storage import StoreDamaged
 from .parser import build_parser, grid_from, job_from
 
 # Mistakes a user can make; each becomes one line on stderr, never a traceback.
@@ -59,6 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(unavailable))
     except AggregatorRefused as refused:
         return _fail(str(refused))
+    except StoreDamaged as damaged:
+        return _fail(str(damaged))
     except NatsRefused as refused:
         return _fail(f"{refused} (--nats, or INTROSPECT_NATS_USER / _PASSWORD / _TOKEN / _CREDS)", 1)
     except NatsUnreachable:
@@ -189,13 +192,14 @@ def _serve(args: argparse.Namespace) -> int:
             service = Gateway(
                 settings.data_path / "cache",
                 settings.backends,
-                settings.partition,
-                settings.backend_concurrency,
-                settings.generation_timeout,
-                settings.offline,
-                settings.tgi_service,
-                settings.kubernetes_api,
-                settings.model,
+                partition=settings.partition,
+                backend_limit=settings.backend_concurrency,
+                generation_timeout=settings.generation_timeout,
+                offline=settings.offline,
+                cache_on_damage=settings.cache_on_damage,
+                tgi_service=settings.tgi_service,
+                kubernetes_api=settings.kubernetes_api,
+                model=settings.model,
             )
         case _:
             from ..aggregator.service import Aggregator

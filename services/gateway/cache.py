@@ -19,7 +19,7 @@ import msgpack
 
 from ..backends.contract import Complete, Completion, GenerationRejected
 from ..core.chat import GenerationParameters
-from ..runtime.storage import open_rocksdb
+from ..runtime.storage import StoreDamaged, open_rocksdb
 from .metrics import CACHE_UNREADABLE as UNREADABLE
 from .metrics import CACHE_WRITE_FAILURES as WRITE_FAILURES
 
@@ -38,8 +38,16 @@ def cache_key(model_id: str, prompt: str, parameters: GenerationParameters) -> b
 class GenerationCache:
     """Completions and rejections by key, on disk."""
 
-    def __init__(self, path: Path) -> None:
-        self.db = open_rocksdb(path)
+    def __init__(self, path: Path, on_damage: str = "refuse") -> None:
+        # A cache can be rebuilt (its answers asked for again): with on_damage="set-aside",
+        # one RocksDB cannot open is kept aside and the gateway starts on an empty one.
+        try:
+            self.db = open_rocksdb(path, on_damage, "the gateway cache")
+        except StoreDamaged as damaged:
+            raise StoreDamaged(
+                f"{damaged}; start on an empty cache with INTROSPECT_CACHE_ON_DAMAGE=set-aside "
+                "(the damaged folder is kept beside it), or move the folder away"
+            ) from None
 
     def get(self, key: bytes) -> Completion | None:
         """The stored completion, marked cached; a stored rejection raises it again. An entry

@@ -56,10 +56,12 @@ class Gateway(ServiceBase):
         self,
         cache_dir: Path,
         backends: tuple[str, ...],
+        *,
         partition: int = 0,
         backend_limit: int = 0,
         generation_timeout: float | None = None,
         offline: bool = False,
+        cache_on_damage: str = "refuse",
         tgi_service: str | None = None,
         kubernetes_api: str | None = None,
         model: str | None = None,
@@ -69,6 +71,7 @@ class Gateway(ServiceBase):
         self.partition = partition
         self.backend_limit = backend_limit
         self.generation_timeout = generation_timeout
+        self.cache_on_damage = cache_on_damage
         self.tgi_service = tgi_service  # namespace/name[:port]: find its pods through the Kubernetes API
         self.kubernetes_api = kubernetes_api  # None: the in-cluster API server
         if not (offline or backends or tgi_service):
@@ -96,7 +99,7 @@ class Gateway(ServiceBase):
         # RocksDB locks the folder too, but says only "Resource temporarily unavailable".
         self.lock = FolderLock.beside(folder, f"the gateway cache {folder}")
         self.lock.acquire()
-        self.cache = GenerationCache(folder)
+        self.cache = GenerationCache(folder, self.cache_on_damage)
         if self.offline:
             # With no server to ask, the cache key needs the served model id from configuration.
             self.completions = CachedCompletions(self.cache, _offline_model_id(self.cache_dir), None)

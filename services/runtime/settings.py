@@ -50,6 +50,7 @@ class Settings:
     tgi_service: str | None = None  # gateway: namespace/name[:port] of TGI pods to discover
     kubernetes_api: str | None = None  # gateway: API server URL (default: in-cluster)
     offline: bool = False  # gateway: answer from the cache alone
+    cache_on_damage: str = "refuse"  # gateway: a cache RocksDB cannot open: refuse, or set-aside and start empty
     ack_wait: float = 15.0  # seconds before an unacknowledged message is redelivered
     concurrency: int = 256  # messages processed at once by one service process
     batch: int = 256  # most messages one pull request asks for
@@ -78,6 +79,8 @@ class Settings:
             raise InvalidSettings(f"partition {self.partition} is outside 0..{self.partitions - 1}")
         if self.tgi_service is not None and not re.fullmatch(r"[^/:\s]+/[^/:\s]+(:[^/:\s]+)?", self.tgi_service):
             raise InvalidSettings(f"tgi_service is namespace/name[:port-name], got {self.tgi_service!r}")
+        if self.cache_on_damage not in ("refuse", "set-aside"):
+            raise InvalidSettings(f"cache_on_damage is refuse or set-aside, got {self.cache_on_damage!r}")
         if self.generation_timeout <= 0:
             raise InvalidSettings(f"generation_timeout must be positive, got {self.generation_timeout}")
         if self.ack_wait <= 0:

@@ -241,3 +241,16 @@ async def test_last_records_arriving_together_finish_the_job_once(tmp_path: Path
         assert aggregator.jobs["j1"].complete and aggregator.jobs["j1"].received == 2
     finally:
         await aggregator.close()
+
+
+def test_a_store_rocksdb_cannot_open_is_refused_with_what_it_holds(tmp_path: Path) -> None:
+    from services.aggregator.store import ResultStore
+    from services.runtime.storage import StoreDamaged
+
+    ResultStore(tmp_path / "store").close()
+    next((tmp_path / "store").glob("MANIFEST-*")).write_bytes(b"not a manifest")
+    with pytest.raises(
+        StoreDamaged, match=r"the aggregator's store at .* cannot be opened .* restore it from a backup"
+    ):
+        ResultStore(tmp_path / "store")
+    assert not list(tmp_path.glob("store.damaged-*"))  # never set aside on its own

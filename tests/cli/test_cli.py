@@ -207,3 +207,19 @@ def test_a_broken_chat_template_is_one_line(tmp_path, capsys, template: str, mes
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"introspect: error: broken-model: {message}")
+
+
+def test_a_damaged_gateway_cache_is_one_line_that_says_how_to_start_afresh(nats_server, tmp_path) -> None:
+    from services.gateway.cache import GenerationCache
+
+    folder = tmp_path / "cache" / "partition-0"
+    GenerationCache(folder).close()
+    next(folder.glob("MANIFEST-*")).write_bytes(b"not a manifest")
+    command = [sys.executable, "-m", "services.cli", "serve", "gateway", "--nats", nats_server.url,
+               "--data-dir", str(tmp_path), "--metrics-port", "0", "--backend", "http://127.0.0.1:9"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    last = done.stderr.splitlines()[-1]
+    assert last.startswith(f"introspect: error: the gateway cache at {folder} cannot be opened (Corruption: ")
+    assert last.endswith("start on an empty cache with INTROSPECT_CACHE_ON_DAMAGE=set-aside "
+                         "(the damaged folder is kept beside it), or move the folder away")  # fmt: skip

@@ -324,3 +324,22 @@ async def test_hung_calls_free_their_slot_and_are_tried_again(session) -> None:
         assert stats["hung"] == 5 and stats["generated"] == 6
     finally:
         await server.close()
+
+
+def test_a_cache_rocksdb_cannot_open_is_refused_or_set_aside_as_asked(tmp_path) -> None:
+    from services.runtime.storage import StoreDamaged
+
+    folder = tmp_path / "partition-0"
+    cache = GenerationCache(folder)
+    cache.db[b"key"] = msgpack.packb(("an answer", 0.5, None))
+    cache.close()
+    next(folder.glob("MANIFEST-*")).write_bytes(b"not a manifest")
+    with pytest.raises(StoreDamaged, match=r"cannot be opened \(Corruption: .*INTROSPECT_CACHE_ON_DAMAGE=set-aside"):
+        GenerationCache(folder)
+    fresh = GenerationCache(folder, on_damage="set-aside")
+    try:
+        assert fresh.get(b"key") is None  # empty: the answer will be asked for again
+        (aside,) = tmp_path.glob("partition-0.damaged-*")
+        assert next(aside.glob("MANIFEST-*")).read_bytes() == b"not a manifest"  # kept for a look
+    finally:
+        fresh.close()

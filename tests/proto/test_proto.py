@@ -162,6 +162,7 @@ def test_settings_from_the_environment_with_flags_on_top() -> None:
         ({"INTROSPECT_PARTITIONS": "0"}, "partitions must be at least 1"),
         ({"INTROSPECT_PARTITION": "1"}, "partition 1 is outside 0..0"),
         ({"INTROSPECT_TGI_SERVICE": "tgi-llama"}, "tgi_service is namespace/name"),
+        ({"INTROSPECT_CACHE_ON_DAMAGE": "delete"}, "cache_on_damage is refuse or set-aside, got 'delete'"),
     ],
 )
 def test_bad_settings_are_named(env: dict[str, str], message: str) -> None:
