@@ -66,7 +66,7 @@ class LocalPipeline:
     lock: FolderLock | None = None
     on_stop: Callable[[], None] | None = None  # called once stopping begins (e.g. to say so)
     on_step: Callable[[str], None] | None = None  # told each start-up step as it happens
-    _log_start: dict[str, int] = field(default_factory=dict)
+    _nats_log_start: int = 0  # where what the running nats-server logs begins in its log
     _ready: dict[str, socket.socket] = field(default_factory=dict)  # our ends of the ready pipes
 
     @property
@@ -136,7 +136,7 @@ class LocalPipeline:
         if self.processes["nats"].poll() is None:
             return False
         with self.log_path("nats").open("rb") as file:  # only what this start of it wrote
-            file.seek(self._log_start.get("nats", 0))
+            file.seek(self._nats_log_start)
             return "address already in use" in file.read().decode(errors="replace")[-2000:]
 
     def restart_nats(self) -> None:
@@ -247,7 +247,7 @@ class LocalPipeline:
 
     def _spawn_nats(self, command: list[str]) -> None:
         log = self.log_path("nats").open("ab")
-        self._log_start["nats"] = log.tell()  # what this start writes begins here
+        self._nats_log_start = log.tell()
         lock = [fd] if self.lock is not None and (fd := self.lock.fileno()) is not None else []
         # A session of its own: a terminal's Ctrl-C or hang-up reaches `run` alone, which then
         # stops the services first and NATS last, instead of all of them at once. The folder's
@@ -266,8 +266,6 @@ class LocalPipeline:
         """Start `introspect <argv>` as `name`, forked from the launcher (see `start_launcher`)."""
         ours, theirs = socket.socketpair()
         self._ready[name] = ours
-        with self.log_path(name).open("ab") as log:
-            self._log_start[name] = log.tell()
         lock = self.lock.fileno() if self.lock is not None else None
         child = Child(name, argv, env, str(self.log_path(name)), self.sockets[name], theirs, lock, niceness)
         self.processes[name] = ForkedProcess.start(child)
@@ -432,10 +430,6 @@ class ForkedProcess:
     @property
     def returncode(self) -> int | None:
         return self._process.exitcode
-
-    @property
-    def sentinel(self) -> int:
-        return self._process.sentinel
 
     def poll(self) -> int | None:
         return self._process.exitcode

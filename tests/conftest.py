@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestServer
 
 from services.local import LocalPipeline
+from services.standin.server import StandInSettings, create_app
 from tests.support.nats import NatsServer
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -37,3 +39,12 @@ def pipeline(tmp_path: Path) -> Iterator[LocalPipeline]:
     stand-in and the four services as processes, stopped when the test ends."""
     with LocalPipeline(tmp_path / "run") as running:
         yield running
+
+
+@pytest.fixture
+async def standin_url() -> AsyncIterator[str]:
+    """The stand-in's HTTP server in this test's event loop, at its URL."""
+    server = TestServer(create_app(StandInSettings()), host="127.0.0.1")
+    await server.start_server()
+    yield str(server.make_url("/")).rstrip("/")
+    await server.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .contract import BackendInfo, BackendUnavailable, CompletionBackend
+from .contract import GENERATION_TIMEOUT, BackendInfo, BackendUnavailable, CompletionBackend
 
 if TYPE_CHECKING:
     import aiohttp
@@ -13,16 +13,13 @@ if TYPE_CHECKING:
 OPENAI_PREFIX = "openai+"
 
 
-def make_backend(spec: str, session: aiohttp.ClientSession, timeout: float | None = None) -> CompletionBackend:
+def make_backend(spec: str, session: aiohttp.ClientSession, timeout: float = GENERATION_TIMEOUT) -> CompletionBackend:
     """`http://host:port` is a TGI server; `openai+http://host:port` an OpenAI-compatible one;
-    `timeout`: seconds for one generation call (default `http.GENERATION_TIMEOUT`)."""
+    `timeout`: seconds for one generation call."""
     # Imported here: the command line reaches `contract` through this package, and needs
     # no HTTP client until it talks to a server.
-    from .http import GENERATION_TIMEOUT
     from .openai import OpenAICompletionsBackend
     from .tgi import TGIBackend
-
-    timeout = GENERATION_TIMEOUT if timeout is None else timeout
 
     if spec.startswith(OPENAI_PREFIX):
         return OpenAICompletionsBackend(spec.removeprefix(OPENAI_PREFIX), session, timeout=timeout)

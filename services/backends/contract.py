@@ -9,6 +9,8 @@ from typing import Protocol
 
 from ..core.chat import GenerationParameters
 
+GENERATION_TIMEOUT = 300.0  # seconds for one generation call: long answers of a large model under load
+
 
 @dataclass(frozen=True, slots=True)
 class Completion:

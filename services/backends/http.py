@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 import msgspec
 
-from .contract import BackendUnavailable, GenerationRejected
+from .contract import GENERATION_TIMEOUT, BackendUnavailable, GenerationRejected
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +34,6 @@ class RetryPolicy:
 
 
 DEFAULT_RETRY = RetryPolicy()
-GENERATION_TIMEOUT = 300.0  # seconds for one generation call: long answers of a large model under load
 
 
 _JSON = {"Content-Type": "application/json"}

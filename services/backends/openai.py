@@ -13,8 +13,8 @@ from typing import Any
 import aiohttp
 
 from ..core.chat import GenerationParameters
-from .contract import BackendInfo, BackendUnavailable, Completion
-from .http import DEFAULT_RETRY, GENERATION_TIMEOUT, JsonEndpoint, RetryPolicy, get_json
+from .contract import GENERATION_TIMEOUT, BackendInfo, BackendUnavailable, Completion
+from .http import DEFAULT_RETRY, JsonEndpoint, RetryPolicy, get_json
 
 
 def openai_payload(model: str, prompt: str, parameters: GenerationParameters) -> dict[str, Any]:

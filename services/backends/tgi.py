@@ -7,8 +7,8 @@ from typing import Any
 import aiohttp
 
 from ..core.chat import GenerationParameters
-from .contract import BackendInfo, BackendUnavailable, Completion
-from .http import DEFAULT_RETRY, GENERATION_TIMEOUT, JsonEndpoint, RetryPolicy, get_json, header_int
+from .contract import GENERATION_TIMEOUT, BackendInfo, BackendUnavailable, Completion
+from .http import DEFAULT_RETRY, JsonEndpoint, RetryPolicy, get_json, header_int
 
 __all__ = ["BackendUnavailable", "RetryPolicy", "TGIBackend", "tgi_payload"]
 

@@ -29,6 +29,7 @@ from proto.messages import encode_part
 from proto.subjects import ConsumerSpec
 
 from ..backends import make_backend
+from ..backends.contract import GENERATION_TIMEOUT
 from ..backends.tgi import TGIBackend
 from ..core.chat import SystemMessageNotSupported, UnknownModel
 from ..generation import ChatModel
@@ -59,7 +60,7 @@ class Gateway(ServiceBase):
         *,
         partition: int = 0,
         backend_limit: int = 0,
-        generation_timeout: float | None = None,
+        generation_timeout: float = GENERATION_TIMEOUT,
         offline: bool = False,
         cache_on_damage: str = "refuse",
         tgi_service: str | None = None,
@@ -107,11 +108,9 @@ class Gateway(ServiceBase):
         session = self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         if self.tgi_service is not None:
             timeout = self.generation_timeout
-
-            def discovered(url: str) -> TGIBackend:
-                return TGIBackend(url, session) if timeout is None else TGIBackend(url, session, timeout=timeout)
-
-            self.pool = BackendPool(limit=self.backend_limit, make_backend=discovered)
+            self.pool = BackendPool(
+                limit=self.backend_limit, make_backend=lambda url: TGIBackend(url, session, timeout=timeout)
+            )
             from .discovery import ServiceRef
 
             self._watch(ServiceRef.parse(self.tgi_service))

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
-
-import pytest
-from aiohttp.test_utils import TestServer
 
 from proto import (
     GenerationReply,
@@ -19,17 +15,9 @@ from services.gateway.service import Gateway
 from services.models import chat_format_of
 from services.runtime.memory import MemoryBus
 from services.standin import standin_answer
-from services.standin.server import STANDIN_MODEL_ID, StandInSettings, create_app
+from services.standin.server import STANDIN_MODEL_ID
 from services.wire import system_of
 from tests.support.messages import work as _work
-
-
-@pytest.fixture
-async def standin_url() -> AsyncIterator[str]:
-    server = TestServer(create_app(StandInSettings()), host="127.0.0.1")
-    await server.start_server()
-    yield str(server.make_url("/")).rstrip("/")
-    await server.close()
 
 
 async def test_the_gateway_answers_then_answers_from_its_cache(tmp_path: Path, standin_url: str) -> None:
