@@ -3,6 +3,7 @@ the rendered objects must say (GPUs, volumes, secrets, non-root containers, wiri
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from dataclasses import fields
@@ -13,9 +14,24 @@ import kubernetes_validate
 import pytest
 
 from proto import subjects as sub
+from services.errors import NatsRefused
 from services.runtime.bus import Bus
 from services.runtime.settings import ENV_PREFIX, Settings
-from tests.support.chart import CHART, TWO_MODELS, env_of, helm, named, of_kind, pod_specs, render, run_chart_nats
+from tests.support.chart import (
+    CHART,
+    TWO_MODELS,
+    Endpoint,
+    env_of,
+    helm,
+    named,
+    network_allows,
+    of_kind,
+    pod_endpoint,
+    pod_specs,
+    render,
+    run_chart_nats,
+    secret_data,
+)
 from tests.support.pipeline import get_bytes
 
 pytestmark = pytest.mark.chart
@@ -159,14 +175,14 @@ def test_every_container_is_non_root_with_a_read_only_root_filesystem(values: st
 
 
 def test_no_secret_value_is_in_any_configmap_and_every_secret_reference_resolves() -> None:
-    token, password = "hf_not_a_real_token_1234", "not-a-real-password-5678"
-    objects = render("--set", f"tgi.hfToken.value={token}", "--set", f"nats.auth.password={password}")
+    token = "hf_not_a_real_token_1234"
+    objects = render("--set", f"tgi.hfToken.value={token}")
     secrets = {s["metadata"]["name"]: s for s in of_kind(objects, "Secret")}
-    decoded = {base64.b64decode(v).decode() for s in secrets.values() for v in s["data"].values()}
-    assert {token, password} <= decoded
+    passwords = set(secret_data(objects, "introspect-nats-auth").values())
+    assert token in {base64.b64decode(v).decode() for s in secrets.values() for v in s["data"].values()}
     for configmap in of_kind(objects, "ConfigMap"):
         text = "\n".join(configmap["data"].values())
-        assert token not in text and password not in text, configmap["metadata"]["name"]
+        assert token not in text and not any(p in text for p in passwords), configmap["metadata"]["name"]
     for workload, pod in pod_specs(objects):
         for container in pod["containers"]:
             for value in env_of(container).values():
@@ -175,16 +191,73 @@ def test_no_secret_value_is_in_any_configmap_and_every_secret_reference_resolves
                     assert ref["key"] in secrets[ref["name"]]["data"], f"{workload}: {ref}"
 
 
-def test_a_generated_nats_password_is_strong_and_existing_secrets_are_not_recreated() -> None:
-    (secret,) = [s for s in of_kind(render(), "Secret") if s["metadata"]["name"] == "introspect-nats-auth"]
-    assert len(base64.b64decode(secret["data"]["password"])) == 32
-    objects = render("-f", str(TWO_MODELS))
-    assert of_kind(objects, "Secret") == []  # NATS credentials and the HF token are the user's Secrets
+ROLES = ("producer", "scorer", "gateway", "aggregator", "submitter", "operator")
+SECRET_KEYS = {f"{role}-password" for role in ROLES} | {"cluster-password"}  # as values.yaml documents them
+
+
+def test_generated_nats_passwords_are_strong_and_one_per_role() -> None:
+    passwords = secret_data(render(), "introspect-nats-auth")
+    assert set(passwords) == SECRET_KEYS
+    assert all(len(p) == 32 and p.isalnum() for p in passwords.values())  # alphanumeric: fit for a route URL
+    assert len(set(passwords.values())) == len(passwords)
+
+
+def _nats_secret_references(objects: list[dict[str, Any]]) -> dict[str, list[dict[str, str]]]:
+    """workload/container -> the secretKeyRefs of its NATS passwords."""
+    references: dict[str, list[dict[str, str]]] = {}
+    for workload, pod in pod_specs(objects):
+        for container in pod["containers"]:
+            for name, value in env_of(container).items():
+                if name.endswith("_PASSWORD") and isinstance(value, dict):
+                    references.setdefault(f"{workload}/{container['name']}", []).append(value["secretKeyRef"])
+    return references
+
+
+@pytest.mark.parametrize("values", list(VALUES))
+def test_each_pod_gets_only_its_own_role_s_nats_password(values: str) -> None:
+    objects = render(*VALUES[values])
+    references = _nats_secret_references(objects)
+    services = {"producer": "producer", "scorer": "scorer", "aggregator": "aggregator"}
+    for workload, refs in references.items():
+        keys = [ref["key"] for ref in refs]
+        if workload.startswith("introspect-gateway-"):
+            assert keys == ["gateway-password"], workload
+        elif workload == "introspect-test-connection/nats":
+            assert keys == ["submitter-password"], workload
+        elif workload == "introspect-nats/nats":  # the server checks every role's password
+            wanted = {f"{role}-password" for role in ROLES}
+            assert set(keys) == (SECRET_KEYS if values == "two-models" else wanted), keys  # 3 replicas: routes too
+        else:
+            role = services[workload.removeprefix("introspect-").split("/")[0]]
+            assert keys == [f"{role}-password"], workload
     for _, pod in pod_specs(objects):
         for container in pod["containers"]:
-            user = env_of(container).get("INTROSPECT_NATS_USER") or env_of(container).get("NATS_USER")
-            if user is not None:
-                assert user["secretKeyRef"]["name"] == "introspect-nats-credentials"
+            env = env_of(container)
+            if container.get("args", [None])[0] == "serve":
+                assert env["INTROSPECT_NATS_USER"] == container["args"][1]  # its role's NATS user
+    assert len(references) == (6 if values == "default" else 7)  # 3 services and a gateway per model, helm test, NATS
+
+
+def test_an_existing_secret_replaces_the_generated_one_everywhere() -> None:
+    """GitOps renders (`helm template`, where `lookup` finds nothing) would make new passwords
+    each time: with nats.auth.existingSecret the chart makes no Secret, and every reference
+    names the user's, with the keys values.yaml documents."""
+    objects = render("--set", "nats.auth.existingSecret=introspect-nats")
+    assert of_kind(objects, "Secret") == []
+    references = [ref for refs in _nats_secret_references(objects).values() for ref in refs]
+    assert references and all(ref["name"] == "introspect-nats" for ref in references)
+    assert {ref["key"] for ref in references} <= SECRET_KEYS
+    # The two-model values use one too, and the user's HF token Secret: the chart makes none.
+    objects = render("-f", str(TWO_MODELS))
+    assert of_kind(objects, "Secret") == []
+    references = [ref for refs in _nats_secret_references(objects).values() for ref in refs]
+    assert {ref["name"] for ref in references} == {"introspect-nats-credentials"}
+    assert {ref["key"] for ref in references} == SECRET_KEYS
+    # A NATS server of your own needs your Secret: the chart cannot know its passwords.
+    result = helm(
+        "template", "introspect", str(CHART), "--set", "nats.enabled=false", "--set", "nats.url=nats://x:4222"
+    )
+    assert result.returncode != 0 and "nats.auth.existingSecret" in result.stderr
 
 
 def test_monitoring_network_policy_and_dashboard_objects() -> None:
@@ -207,21 +280,96 @@ def test_monitoring_network_policy_and_dashboard_objects() -> None:
         "introspect-gateway-mistral-v2-7b",
     }
 
-    policies = {p["metadata"]["name"]: p for p in of_kind(objects, "NetworkPolicy")}
-    tgi_policy = policies["introspect-tgi"]["spec"]
-    gateway_labels = named(objects, "StatefulSet", "introspect-gateway-llama2-70b")["spec"]["template"]["metadata"]
-    allowed = tgi_policy["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
-    assert allowed.items() <= gateway_labels["labels"].items()  # gateways reach TGI
-    scorer_labels = named(objects, "Deployment", "introspect-scorer")["spec"]["template"]["metadata"]["labels"]
-    assert not allowed.items() <= scorer_labels.items()  # nothing else of the release does
-    nats_from = policies["introspect-nats"]["spec"]["ingress"][0]["from"]
-    assert {"podSelector": {"matchLabels": {"app": "research-notebook"}}} in nats_from
-
     (dashboard,) = [c for c in of_kind(objects, "ConfigMap") if c["metadata"]["name"] == "introspect-dashboard"]
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert dashboard["metadata"]["annotations"] == {"grafana_folder": "Introspect"}
     shipped = (CHART / "files" / "introspect-dashboard.json").read_text(encoding="utf-8")
     assert dashboard["data"]["introspect.json"] == shipped.rstrip("\n")
+
+
+def _pods(objects: list[dict[str, Any]]) -> dict[str, Endpoint]:
+    """Every workload's pod, as its template labels it, in the release's namespace."""
+    pods = {}
+    for o in objects:
+        if o["kind"] in ("Deployment", "StatefulSet"):
+            labels = o["spec"]["template"]["metadata"]["labels"]
+            pods[o["metadata"]["name"].removeprefix("introspect-")] = pod_endpoint(labels)
+        elif o["kind"] == "Pod":
+            pods["helm-test"] = pod_endpoint(o["metadata"]["labels"])
+    return pods
+
+
+DNS = Endpoint({"k8s-app": "kube-dns"}, "kube-system", {"kubernetes.io/metadata.name": "kube-system"})
+PROMETHEUS = pod_endpoint({"app.kubernetes.io/name": "prometheus"}, "monitoring")
+KEDA_DEFAULT = pod_endpoint({"app": "keda-operator"}, "keda")
+KEDA_TWO_MODELS = Endpoint({"app": "keda-operator"}, "autoscaling", {"kubernetes.io/metadata.name": "autoscaling"})
+NOTEBOOK = pod_endpoint({"app": "research-notebook"})
+STRANGER = pod_endpoint({"app": "something-else"})  # another pod in the release's namespace
+HUB = Endpoint(ip="18.154.227.7")  # huggingface.co, outside the cluster
+API_SERVER = Endpoint(ip="192.168.10.4")  # a control-plane node
+
+
+def test_network_policies_admit_each_role_only_what_it_needs() -> None:
+    """Who may open which connection, by the rendered policies evaluated as Kubernetes
+    does (both the source's egress and the destination's ingress)."""
+    objects = render("-f", str(TWO_MODELS))
+    policies = of_kind(objects, "NetworkPolicy")
+    pods = _pods(objects)
+    nats, tgi, gateway = pods["nats"], pods["tgi-llama2-70b"], pods["gateway-llama2-70b"]
+    aggregator, producer, scorer = pods["aggregator"], pods["producer"], pods["scorer"]
+    services = [producer, scorer, aggregator, gateway, pods["gateway-mistral-v2-7b"]]
+
+    def allows(source: Endpoint, destination: Endpoint, port: int, protocol: str = "TCP") -> bool:
+        return network_allows(policies, source, destination, port, protocol)
+
+    for client in [*services, pods["helm-test"], NOTEBOOK]:
+        assert allows(client, nats, 4222)
+    for other in (tgi, pods["tgi-mistral-v2-7b"], STRANGER, PROMETHEUS):
+        assert not allows(other, nats, 4222)  # a model server reaches no NATS
+    # NATS's monitoring port: Prometheus and KEDA only, not the services nor TGI.
+    assert allows(PROMETHEUS, nats, 8222) and allows(KEDA_TWO_MODELS, nats, 8222)
+    for other in (*services, tgi, NOTEBOOK, STRANGER, KEDA_DEFAULT):
+        assert not allows(other, nats, 8222)
+    # The NATS cluster's routes: its servers only.
+    assert allows(nats, nats, 6222) and not any(allows(s, nats, 6222) for s in services)
+    # Generation: the gateways reach TGI, nothing else of the release does; Prometheus scrapes it.
+    assert allows(gateway, tgi, 8080) and allows(PROMETHEUS, tgi, 8080)
+    for other in (scorer, producer, aggregator, nats, NOTEBOOK, STRANGER):
+        assert not allows(other, tgi, 8080)
+    # The aggregator's API: `helm test`, submitters and Prometheus; not TGI, not the others.
+    for client in (pods["helm-test"], NOTEBOOK, PROMETHEUS):
+        assert allows(client, aggregator, 9090)
+    for other in (tgi, STRANGER, scorer):
+        assert not allows(other, aggregator, 9090)
+    assert allows(PROMETHEUS, scorer, 9090) and not allows(NOTEBOOK, scorer, 9090)
+    # Out of the release: DNS for every pod; the Hub for TGI and the producer only; the
+    # API server for the gateways only (narrowed to its addresses in the two-model values).
+    for source in (*pods.values(),):
+        assert allows(source, DNS, 53, "UDP") and allows(source, DNS, 53, "TCP")
+    assert allows(tgi, HUB, 443) and allows(producer, HUB, 443)
+    for source in (scorer, aggregator, gateway, nats):
+        assert not allows(source, HUB, 443)
+    assert allows(gateway, API_SERVER, 6443) and not allows(gateway, Endpoint(ip="203.0.113.9"), 6443)
+    for source in (tgi, scorer, producer, aggregator):
+        assert not allows(source, API_SERVER, 6443)
+    # TGI reaches nothing of the release, whatever the port.
+    for destination, port in ((aggregator, 9090), (scorer, 9090), (nats, 8222), (gateway, 9090)):
+        assert not allows(tgi, destination, port)
+
+
+def test_no_policy_rule_admits_everyone_by_an_empty_peer_list() -> None:
+    """An ingress rule without `from` admits every source: with the optional peer lists
+    empty, the chart leaves such rules out rather than open the port to all."""
+    empty = ("--set", "networkPolicy.metricsFrom=null", "--set", "networkPolicy.kedaFrom=null")
+    for values in ((), empty):
+        for policy in of_kind(render(*values), "NetworkPolicy"):
+            for rule in policy["spec"].get("ingress", []):
+                assert rule.get("from"), policy["metadata"]["name"]
+    policies = of_kind(render(*empty), "NetworkPolicy")
+    pods = _pods(render(*empty))
+    assert not network_allows(policies, PROMETHEUS, pods["nats"], 8222)
+    assert not network_allows(policies, PROMETHEUS, pods["scorer"], 9090)
+    assert network_allows(policies, pods["scorer"], pods["nats"], 4222)
 
 
 @pytest.mark.parametrize(
@@ -233,6 +381,12 @@ def test_monitoring_network_policy_and_dashboard_objects() -> None:
         ("tgi.port=80", "port"),
         ("nats.jetstream.storage=lots", "storage"),
         ("scorer.unknownKey=1", "unknownKey"),
+        ("nats.replicas=2", "replicas"),  # a JetStream cluster needs a majority: 3
+        ("nats.jetstream.syncInterval=sometimes", "syncInterval"),
+        ("image.digest=sha256:abc", "digest"),
+        ("tgi.image.digest=latest", "digest"),
+        ("nats.auth.password=secret", "password"),  # one password for all is gone: a Secret's keys
+        ("networkPolicy.natsClientsFrom=null", "natsClientsFrom"),  # now submittersFrom
     ],
 )
 def test_values_the_chart_cannot_use_are_refused_by_its_schema(setting: str, message: str) -> None:
@@ -250,22 +404,125 @@ def test_the_notes_say_how_to_submit_a_job_and_open_the_dashboard() -> None:
     assert "dashboard" in notes and "grafana_dashboard=1" in notes
 
 
-async def test_the_rendered_nats_config_runs_and_the_services_credentials_open_it(tmp_path: Path) -> None:
-    """The chart's nats.conf, started by the real nats-server: JetStream on, the Secret's
-    user and password accepted, every stream of the pipeline declared within its limits."""
-    password = "not-a-real-password-5678"
-    objects = render("--set", f"nats.auth.password={password}")
-    with run_chart_nats(objects, tmp_path, "introspect", password) as nats:
-        settings = Settings(nats_url=nats.url, nats_user="introspect", nats_password=password)
-        bus = await Bus.open(settings, "chart-test")
-        try:
-            names = {stream.config.name for stream in await bus.js.streams_info()}
-            assert names == {spec.name for spec in sub.STREAMS}
-        finally:
+async def test_the_rendered_nats_config_runs_and_each_role_s_credentials_open_it(tmp_path: Path) -> None:
+    """The chart's nats.conf, started by the real nats-server: JetStream on, each role's
+    user and password from the rendered Secret accepted (and another role's refused),
+    every stream of the pipeline declared within its limits."""
+    objects = render()
+    secret = secret_data(objects, "introspect-nats-auth")
+    with run_chart_nats(objects, tmp_path, secret) as (nats,):
+        for role in ROLES:
+            settings = Settings(nats_url=nats.url, nats_user=role, nats_password=secret[f"{role}-password"])
+            bus = await Bus.open(settings, "chart-test")  # declares every stream, as each role does
             await bus.close()
+        monitor = json.loads(get_bytes(f"{nats.monitor_url}/jsz?streams=true"))
+        names = {stream["name"] for account in monitor["account_details"] for stream in account["stream_detail"]}
+        assert names == {spec.name for spec in sub.STREAMS}
+        with pytest.raises(NatsRefused):  # a password opens its own role only
+            wrong = Settings(nats_url=nats.url, nats_user="operator", nats_password=secret["scorer-password"])
+            await Bus.open(wrong, "chart-test")
         jetstream = json.loads(get_bytes(f"{nats.monitor_url}/varz"))["jetstream"]["config"]
         assert jetstream["max_storage"] == 20 * 1024**3  # jetstream.storage: 20Gi
         assert jetstream["max_memory"] == 1024**3  # jetstream.maxMemory: 1Gi
+        assert jetstream["sync_interval"] == 120 * 10**9 and not jetstream.get("sync_always")  # NATS's default
+
+
+@pytest.mark.parametrize(("value", "interval", "always"), [("10s", 10 * 10**9, False), ("always", None, True)])
+def test_jetstream_sync_interval_reaches_the_running_server(tmp_path: Path, value: str, interval: int | None,
+                                                            always: bool) -> None:  # fmt: skip
+    objects = render("--set", f"nats.jetstream.syncInterval={value}")
+    config = named(objects, "ConfigMap", "introspect-nats-config")["data"]["nats.conf"]
+    assert f'sync_interval: "{value}"' in config
+    with run_chart_nats(objects, tmp_path, secret_data(objects, "introspect-nats-auth")) as (nats,):
+        jetstream = json.loads(get_bytes(f"{nats.monitor_url}/varz"))["jetstream"]["config"]
+        assert bool(jetstream.get("sync_always")) is always
+        if interval is not None:
+            assert jetstream["sync_interval"] == interval
+
+
+def test_images_are_pinned_by_digest_where_one_is_given() -> None:
+    digest = "sha256:" + "ab" * 32
+    images = {c["image"] for _, pod in pod_specs(render()) for c in pod["containers"]}
+    assert images == {
+        "introspect:0.1.0",
+        "ghcr.io/huggingface/text-generation-inference:3.3.5",
+        "nats:2.15.1-alpine",
+    }
+    pinned = ("image.digest", "tgi.image.digest", "nats.image.digest")
+    objects = render(*(arg for key in pinned for arg in ("--set", f"{key}={digest}")))
+    images = {c["image"] for _, pod in pod_specs(objects) for c in pod["containers"]}
+    assert images == {
+        f"introspect@{digest}",
+        f"ghcr.io/huggingface/text-generation-inference@{digest}",
+        f"nats@{digest}",
+    }
+    images = {c["image"] for _, pod in pod_specs(render("-f", str(TWO_MODELS))) for c in pod["containers"]}
+    assert "nats@sha256:" + "0123456789abcdef" * 4 in images  # the two-model values pin NATS alone
+    assert "registry.example.org/research/introspect:0.1.0" in images
+
+
+def test_three_nats_replicas_make_a_cluster_with_authenticated_routes() -> None:
+    objects = render("-f", str(TWO_MODELS))
+    nats = named(objects, "StatefulSet", "introspect-nats")
+    assert nats["spec"]["replicas"] == 3 and nats["spec"]["podManagementPolicy"] == "Parallel"
+    headless = named(objects, "Service", "introspect-nats-headless")
+    assert nats["spec"]["serviceName"] == "introspect-nats-headless"
+    assert headless["spec"]["clusterIP"] == "None" and headless["spec"]["publishNotReadyAddresses"] is True
+    assert {p["port"] for p in headless["spec"]["ports"]} == {4222, 6222, 8222}
+    (container,) = nats["spec"]["template"]["spec"]["containers"]
+    env = env_of(container)
+    secret = {"name": "introspect-nats-credentials", "key": "cluster-password"}
+    assert env["CLUSTER_PASSWORD"] == {"secretKeyRef": secret}
+    assert [env[f"ROUTE_{n}"] for n in range(3)] == [
+        f"nats://route:$(CLUSTER_PASSWORD)@introspect-nats-{n}.introspect-nats-headless.research.svc:6222"
+        for n in range(3)
+    ]
+    config = named(objects, "ConfigMap", "introspect-nats-config")["data"]["nats.conf"]
+    assert "routes: [\n    $ROUTE_0\n    $ROUTE_1\n    $ROUTE_2\n  ]" in config
+    assert "password: $CLUSTER_PASSWORD" in config
+    (budget,) = of_kind(objects, "PodDisruptionBudget")
+    assert budget["spec"]["maxUnavailable"] == 1
+    assert budget["spec"]["selector"]["matchLabels"].items() <= nats["spec"]["template"]["metadata"]["labels"].items()
+    # One server: no cluster, no routes, no budget.
+    single = render()
+    assert named(single, "StatefulSet", "introspect-nats")["spec"]["replicas"] == 1
+    assert "cluster {" not in named(single, "ConfigMap", "introspect-nats-config")["data"]["nats.conf"]
+    assert of_kind(single, "PodDisruptionBudget") == []
+
+
+async def test_three_rendered_nats_servers_form_a_jetstream_cluster(tmp_path: Path) -> None:
+    """The 3-replica nats.conf and environment, run by three real nats-servers: the routes
+    authenticate with the cluster password, JetStream elects a leader over all three,
+    and a service declares its streams through any of them."""
+    objects = render("-f", str(TWO_MODELS))
+    secret = {key: f"{key.replace('-', '')}0123456789" for key in SECRET_KEYS}  # the user's Secret
+    with run_chart_nats(objects, tmp_path, secret) as servers:
+        assert len(servers) == 3
+        meta: dict[str, Any] = {}
+        for _ in range(300):
+            routed = [json.loads(get_bytes(f"{s.monitor_url}/routez"))["routes"] for s in servers]
+            meta = json.loads(get_bytes(f"{servers[0].monitor_url}/jsz")).get("meta_cluster", {})
+            peers = [{route["remote_name"] for route in routes} for routes in routed]
+            if meta.get("leader") and all(len(p) == 2 for p in peers):
+                break
+            await asyncio.sleep(0.1)
+        assert [sorted(p) for p in peers] == [
+            [f"introspect-nats-{m}" for m in range(3) if m != n] for n in range(3)
+        ]  # every server routed to both others
+        assert meta["cluster_size"] == 3 and meta["leader"].startswith("introspect-nats-")
+        settings = Settings(nats_url=servers[2].url, nats_user="scorer", nats_password=secret["scorer-password"])
+        for attempt in range(50):  # a new meta leader takes a moment to take requests
+            try:
+                bus = await Bus.open(settings, "chart-test")
+                break
+            except TimeoutError:
+                assert attempt < 49
+        await bus.close()
+        names = set()
+        for server in servers:  # each server reports the streams it stores
+            monitor = json.loads(get_bytes(f"{server.monitor_url}/jsz?streams=true"))
+            names |= {s["name"] for account in monitor.get("account_details", []) for s in account["stream_detail"]}
+        assert names == {spec.name for spec in sub.STREAMS}
 
 
 @pytest.mark.parametrize("values", list(VALUES))
@@ -286,7 +543,7 @@ def test_the_services_accept_the_settings_the_chart_gives_them(values: str) -> N
             resolved = {name: value if isinstance(value, str) else last if "fieldRef" in value else "from-a-secret"
                         for name, value in introspect.items()}  # fmt: skip
             settings = Settings.from_env(resolved)
-            assert settings.nats_user == settings.nats_password == "from-a-secret"
+            assert settings.nats_user == container["args"][1] and settings.nats_password == "from-a-secret"
             assert settings.metrics_port == 9090 and settings.partitions >= 1
             if container["args"][1] == "gateway":
                 assert settings.partition == settings.partitions - 1 and settings.model and settings.tgi_service
@@ -296,7 +553,7 @@ def test_the_services_accept_the_settings_the_chart_gives_them(values: str) -> N
     assert checked == (4 if values == "default" else 5)
 
 
-def test_helm_test_checks_the_aggregator_api_and_nats_with_the_release_credentials() -> None:
+def test_helm_test_checks_the_aggregator_api_and_nats_with_a_submitter_s_credentials() -> None:
     objects = render()
     (pod,) = of_kind(objects, "Pod")
     assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
@@ -305,8 +562,12 @@ def test_helm_test_checks_the_aggregator_api_and_nats_with_the_release_credentia
     assert nats["args"] == ["dead-letters", "list"]
     env = env_of(nats)
     assert env["INTROSPECT_NATS_URL"] == "nats://introspect-nats:4222"
-    assert env["INTROSPECT_NATS_PASSWORD"] == {"secretKeyRef": {"name": "introspect-nats-auth", "key": "password"}}
+    assert env["INTROSPECT_NATS_USER"] == "submitter"
+    assert env["INTROSPECT_NATS_PASSWORD"] == {
+        "secretKeyRef": {"name": "introspect-nats-auth", "key": "submitter-password"}
+    }
     assert pod["spec"]["restartPolicy"] == "Never"
-    # The release's NetworkPolicies admit it: it carries the release's labels.
-    labels = pod["metadata"]["labels"]
-    assert labels["app.kubernetes.io/instance"] == "introspect" and labels["app.kubernetes.io/part-of"] == "introspect"
+    # The release's NetworkPolicies admit it to NATS and the aggregator's API.
+    policies, test_pod, pods = of_kind(objects, "NetworkPolicy"), _pods(objects)["helm-test"], _pods(objects)
+    assert network_allows(policies, test_pod, pods["nats"], 4222)
+    assert network_allows(policies, test_pod, pods["aggregator"], 9090)

@@ -1,8 +1,10 @@
 """The chart's wiring, run for real: every service started with the environment the chart
-renders for it (credentials, partitions, model, served models, TGI discovery), against a
-nats-server running the chart's nats.conf and credentials, and a local stand-in for the Kubernetes API
-whose EndpointSlices point at the stand-in model server. What the cluster would supply is
-put in by the test: Secret values, the pod index, free ports and local folders."""
+renders for it (its own role's NATS user and password, partitions, model, served models,
+TGI discovery), against a nats-server running the chart's nats.conf, whose permissions let
+each role use only its own subjects, and a local stand-in for the Kubernetes API whose
+EndpointSlices point at the stand-in model server. The job is submitted, and `helm test`
+run, with the submitter's credentials. What the cluster would supply is put in by the
+test: the rendered Secret's values, the pod index, free ports and local folders."""
 
 from __future__ import annotations
 
@@ -24,13 +26,12 @@ from services.local import free_port
 from services.runtime.settings import Settings
 from services.standin.server import StandInSettings, create_app
 from tests.conftest import DATASET_MIRROR
-from tests.support.chart import env_of, pod_specs, render, run_chart_nats
+from tests.support.chart import env_of, pod_specs, render, run_chart_nats, secret_data
 from tests.support.kubernetes_fake import endpoint_slice, serve_fake_kubernetes
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.chart]
 
 NAMESPACE = "research"
-USER, PASSWORD = "introspect", "not-a-real-password-5678"
 
 
 def _containers(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -43,7 +44,8 @@ def _containers(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return containers
 
 
-def _environment(container: dict[str, Any], index: int, nats_url: str, data: Path, kubernetes: str) -> dict[str, str]:
+def _environment(container: dict[str, Any], index: int, nats_url: str, data: Path, kubernetes: str,
+                 secret: dict[str, str]) -> dict[str, str]:  # fmt: skip
     """The container's environment as Kubernetes would give it, made to run on this machine."""
     env: dict[str, str] = {}
     for name, value in env_of(container).items():
@@ -52,8 +54,7 @@ def _environment(container: dict[str, Any], index: int, nats_url: str, data: Pat
         elif "fieldRef" in value:  # the StatefulSet pod index
             env[name] = str(index)
         else:
-            secret = value["secretKeyRef"]
-            env[name] = {"user": USER, "password": PASSWORD}[secret["key"]]
+            env[name] = secret[value["secretKeyRef"]["key"]]
     local = {"INTROSPECT_NATS_URL": nats_url, "INTROSPECT_METRICS_HOST": "127.0.0.1",
              "INTROSPECT_METRICS_PORT": str(free_port()), "INTROSPECT_KUBERNETES_API": kubernetes}  # fmt: skip
     for path_setting in ("INTROSPECT_DATA_DIR", "INTROSPECT_RESULTS_DIR", "HF_HOME", "XDG_CACHE_HOME"):
@@ -63,12 +64,13 @@ def _environment(container: dict[str, Any], index: int, nats_url: str, data: Pat
 
 
 async def test_the_services_as_the_chart_configures_them_run_a_job(tmp_path: Path) -> None:
-    objects = render("--set", f"nats.auth.password={PASSWORD}", namespace=NAMESPACE)
-    with run_chart_nats(objects, tmp_path, USER, PASSWORD) as nats:
-        await _run_a_job(objects, tmp_path, nats.url)
+    objects = render(namespace=NAMESPACE)
+    secret = secret_data(objects, "introspect-nats-auth")
+    with run_chart_nats(objects, tmp_path, secret) as (nats,):
+        await _run_a_job(objects, tmp_path, nats.url, secret)
 
 
-async def _run_a_job(objects: list[dict[str, Any]], tmp_path: Path, nats_url: str) -> None:
+async def _run_a_job(objects: list[dict[str, Any]], tmp_path: Path, nats_url: str, secret: dict[str, str]) -> None:
     containers = _containers(objects)
     assert set(containers) == {"producer", "scorer", "gateway", "aggregator"}
     gateway_env = env_of(containers["gateway"])
@@ -86,7 +88,8 @@ async def _run_a_job(objects: list[dict[str, Any]], tmp_path: Path, nats_url: st
             pods = [("producer", 0), ("scorer", 0), ("aggregator", 0), *(("gateway", k) for k in range(partitions))]
             for name, index in pods:
                 env = _environment(containers[name], index, nats_url, tmp_path / f"{name}-{index}",
-                                   kubernetes)  # fmt: skip
+                                   kubernetes, secret)  # fmt: skip
+                assert env["INTROSPECT_NATS_USER"] == name  # each service its own role's user
                 log = (tmp_path / f"{name}-{index}.log").open("wb")
                 command = [sys.executable, "-m", "services.cli", *containers[name]["args"]]
                 running[f"{name}-{index}"] = (
@@ -97,7 +100,8 @@ async def _run_a_job(objects: list[dict[str, Any]], tmp_path: Path, nats_url: st
                 await _healthy(name, int(env["INTROSPECT_METRICS_PORT"]), process, tmp_path / f"{name}.log")
             assert f"kubernetes.io/service-name={service}" in fake.selectors  # the gateways found TGI through the API
 
-            settings = Settings(nats_url=nats_url, nats_user=USER, nats_password=PASSWORD)
+            submitter = secret["submitter-password"]
+            settings = Settings(nats_url=nats_url, nats_user="submitter", nats_password=submitter)
             aggregator = f"http://127.0.0.1:{running['aggregator-0'][0]['INTROSPECT_METRICS_PORT']}"
             job = with_job_id(Job("", "llama2-7b", "IMDB", "counterfactual", limit=8, mirror=str(DATASET_MIRROR)))
             status = await asyncio.wait_for(wait_for_job(settings, aggregator, job, lambda _r, _e: None), 120)
@@ -110,7 +114,7 @@ async def _run_a_job(objects: list[dict[str, Any]], tmp_path: Path, nats_url: st
             (test_pod,) = [o for o in objects if o["kind"] == "Pod"]
             for container in test_pod["spec"]["containers"]:
                 args = [aggregator if arg.startswith("http://") else arg for arg in container["args"]]
-                env = _environment(container, 0, nats_url, tmp_path / "helm-test", kubernetes)
+                env = _environment(container, 0, nats_url, tmp_path / "helm-test", kubernetes, secret)
                 check = await asyncio.create_subprocess_exec(
                     sys.executable, "-m", "services.cli", *args, env=env, stdout=asyncio.subprocess.PIPE
                 )

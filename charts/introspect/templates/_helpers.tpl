@@ -29,8 +29,18 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
+{{/* An image reference: repository@digest where a digest pins it (the tag is then
+     ignored), repository:tag otherwise. Call with (dict "image" <values> "tag" <default tag>). */}}
+{{- define "introspect.imageRef" -}}
+{{- if .image.digest -}}
+{{- printf "%s@%s" .image.repository .image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .image.repository (.image.tag | default .tag) -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "introspect.image" -}}
-{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
+{{- include "introspect.imageRef" (dict "image" .Values.image "tag" .Chart.AppVersion) -}}
 {{- end -}}
 
 {{- define "introspect.natsSecret" -}}
@@ -53,26 +63,25 @@ app.kubernetes.io/component: {{ .component }}
 {{- if or .Values.tgi.hfToken.existingSecret .Values.tgi.hfToken.value -}}true{{- end -}}
 {{- end -}}
 
-{{/* Settings every service reads (services/runtime/settings.py): NATS and the metrics port. */}}
+{{/* Settings every service reads (services/runtime/settings.py): NATS and the metrics port.
+     Call with (dict "root" $ "role" "scorer"): each role connects as its own NATS user, whose
+     permissions in nats.conf cover only the subjects that role uses. */}}
 {{- define "introspect.env" -}}
 - name: INTROSPECT_NATS_URL
-  value: {{ include "introspect.natsUrl" . | quote }}
+  value: {{ include "introspect.natsUrl" .root | quote }}
 - name: INTROSPECT_NATS_USER
-  valueFrom:
-    secretKeyRef:
-      name: {{ include "introspect.natsSecret" . }}
-      key: user
+  value: {{ .role | quote }}
 - name: INTROSPECT_NATS_PASSWORD
   valueFrom:
     secretKeyRef:
-      name: {{ include "introspect.natsSecret" . }}
-      key: password
+      name: {{ include "introspect.natsSecret" .root }}
+      key: {{ .role }}-password
 - name: INTROSPECT_METRICS_HOST  # the probes, Prometheus and the API's clients reach the pod's address
   value: "0.0.0.0"
 - name: INTROSPECT_METRICS_PORT
   value: "9090"
 - name: INTROSPECT_PARTITIONS
-  value: {{ .Values.gateway.partitions | quote }}
+  value: {{ .root.Values.gateway.partitions | quote }}
 - name: XDG_CACHE_HOME  # the root filesystem is read-only: any library cache goes to /tmp
   value: /tmp/.cache
 {{- end -}}
