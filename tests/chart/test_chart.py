@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
+import nats.errors
 import pytest
 
 from proto import subjects as sub
@@ -503,7 +504,7 @@ async def test_three_rendered_nats_servers_form_a_jetstream_cluster(tmp_path: Pa
             routed = [json.loads(get_bytes(f"{s.monitor_url}/routez"))["routes"] for s in servers]
             meta = json.loads(get_bytes(f"{servers[0].monitor_url}/jsz")).get("meta_cluster", {})
             peers = [{route["remote_name"] for route in routes} for routes in routed]
-            if meta.get("leader") and all(len(p) == 2 for p in peers):
+            if meta.get("leader") and meta.get("cluster_size") == 3 and all(len(p) == 2 for p in peers):
                 break
             await asyncio.sleep(0.1)
         assert [sorted(p) for p in peers] == [
@@ -515,8 +516,9 @@ async def test_three_rendered_nats_servers_form_a_jetstream_cluster(tmp_path: Pa
             try:
                 bus = await Bus.open(settings, "chart-test")
                 break
-            except TimeoutError:
+            except (TimeoutError, nats.errors.Error):  # no answer yet, or JetStream "unavailable"
                 assert attempt < 49
+                await asyncio.sleep(0.2)
         await bus.close()
         names = set()
         for server in servers:  # each server reports the streams it stores
