@@ -1,27 +1,35 @@
 """Loading dataset splits: from the Hugging Face Hub, from a local mirror of a dataset's
 raw files, or from a user's own JSONL/CSV/Parquet file.
 
-The Hub and a user's file are read with Hugging Face `datasets`. A local mirror is a
-folder laid out like the source (`<dir>/<hub id>/<split>.jsonl`, and the bAbI archive as
-`<dir>/babi/tasks_1-20_v1-2.tar.gz`), which is how the tests and offline machines use it;
-it is read with the standard library, because importing `datasets` takes a second, the
-longest wait of a small local run. The rows, the split arithmetic and the seeded order
-are those `datasets` gives (tests/test_datasets.py compares them).
+A split is opened, not loaded: `open_split` counts its rows and notes where each one is
+(a byte offset in a JSON lines or CSV file, a position in a memory-mapped Arrow table),
+and `SplitRows.read` reads the rows asked for. So the producer publishes a split of a
+million rows a chunk at a time without ever holding it; `load_split` reads a whole split,
+for the in-process runner and the tests.
+
+The Hub and a user's Parquet file are read with Hugging Face `datasets`, whose Arrow
+tables are memory-mapped and read by position. A user's JSON lines or CSV file and a
+local mirror (a folder laid out like the source, `<dir>/<hub id>/<split>.jsonl`, and the
+bAbI archive as `<dir>/babi/tasks_1-20_v1-2.tar.gz`) are read with the standard library:
+importing `datasets` takes a second, the longest wait of a small local run. The rows, the
+split arithmetic and the seeded order are those `datasets` gives (tests/test_datasets.py
+compares them).
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
-import io
 import json
 import os
 import re
 import tarfile
-from collections.abc import Mapping
+from array import array
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from .core.datasets import (
     BABI_ARCHIVE_URL,
@@ -38,6 +46,10 @@ from .core.observations import (
     Observation,
     observation_from_dict,
 )
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 # Where local mirrors live when no folder is given (e.g. on a machine without the Hub).
 MIRROR_ENV = "INTROSPECT_DATASETS_DIR"
@@ -94,6 +106,45 @@ class LocalFileDataset:
         return formats[suffix]
 
 
+Fetch = Callable[[Sequence[int]], list[Row]]  # the raw rows at these positions, in that order
+
+READ_BLOCK = 1000  # rows read at once when a whole split is read or checked
+
+
+@dataclass(frozen=True, slots=True)
+class SplitRows:
+    """One split, its rows left where they are (a file, a memory-mapped Arrow table) until
+    read. Position p is the p-th row of the split selection in source order: the `idx` of
+    the observation it becomes."""
+
+    count: int
+    fetch: Fetch
+    restructure: Restructure
+
+    def __len__(self) -> int:
+        return self.count
+
+    def read(self, positions: Sequence[int]) -> list[Observation]:
+        """The observations at `positions`, in that order."""
+        rows = self.fetch(positions)
+        return [self.restructure(row, position) for position, row in zip(positions, rows, strict=True)]
+
+    def blocks(self, size: int = READ_BLOCK) -> Iterator[list[Observation]]:
+        """Every observation in source order, `size` at a time."""
+        for first in range(0, self.count, size):
+            yield self.read(range(first, min(first + size, self.count)))
+
+
+def open_split(dataset: str | LocalFileDataset, split: str, mirror: Mirror = None) -> SplitRows:
+    """The rows of one split, counted and indexed but not read."""
+    if isinstance(dataset, LocalFileDataset):
+        return _open_local_file(dataset)
+    definition = resolve_dataset(dataset)
+    selection = definition.split_selection(split)
+    count, fetch = _open_source(definition, selection, mirror or os.environ.get(MIRROR_ENV))
+    return SplitRows(count, fetch, definition.restructure)
+
+
 def load_split(
     dataset: str | LocalFileDataset,
     split: str,
@@ -101,22 +152,23 @@ def load_split(
     mirror: Mirror = None,
 ) -> list[Observation]:
     """The observations of one split, `idx` assigned in source order, then shuffled by `seed`."""
-    if isinstance(dataset, LocalFileDataset):
-        rows = _load_local_file(dataset)
-        restructure = _local_restructure(dataset)
-    else:
-        definition = resolve_dataset(dataset)
-        rows = _load_source(definition, definition.split_selection(split), mirror or os.environ.get(MIRROR_ENV))
-        restructure = definition.restructure
-    return shuffled([restructure(row, idx) for idx, row in enumerate(rows)], seed)
+    rows = open_split(dataset, split, mirror)
+    return shuffled([observation for block in rows.blocks() for observation in block], seed)
+
+
+def seeded_order(count: int, seed: int) -> npt.NDArray[np.integer[Any]]:
+    """The seeded order of the paper: `datasets.Dataset.shuffle(seed=seed)`, which is the
+    permutation of NumPy's default generator seeded so. Shuffling 32-bit positions draws
+    the same numbers as shuffling `range(count)`, in half the memory."""
+    import numpy as np
+
+    positions = np.arange(count, dtype=np.int32 if count < 2**31 else np.int64)
+    return np.random.default_rng(seed).permutation(positions)
 
 
 def shuffled(observations: list[Observation], seed: int) -> list[Observation]:
-    """The seeded order of the paper: `datasets.Dataset.shuffle(seed=seed)`, which is the
-    permutation of NumPy's default generator seeded so; it changes nothing but order."""
-    import numpy as np
-
-    return [observations[i] for i in np.random.default_rng(seed).permutation(len(observations))]
+    """The observations in the seeded order; it changes nothing but order."""
+    return [observations[i] for i in seeded_order(len(observations), seed)]
 
 
 def _hub_rows(table: Any) -> list[Row]:
@@ -129,10 +181,24 @@ def _hub_rows(table: Any) -> list[Row]:
     return rows if names is None else [{**row, "label": names[row["label"]]} for row in rows]
 
 
-def select_rows(selection: str, splits: Mapping[str, list[Row]]) -> list[Row]:
+def _table_fetch(table: Any) -> Fetch:
+    """Rows by position from a Hugging Face dataset: its Arrow table is memory-mapped from
+    the cache, and `select` reads only the rows asked for."""
+    return lambda positions: _hub_rows(table.select(positions))
+
+
+def _memory_fetch(rows: Sequence[Row]) -> Fetch:
+    return lambda positions: [rows[position] for position in positions]
+
+
+S = TypeVar("S", bound=Sequence[Any])
+
+
+def select_rows(selection: str, splits: Mapping[str, S]) -> S:
     """The rows a split selection names (`test`, `train[:80%]`, `train[80%:]`, `train[10:20]`),
     by the arithmetic of `datasets.ReadInstruction`: a percentage boundary is the closest
-    row (Python's rounding), a negative one counts from the end, both are clipped."""
+    row (Python's rounding), a negative one counts from the end, both are clipped. Any
+    sequence: a list of rows, or a range of their positions."""
     match = re.fullmatch(r"([\w.-]+)(?:\[(-?\d+)?(%?):(-?\d+)?(%?)\])?", selection)
     if match is None:
         raise DatasetLoadError(f"cannot read the split selection {selection!r}")
@@ -147,20 +213,20 @@ def select_rows(selection: str, splits: Mapping[str, list[Row]]) -> list[Row]:
         number = round(int(value) * len(rows) / 100.0) if unit == "%" else int(value)
         return min(max(len(rows) + number, 0) if number < 0 else number, len(rows))
 
-    return rows[bound(start, start_unit, 0) : bound(stop, stop_unit, len(rows))]
+    return rows[bound(start, start_unit, 0) : bound(stop, stop_unit, len(rows))]  # type: ignore[return-value]
 
 
-def _load_source(definition: DatasetDefinition, selection: str, mirror: Mirror) -> list[Row]:
+def _open_source(definition: DatasetDefinition, selection: str, mirror: Mirror) -> tuple[int, Fetch]:
     if definition.source == "babi":
-        return _load_babi(definition, selection, mirror)
+        rows = _load_babi(definition, selection, mirror)
+        return len(rows), _memory_fetch(rows)
     try:
         if mirror is None:
-            return _hub_rows(
-                _hf().load_dataset(
-                    definition.source, definition.source_config, revision=definition.source_revision, split=selection
-                )
+            table = _hf().load_dataset(
+                definition.source, definition.source_config, revision=definition.source_revision, split=selection
             )
-        return _load_mirror(definition, selection, Path(mirror))
+            return len(table), _table_fetch(table)
+        return _open_mirror(definition, selection, Path(mirror))
     except DatasetLoadError:
         raise
     except Exception as error:  # the Hub, the network or the files: all end the same way
@@ -171,7 +237,8 @@ def _load_source(definition: DatasetDefinition, selection: str, mirror: Mirror) 
 
 
 def _load_babi(definition: DatasetDefinition, selection: str, mirror: Mirror) -> list[Row]:
-    """bAbI comes as one archive of text files; parse the task's train or test file."""
+    """bAbI comes as one archive of text files; parse the task's train or test file. A
+    task file is a few megabytes at most: its rows are held."""
     if mirror is not None:
         archive = Path(mirror) / "babi" / "tasks_1-20_v1-2.tar.gz"
     else:
@@ -196,9 +263,12 @@ def _load_babi(definition: DatasetDefinition, selection: str, mirror: Mirror) ->
     return select_rows(selection, tables)
 
 
-def _load_mirror(definition: DatasetDefinition, selection: str, mirror: Path) -> list[Row]:
+def _open_mirror(definition: DatasetDefinition, selection: str, mirror: Path) -> tuple[int, Fetch]:
     """A split from a mirror's JSON lines, read with the standard library: the rows the Hub's
-    loader gives for the same files, without importing `datasets` (a second, on a laptop)."""
+    loader gives for the same files, without importing `datasets` (a second, on a laptop).
+
+    Every line is parsed and every label checked here, as reading the file whole did; what
+    is kept is where each row starts."""
     folder = mirror / definition.source / (definition.source_config or "default")
     files = {path.stem: path for path in sorted(folder.glob("*.jsonl"))}
     if not files:
@@ -207,15 +277,49 @@ def _load_mirror(definition: DatasetDefinition, selection: str, mirror: Path) ->
     if name not in files:
         raise DatasetLoadError(f"no split {name!r} in the mirror {folder} (there are {', '.join(files)})")
     path = files[name]
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise DatasetLoadError(f"could not read {path}: {error}") from None
-    rows = _plain_rows(path, text, "json")
     names = SOURCE_LABEL_NAMES.get((definition.source, definition.source_config))
-    if names is not None:
-        rows = [{**row, "label": _label_name(row.get("label"), names, path, number)} for number, row in enumerate(rows)]
-    return select_rows(selection, {name: rows})
+
+    def named(row: Row, number: int) -> Row:
+        return row if names is None else {**row, "label": _label_name(row.get("label"), names, path, number)}
+
+    try:
+        if _holds_one_array(path, bom=False):
+            every_row = _json_array(path, bom=False)
+            rows = select_rows(selection, {name: [named(row, number) for number, row in enumerate(every_row)]})
+            return len(rows), _memory_fetch(rows)
+        offsets = _offsets(path)
+        problem: DatasetLoadError | None = None  # a bad label is named once the whole file has read
+        try:
+            for number, (offset, row) in enumerate(_json_lines(path, bom=False)):
+                offsets.append(offset)
+                if problem is None:
+                    try:
+                        named(row, number)
+                    except DatasetLoadError as error:
+                        problem = error
+        except DatasetLoadError:
+            _read_through(path, bom=False)  # bytes that are not UTF-8 are named first, as before
+            raise
+    except _NotUtf8 as error:
+        raise DatasetLoadError(f"could not read {path}: {error.describe()}") from None
+    except OSError as error:
+        raise DatasetLoadError(f"could not read {path}: {error}") from None
+    if problem is not None:
+        raise problem
+    numbers = select_rows(selection, {name: range(len(offsets))})  # the file's row numbers in the selection
+
+    def fetch(positions: Sequence[int]) -> list[Row]:
+        chosen = [numbers[position] for position in positions]
+        rows = _json_lines_at(path, [offsets[number] for number in chosen])
+        return [named(row, number) for row, number in zip(rows, chosen, strict=True)]
+
+    return len(numbers), fetch
+
+
+def _load_mirror(definition: DatasetDefinition, selection: str, mirror: Path) -> list[Row]:
+    """A mirror's split read whole (the rows `datasets` gives for the same files)."""
+    count, fetch = _open_mirror(definition, selection, mirror)
+    return fetch(range(count))
 
 
 def _label_name(label: Any, names: tuple[str, ...], path: Path, number: int) -> str:
@@ -228,15 +332,39 @@ def _label_name(label: Any, names: tuple[str, ...], path: Path, number: int) -> 
     )
 
 
-def _load_local_file(dataset: LocalFileDataset) -> list[Row]:
+def _open_local_file(dataset: LocalFileDataset) -> SplitRows:
+    """A user's file: JSON lines and CSV indexed with the standard library (a JSON file
+    holding one array is read whole), Parquet through `datasets` and checked row by row
+    here (`check_local_file` leaves it to this)."""
     if dataset.category not in DATASET_CATEGORIES:
         raise UnknownDataset(f"unknown category {dataset.category!r}; use one of {', '.join(DATASET_CATEGORIES)}")
-    if not dataset.path.is_file():
-        raise DatasetLoadError(f"no such file: {dataset.path}")
+    path = dataset.path
+    if not path.is_file():
+        raise DatasetLoadError(f"no such file: {path}")
+    file_format = dataset.file_format()
+    restructure = _local_restructure(dataset)
     try:
-        return _hub_rows(_hf().load_dataset(dataset.file_format(), data_files=str(dataset.path), split="train"))
+        if file_format == "parquet":
+            table = _hf().load_dataset("parquet", data_files=str(path), split="train")
+            count, fetch = len(table), _table_fetch(table)
+        elif file_format == "csv":
+            count, fetch = _index_csv(path)
+        elif _holds_one_array(path, bom=True):
+            rows = _json_array(path, bom=True)
+            count, fetch = len(rows), _memory_fetch(rows)
+        else:
+            count, fetch = _index_json_lines(path)
+    except _NotUtf8 as error:
+        raise DatasetLoadError(f"could not read {path}: {error.describe()}") from None
+    except DatasetLoadError:
+        raise
     except Exception as error:
-        raise DatasetLoadError(f"could not read {dataset.path}: {error}") from error
+        raise DatasetLoadError(f"could not read {path}: {error}") from error
+    split = SplitRows(count, fetch, restructure)
+    if file_format == "parquet":
+        for _ in split.blocks():  # a row that does not fit is named before anything is published
+            pass
+    return split
 
 
 def _local_restructure(dataset: LocalFileDataset) -> Restructure:
@@ -266,8 +394,11 @@ def _local_restructure(dataset: LocalFileDataset) -> Restructure:
 def check_local_file(dataset: LocalFileDataset) -> None:
     """The mistakes people make with their own data file, found before anything starts and
     named with the file and row: missing, empty, only a header, not UTF-8, a column or a
-    label that does not fit. CSV and JSON lines are read with the standard library (a
-    Parquet file is checked when it is loaded)."""
+    label that does not fit. CSV and JSON lines are read with the standard library, as a
+    stream (a JSON file holding one array is read whole); a Parquet file is checked when
+    it is opened. Which mistake is named is what reading the whole file first named: bytes
+    that are not UTF-8 anywhere, then a line that does not parse, then the first row that
+    does not fit."""
     path = dataset.path
     if dataset.category not in DATASET_CATEGORIES:
         raise UnknownDataset(f"unknown category {dataset.category!r}; use one of {', '.join(DATASET_CATEGORIES)}")
@@ -278,41 +409,242 @@ def check_local_file(dataset: LocalFileDataset) -> None:
         raise DatasetLoadError(f"{path} is empty")
     if file_format == "parquet":
         return
-    try:
-        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is how Excel saves "CSV UTF-8"
-    except UnicodeDecodeError as error:
-        byte = error.object[error.start]
-        raise DatasetLoadError(
-            f"{path} is not UTF-8 text (byte {byte:#04x} at offset {error.start}); save it as UTF-8"
-        ) from None
-    rows = _plain_rows(path, text, file_format)
-    if not rows:
-        raise DatasetLoadError(f"{path} has a header but no rows" if file_format == "csv" else f"{path} has no rows")
     restructure = _local_restructure(dataset)
-    for idx, row in enumerate(rows):
-        restructure(row, idx)
-
-
-def _plain_rows(path: Path, text: str, file_format: str) -> list[dict[str, Any]]:
-    if file_format == "csv":
-        return list(csv.DictReader(io.StringIO(text)))
-    if text.lstrip().startswith("["):  # a .json file holding one array
+    problem: InvalidObservation | None = None  # the first row that does not fit
+    count = 0
+    try:
         try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise DatasetLoadError(f"{path} is not valid JSON: {error}") from None
-        return [row for row in rows if isinstance(row, dict)]
-    rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
+            for idx, row in enumerate(_local_rows(path, file_format)):
+                count += 1
+                if problem is None:
+                    try:
+                        restructure(row, idx)
+                    except InvalidObservation as error:
+                        problem = error
+        except (DatasetLoadError, csv.Error):
+            _read_through(path, bom=True)
+            raise
+    except _NotUtf8 as error:
+        # A byte-order mark is how Excel saves "CSV UTF-8": offsets count from after it.
+        offset = error.offset - (len(codecs.BOM_UTF8) if _starts_with_bom(path) else 0)
+        raise DatasetLoadError(
+            f"{path} is not UTF-8 text (byte {error.byte:#04x} at offset {offset}); save it as UTF-8"
+        ) from None
+    if not count:
+        raise DatasetLoadError(f"{path} has a header but no rows" if file_format == "csv" else f"{path} has no rows")
+    if problem is not None:
+        raise problem
+
+
+def _local_rows(path: Path, file_format: str) -> Iterator[Row]:
+    if file_format == "csv":
+        _, records = _csv_records(path)
+        yield from (row for _, row in records)
+    elif _holds_one_array(path, bom=True):
+        yield from _json_array(path, bom=True)
+    else:
+        yield from (row for _, row in _json_lines(path, bom=True))
+
+
+# -- text files as streams of lines --
+#
+# A line ends at \n, \r\n or a lone \r, as Python's universal newlines have it (how the
+# files were read whole before), and each is decoded on its own: none of those bytes can be
+# part of a longer UTF-8 character.
+
+_LINE = re.compile(rb"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")
+
+
+class _NotUtf8(Exception):
+    """Bytes that are not UTF-8, at `offset` in the file."""
+
+    def __init__(self, offset: int, error: UnicodeDecodeError) -> None:
+        super().__init__(offset, error)
+        self.offset = offset
+        self.byte = error.object[error.start]
+        self.length = error.end - error.start
+        self.reason = error.reason
+
+    def describe(self) -> str:
+        """What decoding the whole file said."""
+        if self.length == 1:
+            return f"'utf-8' codec can't decode byte {self.byte:#04x} in position {self.offset}: {self.reason}"
+        last = self.offset + self.length - 1
+        return f"'utf-8' codec can't decode bytes in position {self.offset}-{last}: {self.reason}"
+
+
+def _text_lines(file: IO[bytes], start: int = 0, bom: bool = False) -> Iterator[tuple[int, int, str]]:
+    """(where it starts, where it ends, its text ending in "\\n") of each line from byte
+    `start`; a byte-order mark first in the file is skipped when `bom`."""
+    file.seek(start)
+    offset = start
+    for raw in file:  # split at \n; a \r elsewhere ends a line too
+        one_line = b"\r" not in raw or (raw.endswith(b"\r\n") and raw.find(b"\r") == len(raw) - 2)
+        pieces = [raw] if one_line else _LINE.findall(raw)
+        for piece in pieces:
+            begin, offset = offset, offset + len(piece)
+            if begin == 0 and bom and piece.startswith(codecs.BOM_UTF8):
+                piece, begin = piece[len(codecs.BOM_UTF8) :], len(codecs.BOM_UTF8)
             try:
-                row = json.loads(line)
+                text = piece.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise _NotUtf8(begin + error.start, error) from None
+            if text.endswith("\r\n"):
+                text = text[:-2] + "\n"
+            elif text.endswith("\r"):
+                text = text[:-1] + "\n"
+            yield begin, offset, text
+
+
+def _read_through(path: Path, bom: bool) -> None:
+    """Decode the whole file: raises `_NotUtf8` at its first byte that is not UTF-8."""
+    with path.open("rb") as file:
+        for _ in _text_lines(file, bom=bom):
+            pass
+
+
+def _starts_with_bom(path: Path) -> bool:
+    with path.open("rb") as file:
+        return file.read(len(codecs.BOM_UTF8)) == codecs.BOM_UTF8
+
+
+def _holds_one_array(path: Path, bom: bool) -> bool:
+    """Whether the file's first character that is not white space opens a JSON array."""
+    with path.open("rb") as file:
+        head = file.read(len(codecs.BOM_UTF8))
+        if not (bom and head == codecs.BOM_UTF8):
+            file.seek(0)
+        while block := file.read(1 << 16):
+            text = block.decode("utf-8", errors="replace").lstrip()
+            if text:
+                return text.startswith("[")
+    return False
+
+
+def _json_array(path: Path, bom: bool) -> list[Row]:
+    """A .json file holding one array, read whole: the standard library has no streaming
+    JSON parser. Its objects are its rows; anything else in it is passed over."""
+    data = path.read_bytes()
+    skip = len(codecs.BOM_UTF8) if bom and data.startswith(codecs.BOM_UTF8) else 0
+    try:
+        text = data[skip:].decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise _NotUtf8(skip + error.start, error) from None
+    del data
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise DatasetLoadError(f"{path} is not valid JSON: {error}") from None
+    return [row for row in rows if isinstance(row, dict)]
+
+
+def _json_lines(path: Path, bom: bool) -> Iterator[tuple[int, Row]]:
+    """(where it starts, the row) of each row of a JSON lines file; blank lines are passed
+    over, and a line that is not a JSON object is named by its number."""
+    with path.open("rb") as file:
+        for number, (offset, _, text) in enumerate(_text_lines(file, bom=bom), start=1):
+            if not text.strip():
+                continue
+            try:
+                row = json.loads(text[:-1] if text.endswith("\n") else text)
             except json.JSONDecodeError as error:
                 raise DatasetLoadError(f"{path}: line {number} is not JSON ({error})") from None
             if not isinstance(row, dict):
                 raise DatasetLoadError(f"{path}: line {number} is not a JSON object (one row per line)")
-            rows.append(row)
+            yield offset, row
+
+
+def _offsets(path: Path) -> array[int]:
+    """An empty array for the byte offsets of a file's rows: 4 bytes each below 4 GiB."""
+    return array("I" if path.stat().st_size < 2**32 else "q")
+
+
+def _index_json_lines(path: Path) -> tuple[int, Fetch]:
+    """Where each row of a JSON lines file starts (its lines are parsed when read)."""
+    offsets = _offsets(path)
+    with path.open("rb") as file:
+        offsets.extend(offset for offset, _, text in _text_lines(file, bom=True) if text.strip())
+    return len(offsets), lambda positions: _json_lines_at(path, [offsets[position] for position in positions])
+
+
+def _json_lines_at(path: Path, offsets: Sequence[int]) -> list[Row]:
+    """The rows starting at `offsets`, read in file order and returned in the given order."""
+    rows: list[Row] = [{}] * len(offsets)
+    with path.open("rb") as file:
+        for i in sorted(range(len(offsets)), key=offsets.__getitem__):
+            try:
+                _, _, text = next(_text_lines(file, offsets[i]))
+                row = json.loads(text)
+            except (StopIteration, _NotUtf8, ValueError):
+                row = None
+            if not isinstance(row, dict):
+                raise DatasetLoadError(f"could not read {path}: no JSON object at byte {offsets[i]}; did it change?")
+            rows[i] = row
     return rows
+
+
+class _Lines:
+    """Lines for the csv reader, noting where in the file the last one handed over ends."""
+
+    def __init__(self, lines: Iterator[tuple[int, int, str]], at: int) -> None:
+        self._lines = lines
+        self.at = at
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        _, self.at, text = next(self._lines)
+        return text
+
+
+def _csv_records(path: Path) -> tuple[list[str], Iterator[tuple[int, Row]]]:
+    """A CSV file's header and (where it starts, the row) of each row, by `csv.DictReader`
+    (a quoted value may span lines)."""
+    file = path.open("rb")
+    lines = _Lines(_text_lines(file, bom=True), 0)
+    reader = csv.DictReader(lines)
+    try:
+        fieldnames = list(reader.fieldnames or [])  # the header is read here: rows start after it
+    except BaseException:
+        file.close()
+        raise
+
+    def records() -> Iterator[tuple[int, Row]]:
+        with file:
+            while True:
+                start = lines.at
+                try:
+                    row = next(reader)
+                except StopIteration:
+                    return
+                yield start, row
+
+    return fieldnames, records()
+
+
+def _index_csv(path: Path) -> tuple[int, Fetch]:
+    """Where each row of a CSV file starts (blank lines before it included: the reader
+    passes over them again)."""
+    fieldnames, records = _csv_records(path)
+    offsets = _offsets(path)
+    offsets.extend(start for start, _ in records)
+
+    def fetch(positions: Sequence[int]) -> list[Row]:
+        rows: list[Row] = [{}] * len(positions)
+        with path.open("rb") as file:
+            for i in sorted(range(len(positions)), key=positions.__getitem__):
+                start = offsets[positions[i]]
+                reader = csv.DictReader(_Lines(_text_lines(file, start), start), fieldnames=fieldnames)
+                try:
+                    rows[i] = next(reader)
+                except (StopIteration, _NotUtf8, csv.Error):
+                    raise DatasetLoadError(
+                        f"could not read {path}: no CSV row at byte {start}; did it change?"
+                    ) from None
+        return rows
+
+    return len(offsets), fetch
 
 
 def _identity_columns(category: str) -> dict[str, str]:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from proto import Chat, Job, replace
 
@@ -28,9 +28,13 @@ from .core.datasets import UnknownDataset, resolve_dataset
 from .core.observations import DATASET_CATEGORIES, SPLIT_NAMES, InvalidObservation, Observation
 from .core.results import ExperimentSpec
 from .core.tasks import Task, UnknownTask, task_kind
-from .datasets import DatasetLoadError, LocalFileDataset, check_local_file, load_split
+from .datasets import DatasetLoadError, LocalFileDataset, SplitRows, check_local_file, open_split, seeded_order
 from .models import ResolvedModel, load_model
 from .wire import chat_of
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 LOCAL_FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 
@@ -62,11 +66,32 @@ class PreparedJob:
     def chat(self) -> Chat:
         return chat_of(self.model, self.system, self.parameters)
 
+    def open_observations(self) -> Selection:
+        """The job's rows, counted and in order but not read (see `Selection`)."""
+        job = self.job
+        rows = open_split(self.source, job.split, mirror=job.mirror)
+        return Selection(rows, published_order(len(rows), job.seed, job.limit, job.start, job.stop))
+
     def load_observations(self) -> list[Observation]:
         """The job's rows: the split, shuffled with the seed, then `limit`, then `start:stop`."""
-        job = self.job
-        observations = load_split(self.source, job.split, seed=job.seed, mirror=job.mirror)
-        return select(observations, job.limit, job.start, job.stop)
+        selection = self.open_observations()
+        return selection.read(0, len(selection))
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """A job's observations in the order they are published, read from the split a few at
+    a time: what is held is the order (4 bytes a row), never the rows."""
+
+    rows: SplitRows
+    order: npt.NDArray[np.integer[Any]]  # the split positions (= idx) in published order
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def read(self, first: int, count: int) -> list[Observation]:
+        """The observations published from position `first`, at most `count` of them."""
+        return self.rows.read(self.order[first : first + count].tolist())
 
 
 def prepare_job(job: Job) -> PreparedJob:
@@ -108,9 +133,13 @@ def prepare_job(job: Job) -> PreparedJob:
     return PreparedJob(job, model, system, task, source, experiment, parameters)
 
 
-def select(observations: Sequence[Observation], limit: int | None, start: int, stop: int | None) -> list[Observation]:
-    chosen = list(observations if limit is None else observations[:limit])
-    return chosen[start:stop]
+def published_order(
+    count: int, seed: int, limit: int | None, start: int, stop: int | None
+) -> npt.NDArray[np.integer[Any]]:
+    """The positions of a split of `count` rows that a job publishes, in order: the split
+    shuffled with the seed, then the first `limit`, then `start:stop` of those."""
+    chosen = seeded_order(count, seed)
+    return (chosen if limit is None else chosen[:limit])[start:stop]
 
 
 def with_job_id(job: Job) -> Job:

@@ -317,3 +317,56 @@ def test_a_csv_with_a_byte_order_mark_is_read(tmp_path) -> None:
     dataset = LocalFileDataset(path, "sentiment")
     check_local_file(dataset)
     assert load_split(dataset, "test") == [SentimentObservation(0, "positive", "Good")]
+
+
+@pytest.mark.parametrize("seed", [0, 7, 2**31 - 1])
+def test_the_order_held_in_32_bits_is_the_paper_s_permutation(seed: int) -> None:
+    import numpy as np
+
+    for size in (0, 1, 1000, 100_003):
+        order = dataset_loading.seeded_order(size, seed)
+        assert order.itemsize == 4 and (order == np.random.default_rng(seed).permutation(size)).all()
+
+
+def test_a_csv_read_row_by_row_is_the_csv_read_whole(tmp_path) -> None:
+    """Rows found by where they start, then read on their own: CRLF and lone CR line ends,
+    a byte-order mark, blank lines and quoted values across lines give what `csv.DictReader`
+    gives over the whole text (with Python's universal newlines, as the file was read before)."""
+    import csv
+    import io
+
+    data = b'\xef\xbb\xbftext,label\r\n"Two\r\nlines",positive\r\n\r\nPlain,negative\rLast,"posi\ntive"'
+    path = tmp_path / "mixed.csv"
+    path.write_bytes(data)
+    whole = list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8-sig"))))
+    count, fetch = dataset_loading._index_csv(path)
+    assert count == len(whole) == 3
+    assert fetch([2, 0, 1]) == [whole[2], whole[0], whole[1]]
+
+
+def test_a_file_is_judged_as_if_read_whole_first(tmp_path) -> None:
+    """Read as a stream, a file still names its mistakes in the order reading it whole did:
+    bytes that are not UTF-8 anywhere, then a line that does not parse, then a row that does
+    not fit, however early the later kinds come."""
+    path = tmp_path / "data.jsonl"
+    rows = [b'{"text": "Good", "label": "meh"}', b"not json", b'{"text": "Caf\xe9", "label": "positive"}']
+    dataset = LocalFileDataset(path, "sentiment")
+    path.write_bytes(b"\n".join(rows) + b"\n")
+    offset = (b"\n".join(rows)).index(b"\xe9")
+    with pytest.raises(DatasetLoadError, match=rf"is not UTF-8 text \(byte 0xe9 at offset {offset}\)"):
+        check_local_file(dataset)
+    path.write_bytes(b"\n".join(rows[:2]) + b"\n")
+    with pytest.raises(DatasetLoadError, match="line 2 is not JSON"):
+        check_local_file(dataset)
+    path.write_bytes(rows[0] + b"\n")
+    with pytest.raises(InvalidObservation, match="row 1: field 'label' must be one of"):
+        check_local_file(dataset)
+
+
+def test_a_mirror_that_is_not_utf8_is_named_with_the_whole_file_s_position(tmp_path) -> None:
+    folder = tmp_path / "nyu-mll" / "glue" / "rte"
+    folder.mkdir(parents=True)
+    row = b'{"sentence1": "a", "sentence2": "b", "label": 0, "idx": 0}\n'
+    (folder / "validation.jsonl").write_bytes(row + b'{"sentence1": "\xff"}\n')
+    with pytest.raises(DatasetLoadError, match=rf"can't decode byte 0xff in position {len(row) + 15}: invalid start"):
+        load_split("RTE", "test", mirror=tmp_path)
