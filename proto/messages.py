@@ -181,6 +181,18 @@ class JobEvent(_Message, frozen=True, tag="job-event"):
     v: int = SCHEMA_VERSION
 
 
+class JobProgress(_Message, frozen=True, tag="job-progress"):
+    """How far the producer got with a job: the first `published` of its `expected`
+    observations (in the order it publishes them) are stored. Kept, the last one per job,
+    so that a job delivered again goes on from there."""
+
+    KIND: ClassVar[str] = "job-progress"
+    job_id: str
+    published: Natural
+    expected: Natural
+    v: int = SCHEMA_VERSION
+
+
 class DeadLetter(_Message, frozen=True, tag="dead-letter"):
     """A message a service could not process, kept with the reason (an oversized one, cut)."""
 
@@ -197,7 +209,15 @@ class DeadLetter(_Message, frozen=True, tag="dead-letter"):
 
 
 Message: TypeAlias = (
-    Job | JobManifest | ObservationMessage | GenerationRequest | GenerationReply | ScoredResult | JobEvent | DeadLetter
+    Job
+    | JobManifest
+    | ObservationMessage
+    | GenerationRequest
+    | GenerationReply
+    | ScoredResult
+    | JobEvent
+    | JobProgress
+    | DeadLetter
 )
 MESSAGE_TYPES: dict[str, type[Message]] = {t.KIND: t for t in typing.get_args(Message)}
 M = TypeVar("M", bound=Message)

@@ -24,6 +24,7 @@ REPLIES = f"{PREFIX}.score.reply"
 MANIFESTS = f"{PREFIX}.results.manifest"
 RESULTS = f"{PREFIX}.results.record"
 EVENTS = f"{PREFIX}.events"
+PROGRESS = f"{PREFIX}.progress"  # .<job>: how far the producer got with each job
 
 
 @lru_cache(maxsize=256)
@@ -42,6 +43,17 @@ def dead_letter_subject(service: str) -> str:
     return f"{PREFIX}.dead.{service}"
 
 
+def progress_subject(job_id: str) -> str:
+    """Where the producer keeps a job's progress. A job id may hold any character (dots
+    too): the subject has it as one safe token, and a digest of it keeps apart two ids
+    that read the same once made safe."""
+    digest = hashlib.blake2b(job_id.encode(), digest_size=6).hexdigest()
+    return f"{PROGRESS}.{_UNSAFE_IN_TOKEN.sub('_', job_id)[:128]}-{digest}"
+
+
+_UNSAFE_IN_TOKEN = re.compile(r"[^A-Za-z0-9_-]")
+
+
 @dataclass(frozen=True, slots=True)
 class StreamSpec:
     name: str
@@ -49,6 +61,7 @@ class StreamSpec:
     work_queue: bool  # False: limits retention, kept for max_age
     max_age: float = 0.0  # seconds; 0 keeps messages until acknowledged or removed
     duplicate_window: float = 120.0
+    max_msgs_per_subject: int = -1  # -1: no limit; 1 keeps each subject's last message only
 
 
 STREAMS: tuple[StreamSpec, ...] = (
@@ -58,6 +71,7 @@ STREAMS: tuple[StreamSpec, ...] = (
     StreamSpec("INTROSPECT_RESULTS", (MANIFESTS, RESULTS), work_queue=True),
     StreamSpec("INTROSPECT_EVENTS", (EVENTS,), work_queue=False, max_age=30 * 86400),
     StreamSpec("INTROSPECT_DEAD", (f"{PREFIX}.dead.*",), work_queue=False, max_age=30 * 86400),
+    StreamSpec("INTROSPECT_PROGRESS", (f"{PROGRESS}.*",), work_queue=False, max_age=30 * 86400, max_msgs_per_subject=1),
 )
 STREAM_OF: dict[str, str] = {
     "producer": "INTROSPECT_JOBS",
@@ -65,6 +79,25 @@ STREAM_OF: dict[str, str] = {
     "gateway": "INTROSPECT_GENERATE",
     "aggregator": "INTROSPECT_RESULTS",
 }
+
+
+def stream_of(subject: str) -> str:
+    """The stream that stores `subject`."""
+    for spec in STREAMS:
+        if any(_matches(pattern, subject) for pattern in spec.subjects):
+            return spec.name
+    raise ValueError(f"no stream stores {subject!r}")
+
+
+def _matches(pattern: str, subject: str) -> bool:
+    """Whether `subject` falls under `pattern`, NATS wildcards and all (`*` one token, `>` the rest)."""
+    wanted, tokens = pattern.split("."), subject.split(".")
+    for i, want in enumerate(wanted):
+        if want == ">":
+            return len(tokens) > i
+        if i >= len(tokens) or want not in ("*", tokens[i]):
+            return False
+    return len(wanted) == len(tokens)
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,12 +23,12 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import api
 
-from proto import MAX_MESSAGE_BYTES, DeadLetter, encode
-from proto.subjects import STREAMS, ConsumerSpec, StreamSpec, dead_letter_subject
+from proto import MAX_MESSAGE_BYTES, DeadLetter, decode, encode
+from proto.subjects import STREAMS, ConsumerSpec, StreamSpec, dead_letter_subject, stream_of
 
 from ..errors import NatsRefused, NatsUnreachable
 from . import metrics
-from .handlers import Outgoing
+from .handlers import M, Outgoing
 from .settings import Settings
 
 log = logging.getLogger("introspect")
@@ -136,6 +136,7 @@ class Bus:
                 storage=api.StorageType.FILE,
                 max_age=spec.max_age or None,
                 duplicate_window=spec.duplicate_window,
+                max_msgs_per_subject=spec.max_msgs_per_subject,
             )
             try:
                 await self.js.add_stream(config)
@@ -195,6 +196,15 @@ class Bus:
                         future.exception()  # retrieved: a failure after the first is not logged again
                 else:
                     future.cancel()  # nobody waits for it any more
+
+    async def last(self, subject: str, kind: type[M]) -> M | None:
+        """The last message stored on `subject`, as `kind`; None if there is none (a
+        malformed one raises `InvalidMessage`)."""
+        try:
+            stored = await self.js.get_last_msg(stream_of(subject), subject)
+        except nats.js.errors.NotFoundError:
+            return None
+        return decode(stored.data or b"", kind)
 
     async def _listen_for_acks(self) -> None:
         inbox = self.client.new_inbox()

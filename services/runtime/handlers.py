@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from proto import Message
+
+M = TypeVar("M", bound=Message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +38,11 @@ class Reject(Exception):
         self.publish = publish
 
 
+class HandBack(Exception):
+    """Not now: the service is stopping. What was published so far stays published; hand
+    the message back at once, for another delivery to go on from there."""
+
+
 Handled = Awaitable[Sequence[Outgoing]] | AsyncIterator[Sequence[Outgoing]]
 Handler = Callable[[Any], Handled]
 
@@ -44,6 +51,10 @@ class Publisher(Protocol):
     """Where a service's messages go: the NATS bus, or the in-memory one in tests."""
 
     async def publish(self, outgoing: Iterable[Outgoing], timeout: float = 10.0) -> None: ...
+
+    async def last(self, subject: str, kind: type[M]) -> M | None:
+        """The last message stored on `subject`, as `kind`; None if there is none."""
+        ...
 
 
 async def handle_and_publish(handle: Handler, message: Message, publisher: Publisher) -> None:

@@ -48,6 +48,13 @@ class MemoryBus:
                 self._ids.add(item.msg_id)
                 self.published.append(item)
 
+    async def last(self, subject: str, kind: type[M]) -> M | None:
+        """The last message published to `subject`, as `kind` (as a stream keeps it)."""
+        for item in reversed(self.published):
+            if item.subject == subject:
+                return decode(encode(item.message), kind)
+        return None
+
     async def deliver(self, service: Handles, message: Message) -> list[Outgoing]:
         """Handle one message as the worker would; what it published (a rejection's too)."""
         before = len(self.published)

@@ -17,6 +17,7 @@ from proto import (
     Job,
     JobEvent,
     JobManifest,
+    JobProgress,
     ObservationMessage,
     Sampling,
     ScoredResult,
@@ -45,6 +46,7 @@ EXAMPLES = [
     GenerationReply(Answer("yes", 0.25), WORK, cached=True),
     ScoredResult("j", "classify", 4, {"idx": 4, "label": "a", "correct": None}),
     JobEvent("j", "completed", "12 records", 1.5),
+    JobProgress("j", published=500, expected=1200),
     DeadLetter("gateway", "introspect.generate.0", "offline", b"\x00\x01", "j:4:request:0", 3, 2.0),
 ]
 
@@ -139,6 +141,22 @@ def test_any_model_name_becomes_one_subject_token() -> None:
     assert sub.model_route("meta-llama/Llama-3.1-8B Instruct") == "meta-llama_Llama-3_1-8B_Instruct"
     assert sub.generation_subject("a.b>*", 0) == "introspect.generate.a_b__.0"
     assert sub.model_route("") == "_"
+
+
+def test_a_job_s_progress_has_a_subject_of_its_own_in_the_stream_that_keeps_the_last() -> None:
+    job_id = "analysis_m-llama2-7b_d-imdb_s-0.20261128040639-0e1b"
+    subject = sub.progress_subject(job_id)
+    assert subject.startswith("introspect.progress.analysis_m-llama2-7b_d-imdb_s-0_20261128040639-0e1b-")
+    assert subject.count(".") == 2  # one token for the job, whatever its id holds
+    assert sub.progress_subject("a.b") != sub.progress_subject("a_b")  # the same once made safe, kept apart
+    assert sub.progress_subject("a b>*").count(".") == 2
+    streams = {spec.name: spec for spec in sub.STREAMS}
+    assert sub.stream_of(subject) == "INTROSPECT_PROGRESS" and streams["INTROSPECT_PROGRESS"].max_msgs_per_subject == 1
+    assert sub.stream_of(sub.OBSERVATIONS) == "INTROSPECT_SCORE"
+    assert sub.stream_of(sub.generation_subject("llama2-7b", 3)) == "INTROSPECT_GENERATE"
+    assert sub.stream_of(sub.dead_letter_subject("producer")) == "INTROSPECT_DEAD"
+    with pytest.raises(ValueError, match=r"no stream stores 'elsewhere\.x'"):
+        sub.stream_of("elsewhere.x")
 
 
 def test_settings_from_the_environment_with_flags_on_top() -> None:
