@@ -74,3 +74,16 @@ def write_synthetic(folder: Path, rows: int = 200, seed: int = 0) -> dict[str, P
         path.write_text("".join(json.dumps(row) + "\n" for row in data), encoding="utf-8")
         paths[category] = path
     return paths
+
+
+def write_sentiment_lines(path: Path, rows: int, seed: int = 0) -> Path:
+    """A sentiment JSON lines file of `rows` reviews, written a row at a time (a million
+    rows are about 100 MB, never held at once)."""
+    rng = random.Random(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as file:
+        for _ in range(rows):
+            positive = rng.random() < 0.5
+            row = {"text": _review(rng, positive), "label": "positive" if positive else "negative"}
+            file.write(json.dumps(row) + "\n")
+    return path

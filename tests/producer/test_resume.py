@@ -1,0 +1,175 @@
+"""A producer stopped mid-job, against a real nats-server: the job is delivered again, the
+next producer goes on from the progress the first one stored, and the observation stream
+holds each observation exactly once.
+
+Killed with SIGKILL (a process of its own) and stopped cooperatively (the worker in this
+process, the producer told it is stopping): both must leave the stream whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from prometheus_client import REGISTRY
+
+from proto import Job, JobEvent, JobManifest, JobProgress, ObservationMessage, decode
+from proto import subjects as sub
+from services.local import free_port
+from services.producer.service import CHUNK, Producer
+from services.runtime.bus import Bus
+from services.runtime.handlers import Outgoing
+from services.runtime.settings import Settings
+from services.runtime.worker import Worker
+from tests.support.nats import NatsServer
+from tests.support.pipeline import get_bytes, scrape
+from tests.support.synthetic import write_sentiment_lines
+
+ROWS = 20_000  # 40 chunks: publication outlasts the wait for its first chunks
+
+
+def _job(path: Path, job_id: str) -> Job:
+    return Job(job_id, "llama2-7b", str(path), "classify", category="sentiment", seed=3)
+
+
+async def _until(condition: Callable[[], Awaitable[bool]], within: float, what: str) -> None:
+    """Check `condition` every few milliseconds until it holds; fail after `within` seconds."""
+    deadline = time.monotonic() + within
+    while not await condition():
+        assert time.monotonic() < deadline, f"{what}: not within {within:.0f} s"
+        await asyncio.sleep(0.01)
+
+
+async def _stored(bus: Bus, stream: str) -> int:
+    return (await bus.js.stream_info(stream)).state.messages
+
+
+async def _at_least(bus: Bus, observations: int) -> bool:
+    return await _stored(bus, "INTROSPECT_SCORE") >= observations
+
+
+async def _accepted(bus: Bus, job_id: str) -> bool:
+    try:
+        event = decode((await bus.js.get_last_msg("INTROSPECT_EVENTS", sub.EVENTS)).data or b"", JobEvent)
+    except Exception:  # no event yet
+        return False
+    return event.job_id == job_id and event.event == "accepted"
+
+
+async def _observation_ids(bus: Bus) -> list[int]:
+    """The idx of every observation the stream holds, taking them (as a scorer would)."""
+    stored = await _stored(bus, "INTROSPECT_SCORE")
+    reader = await bus.js.pull_subscribe(sub.OBSERVATIONS, durable="check", stream="INTROSPECT_SCORE")
+    seen: list[int] = []
+    while len(seen) < stored:
+        for msg in await reader.fetch(1000, timeout=10):
+            seen.append(decode(msg.data, ObservationMessage).work.observation["idx"])
+            await msg.ack()
+    await reader.unsubscribe()
+    return seen
+
+
+async def _check_whole(bus: Bus, job_id: str) -> None:
+    assert await _accepted(bus, job_id)
+    ids = await _observation_ids(bus)
+    assert len(ids) == ROWS and sorted(ids) == list(range(ROWS))  # each exactly once
+    assert await _stored(bus, "INTROSPECT_RESULTS") == 1  # one manifest: its repeat was dropped
+    manifest = decode((await bus.js.get_last_msg("INTROSPECT_RESULTS", sub.MANIFESTS)).data or b"", JobManifest)
+    assert manifest.expected == ROWS
+
+
+def _start_producer(nats: NatsServer, port: int, data: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "INTROSPECT_NATS_URL": nats.url, "INTROSPECT_METRICS_PORT": str(port),
+           "INTROSPECT_DATA_DIR": str(data), "INTROSPECT_ACK_WAIT": "1"}  # fmt: skip
+    log = (data / "producer.log").open("ab")
+    return subprocess.Popen([sys.executable, "-m", "services.cli", "serve", "producer"], env=env, stdout=log,
+                            stderr=subprocess.STDOUT)  # fmt: skip
+
+
+async def _healthy(port: int) -> bool:
+    try:
+        await asyncio.to_thread(get_bytes, f"http://127.0.0.1:{port}/healthz")
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.chaos
+async def test_a_producer_killed_mid_job_is_gone_on_from_and_publishes_each_observation_once(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    data = write_sentiment_lines(tmp_path / "reviews.jsonl", ROWS)
+    job = _job(data, "killed")
+    bus = await Bus.open(Settings(nats_url=nats_server.url), "test")
+    producer: subprocess.Popen[bytes] | None = None
+    try:
+        await bus.publish([Outgoing(sub.JOBS, job, job.job_id)])
+        port = free_port()
+        producer = _start_producer(nats_server, port, tmp_path)
+        await _until(lambda: _at_least(bus, 2 * CHUNK), 120, "the first chunks stored")
+        producer.send_signal(signal.SIGKILL)
+        producer.wait()
+        assert await _stored(bus, "INTROSPECT_SCORE") < ROWS, "the job finished before it could be killed"
+        progress = await bus.last(sub.progress_subject(job.job_id), JobProgress)
+        assert progress is not None and CHUNK <= progress.published < ROWS and progress.expected == ROWS
+
+        producer = _start_producer(nats_server, port, tmp_path)  # the job comes back after the ack wait
+        await _until(lambda: _accepted(bus, job.job_id), 120, "the job accepted")
+        published = scrape(f"http://127.0.0.1:{port}/metrics")["introspect_observations_published_total"]
+        assert published == ROWS - progress.published  # the rest, from where the stored progress says
+        await _check_whole(bus, job.job_id)
+    finally:
+        if producer is not None and producer.poll() is None:
+            producer.terminate()
+            producer.wait()
+        await bus.close()
+
+
+async def test_a_producer_told_to_stop_ends_at_a_chunk_boundary_and_the_next_goes_on(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    """What SIGTERM does once the service shell tells the producer it is stopping: the
+    publication ends at the next chunk, its progress stored, and the job is handed back."""
+    data = write_sentiment_lines(tmp_path / "reviews.jsonl", ROWS)
+    job = _job(data, "stopped")
+    bus = await Bus.open(Settings(nats_url=nats_server.url), "test")
+    try:
+        await bus.publish([Outgoing(sub.JOBS, job, job.job_id)])
+        first, stop = Producer(), asyncio.Event()
+        await first.start(bus)
+        # A grace long enough to publish it all: only a producer that stops by itself ends sooner.
+        worker = Worker(bus, first.consumer(), first.accepts, first.handle, grace=600)
+        running = asyncio.create_task(worker.run(stop))
+        await _until(lambda: _at_least(bus, 2 * CHUNK), 120, "the first chunks stored")
+        first.stopping()
+        stop.set()
+        await running
+        progress = await bus.last(sub.progress_subject(job.job_id), JobProgress)
+        assert progress is not None and 2 * CHUNK <= progress.published < ROWS
+        assert await _stored(bus, "INTROSPECT_SCORE") == progress.published  # stopped where it says
+        assert not await _accepted(bus, job.job_id)
+
+        before = _published_total()
+        second = Producer()
+        await second.start(bus)
+        stop = asyncio.Event()
+        running = asyncio.create_task(Worker(bus, second.consumer(), second.accepts, second.handle).run(stop))
+        await _until(lambda: _accepted(bus, job.job_id), 120, "the job accepted")
+        stop.set()
+        await running
+        assert _published_total() - before == ROWS - progress.published
+        await _check_whole(bus, job.job_id)
+    finally:
+        await bus.close()
+
+
+def _published_total() -> float:
+    return REGISTRY.get_sample_value("introspect_observations_published_total") or 0.0
