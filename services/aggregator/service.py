@@ -6,16 +6,22 @@ running aggregates; a redelivered result finds its key taken and changes nothing
 the last expected record arrives, the paper's result JSON and the records' Parquet file
 are written (from the stored records, through the core's own `aggregate`) and a
 `completed` event is published. The HTTP API serves status and results.
+
+A store that cannot write (a full disk) is reported as the `store` problem: the aggregator
+takes no new work, each result in hand waits, and the store is reopened until it writes;
+then the results are stored and the job goes on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgpack
 from aiohttp import web
@@ -30,12 +36,14 @@ from ..core.tasks import kind_spec
 from ..result_files import write_result_files
 from ..runtime.handlers import Outgoing, Publisher, Reject
 from ..runtime.lock import FolderLock
-from ..runtime.service import import_in_background
+from ..runtime.service import ServiceBase, import_in_background
+from ..runtime.storage import WriteRecovery, is_store_error
 from ..wire import record_of
 from . import metrics
 from .store import ResultStore
 
 log = logging.getLogger("introspect")
+T = TypeVar("T")
 FINISH_RETRY_FIRST, FINISH_RETRY_MAX = 1.0, 30.0  # seconds between attempts to finish a job: doubling
 
 
@@ -71,7 +79,7 @@ class JobState:
         }
 
 
-class Aggregator:
+class Aggregator(ServiceBase):
     name = "aggregator"
     accepts = (JobManifest, ScoredResult)
 
@@ -83,6 +91,7 @@ class Aggregator:
         self.bus: Publisher | None = None  # where a finish retried in the background publishes
         self._retrying: dict[str, asyncio.Task[None]] = {}
         self.lock: FolderLock | None = None
+        self.recovery: WriteRecovery | None = None
 
     def consumer(self) -> ConsumerSpec:
         return sub.consumer_for("aggregator")
@@ -94,6 +103,7 @@ class Aggregator:
         self.lock = FolderLock.beside(self.store_dir, f"the aggregator's store {self.store_dir}")
         self.lock.acquire()
         self.store = ResultStore(self.store_dir)
+        self.recovery = WriteRecovery(self.store, self.health, "store", blocks_work=True)
         for job_id, raw in self.store.manifests():
             try:
                 manifest = decode(raw, JobManifest)
@@ -121,6 +131,8 @@ class Aggregator:
     async def close(self) -> None:
         for task in list(self._retrying.values()):
             task.cancel()
+        if self.recovery is not None:
+            self.recovery.close()
         if self.store is not None:
             self.store.close()
         if self.lock is not None:
@@ -140,7 +152,8 @@ class Aggregator:
             _check_manifest(manifest)  # before it is stored: what is stored must never fail later
         except ValueError as error:
             raise Reject(f"job {job_id}: bad manifest: {error}", "bad-manifest") from None
-        self.store.put_manifest(job_id, encode(manifest))
+        store = self.store
+        await self._stored(lambda: store.put_manifest(job_id, encode(manifest)))
         state = self._register(manifest)
         if manifest.expected == 0:
             return await self._finish_or_retry(state)
@@ -159,7 +172,8 @@ class Aggregator:
             raise Reject(
                 f"job {result.job_id}: result {result.task}/{result.idx} does not match its record", "bad-record"
             )
-        if not self.store.add_record(result.job_id, result.idx, result.record):
+        store = self.store
+        if not await self._stored(lambda: store.add_record(result.job_id, result.idx, result.record)):
             metrics.DUPLICATES.inc()
             if state.received >= state.manifest.expected and not state.complete:
                 return await self._finish_or_retry(state)
@@ -169,6 +183,20 @@ class Aggregator:
         if state.received == state.manifest.expected and not state.complete:
             return await self._finish_or_retry(state)
         return []
+
+    async def _stored(self, write: Callable[[], T]) -> T:
+        """What `write()` returns, once the store has taken it. If it cannot (a full disk),
+        the aggregator reports it and takes no new work, and this message waits for the
+        reopened store, then writes again: nothing is acknowledged before it is stored."""
+        assert self.recovery is not None
+        while True:
+            await self.recovery.until_recovered()
+            try:
+                return write()
+            except Exception as error:
+                if not is_store_error(error):
+                    raise
+                self.recovery.failed(error)
 
     def _register(self, manifest: JobManifest) -> JobState:
         state = JobState(manifest, Aggregate(manifest.job.task))
@@ -195,7 +223,8 @@ class Aggregator:
             except Exception as error:  # msgpack's format errors, the record's own checks
                 metrics.UNREADABLE.inc()
                 log.warning("aggregator: dropping an unreadable stored record of job %s: %s", state.job_id, error)
-                self.store.forget(key)
+                with contextlib.suppress(Exception):  # a store that cannot write drops it next time
+                    self.store.forget(key)
         return records
 
     async def _finish_or_retry(self, state: JobState) -> list[Outgoing]:
@@ -252,7 +281,8 @@ class Aggregator:
             "received": len(records),
             "results": state.final_results,
         }
-        self.store.mark_complete(state.job_id, completion)
+        store = self.store
+        await self._stored(lambda: store.mark_complete(state.job_id, completion))
         state.complete = True
         metrics.JOBS_COMPLETED.inc()
         return _completed(state)

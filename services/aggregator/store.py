@@ -13,7 +13,7 @@ from typing import Any
 
 import msgpack
 
-from ..runtime.storage import StoreDamaged, open_rocksdb
+from ..runtime.storage import StoreDamaged, open_rocksdb, reopen_rocksdb
 
 _MANIFEST = b"manifest\0"
 _RECORD = b"record\0"
@@ -26,6 +26,7 @@ def _record_key(job_id: str, idx: int) -> bytes:
 
 class ResultStore:
     def __init__(self, path: Path) -> None:
+        self.path = path
         try:
             self.db = open_rocksdb(path, "refuse", "the aggregator's store")
         except StoreDamaged as damaged:  # never set aside on its own: it holds every job's records
@@ -70,6 +71,13 @@ class ResultStore:
             if not isinstance(key, bytes) or not key.startswith(prefix):
                 break
             yield key, value
+
+    def reopen(self) -> None:
+        self.db = reopen_rocksdb(self.db, self.path)
+
+    def check_writable(self) -> None:
+        self.db[b"\0write-check"] = b""
+        del self.db[b"\0write-check"]
 
     def close(self) -> None:
         self.db.close()

@@ -19,7 +19,8 @@ import msgpack
 
 from ..backends.contract import Complete, Completion, GenerationRejected
 from ..core.chat import GenerationParameters
-from ..runtime.storage import StoreDamaged, open_rocksdb
+from ..runtime.health import Health
+from ..runtime.storage import StoreDamaged, WriteRecovery, open_rocksdb, reopen_rocksdb
 from .metrics import CACHE_UNREADABLE as UNREADABLE
 from .metrics import CACHE_WRITE_FAILURES as WRITE_FAILURES
 
@@ -41,6 +42,7 @@ class GenerationCache:
     def __init__(self, path: Path, on_damage: str = "refuse") -> None:
         # A cache can be rebuilt (its answers asked for again): with on_damage="set-aside",
         # one RocksDB cannot open is kept aside and the gateway starts on an empty one.
+        self.path = path
         try:
             self.db = open_rocksdb(path, on_damage, "the gateway cache")
         except StoreDamaged as damaged:
@@ -82,6 +84,13 @@ class GenerationCache:
         # Written to the write-ahead log before put returns: a killed process keeps it.
         self.db[key] = msgpack.packb([text, seconds, rejected], use_bin_type=True)
 
+    def reopen(self) -> None:
+        self.db = reopen_rocksdb(self.db, self.path)
+
+    def check_writable(self) -> None:
+        self.db[b"\0write-check"] = b""
+        del self.db[b"\0write-check"]
+
     def close(self) -> None:
         self.db.close()
 
@@ -91,10 +100,14 @@ class CachedCompletions:
     completed once (a request for a key already being completed waits for that one) and
     stored, rejections included. With no `complete` (offline), a miss raises `CacheMiss`."""
 
-    def __init__(self, cache: GenerationCache, model_id: str, complete: Complete | None) -> None:
+    def __init__(
+        self, cache: GenerationCache, model_id: str, complete: Complete | None, health: Health | None = None
+    ) -> None:
         self.cache = cache
         self.model_id = model_id  # the served model: part of every key
         self.complete = complete
+        # A cache that cannot store is reported and reopened until it can; answers flow meanwhile.
+        self.recovery = None if health is None else WriteRecovery(cache, health, "cache", blocks_work=False)
         self._in_flight: dict[bytes, asyncio.Future[Completion]] = {}
 
     async def __call__(self, prompt: str, parameters: GenerationParameters) -> Completion:
@@ -134,9 +147,21 @@ class CachedCompletions:
 
     def _store(self, write: Callable[[], None]) -> None:
         """Store what a server said; if the store cannot take it (a full disk), the answer is
-        still used: a generation paid for is never thrown away for want of a cache entry."""
+        still used: a generation paid for is never thrown away for want of a cache entry.
+        The failure is reported as the `cache` problem, which stops no work, until the
+        reopened store takes a write again."""
+        if self.recovery is not None and not self.recovery.writable:
+            WRITE_FAILURES.inc()  # recovering: the store refuses every write until reopened
+            return
         try:
             write()
         except Exception as error:
             WRITE_FAILURES.inc()
-            log.warning("gateway cache: could not store a generation (%s: %s)", type(error).__name__, error)
+            if self.recovery is not None:
+                self.recovery.failed(error)
+            else:
+                log.warning("gateway cache: could not store a generation (%s: %s)", type(error).__name__, error)
+
+    def close(self) -> None:
+        if self.recovery is not None:
+            self.recovery.close()

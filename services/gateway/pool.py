@@ -3,6 +3,12 @@
 Limits come from the server itself where it says (TGI's `/info` gives
 `max_concurrent_requests`), or from configuration. A request waits for room in the pool
 rather than overloading a server: that wait is the gateway's back-pressure.
+
+A server that stops answering (its calls fail, and so does asking what it serves) leaves
+the rotation and is asked again, with growing pauses, until it answers. Requests meanwhile
+wait for a server that answers, holding their messages: an outage of any length delays a
+job and spends none of its deliveries. While no server answers, the gateway reports the
+`model-server` problem (see runtime/health.py): readiness down, and no new work taken.
 """
 
 from __future__ import annotations
@@ -16,10 +22,12 @@ from dataclasses import dataclass
 
 from ..backends.contract import BackendInfo, BackendUnavailable, Completion, CompletionBackend, GenerationRejected
 from ..core.chat import GenerationParameters
+from ..runtime.health import Health
 from ..runtime.metrics import child
 from . import metrics
 
 DEFAULT_LIMIT = 16
+PROBE_FIRST, PROBE_MAX = 0.5, 5.0  # seconds between questions to a server that stopped answering
 log = logging.getLogger("introspect")
 
 
@@ -33,6 +41,9 @@ class Member:
     limit: int
     in_flight: int = 0
     retries_seen: int = 0
+    answers: bool = True  # False: out of the rotation while `probe` asks it until it answers
+    probe: asyncio.Task[None] | None = None
+    checking: asyncio.Future[bool] | None = None  # one "do you still answer?" for many failed calls
 
     @property
     def load(self) -> float:
@@ -47,12 +58,14 @@ class BackendPool:
         backends: Sequence[CompletionBackend] = (),
         limit: int = 0,
         make_backend: Callable[[str], CompletionBackend] | None = None,
+        health: Health | None = None,
     ) -> None:
         if not backends and make_backend is None:
             raise PoolMisconfigured("no backend configured")
         self.backends = list(backends)
         self.configured_limit = limit
         self.make_backend = make_backend
+        self.health = health
         self.members: list[Member] = []
         self.model_id = ""
         # Requests waiting for room, first come first served. A freed slot wakes one of them,
@@ -94,6 +107,7 @@ class BackendPool:
     async def _update(self, urls: set[str], make_backend: Callable[[str], CompletionBackend]) -> None:
         current = {member.backend.url: member for member in self.members}
         for url in set(current) - urls:
+            self._stop_probe(current[url])
             self.members.remove(current[url])
             metrics.BACKEND_LIMIT.remove(url)
             log.info("backend %s left the pool", url)
@@ -111,6 +125,7 @@ class BackendPool:
             self._add(Member(backend, self.configured_limit or info.max_concurrent or DEFAULT_LIMIT))
             log.info("backend %s joined the pool", url)
         self._wake(len(self._waiting))
+        self._report("no ready server in the pool")
 
     def _add(self, member: Member) -> None:
         self.members.append(member)
@@ -125,7 +140,7 @@ class BackendPool:
     async def _acquire(self) -> Member:
         """The least loaded member with room, waiting for room if there is none."""
         while True:
-            free = [member for member in self.members if member.in_flight < member.limit]
+            free = [member for member in self.members if member.answers and member.in_flight < member.limit]
             if free:
                 member = min(free, key=lambda m: m.load)
                 member.in_flight += 1
@@ -148,7 +163,20 @@ class BackendPool:
                 count -= 1
 
     async def complete(self, prompt: str, parameters: GenerationParameters) -> Completion:
-        member = await self._acquire()
+        """The completion, from the least loaded server that answers.
+
+        A call that fails on a server that still answers (a 429 storm, a hung call) raises
+        `BackendUnavailable`: the request is handed back and tried again later. A call
+        that fails because the server is gone waits for one that answers and tries there."""
+        while True:
+            member = await self._acquire()
+            try:
+                return await self._call(member, prompt, parameters)
+            except BackendUnavailable as error:
+                if await self._still_answers(member, error):
+                    raise
+
+    async def _call(self, member: Member, prompt: str, parameters: GenerationParameters) -> Completion:
         url = member.backend.url
         child(metrics.BACKEND_IN_FLIGHT, url).inc()
         started = time.perf_counter()
@@ -179,6 +207,73 @@ class BackendPool:
         # own post-processing (its cache write, its reply) runs.
         await asyncio.sleep(0)
         return completion
+
+    async def _still_answers(self, member: Member, error: BackendUnavailable) -> bool:
+        """After a failed call: does the server answer at all? If not, it leaves the rotation
+        until its probe hears from it. The calls failing together ask once."""
+        if not member.answers:
+            return False
+        if member.checking is None:
+            member.checking = asyncio.ensure_future(_answers(member.backend))
+        checking = member.checking
+        try:
+            answers = await asyncio.shield(checking)
+        finally:
+            if member.checking is checking and checking.done():
+                member.checking = None
+        if not answers and member.answers and member in self.members:
+            member.answers = False
+            log.warning("backend %s does not answer (%s); out of the pool until it does", member.backend.url, error)
+            member.probe = asyncio.create_task(self._probe(member))
+            self._report(f"no model server answers (last: {error})")
+        return answers
+
+    async def _probe(self, member: Member) -> None:
+        """Ask a server that stopped answering what it serves, with growing pauses, until it
+        answers with the pool's model; then it takes requests again."""
+        delay = PROBE_FIRST
+        while True:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, PROBE_MAX)
+            try:
+                info = await member.backend.describe()
+            except BackendUnavailable:
+                continue
+            if info.model_id != self.model_id:
+                url, served = member.backend.url, info.model_id
+                log.warning("backend %s now serves %s, not %s: kept out", url, served, self.model_id)
+                continue
+            break
+        member.answers, member.probe = True, None
+        log.warning("backend %s answers again", member.backend.url)
+        self._wake(member.limit)
+        self._report("")
+
+    def _report(self, reason: str) -> None:
+        """Tell the gateway's health whether any server answers."""
+        if self.health is None:
+            return
+        if any(member.answers for member in self.members):
+            self.health.clear("model-server")
+        else:
+            self.health.report("model-server", reason or "no model server answers")
+
+    def _stop_probe(self, member: Member) -> None:
+        if member.probe is not None:
+            member.probe.cancel()
+            member.probe = None
+
+    async def close(self) -> None:
+        for member in self.members:
+            self._stop_probe(member)
+
+
+async def _answers(backend: CompletionBackend) -> bool:
+    try:
+        await backend.describe()
+    except BackendUnavailable:
+        return False
+    return True
 
 
 async def _describe_when_up(backend: CompletionBackend, patience: float) -> BackendInfo:

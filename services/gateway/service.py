@@ -9,8 +9,9 @@ What happens to a generation request (`Gateway.handle`):
    is already in flight; what the server said is stored, rejections included), clean the
    answer. Offline, a miss goes to the dead letters instead, to be replayed later.
 3. Reply to the scorer with the answer and the work item the request carried.
-A backend that stays unavailable raises, and the worker hands the request back for
-redelivery: an outage delays a job, it never records wrong results.
+A server that is gone is waited for (the pool asks it until it answers; the gateway takes
+no new work meanwhile); one that answers but not this request raises, and the worker hands
+the request back for redelivery: an outage delays a job, it never records wrong results.
 """
 
 from __future__ import annotations
@@ -109,7 +110,9 @@ class Gateway(ServiceBase):
         if self.tgi_service is not None:
             timeout = self.generation_timeout
             self.pool = BackendPool(
-                limit=self.backend_limit, make_backend=lambda url: TGIBackend(url, session, timeout=timeout)
+                limit=self.backend_limit,
+                make_backend=lambda url: TGIBackend(url, session, timeout=timeout),
+                health=self.health,
             )
             from .discovery import ServiceRef
 
@@ -117,11 +120,11 @@ class Gateway(ServiceBase):
             log.info("waiting for a ready pod of %s", self.tgi_service)
         else:
             backends = [make_backend(spec, session, self.generation_timeout) for spec in self.backend_specs]
-            self.pool = BackendPool(backends, self.backend_limit)
+            self.pool = BackendPool(backends, self.backend_limit, health=self.health)
             await self.pool.start()
         model_id = await self.pool.wait_ready()
         (self.cache_dir / "served-model").write_text(model_id + "\n", encoding="utf-8")
-        self.completions = CachedCompletions(self.cache, model_id, self.pool.complete)
+        self.completions = CachedCompletions(self.cache, model_id, self.pool.complete, self.health)
 
     def _watch(self, service: ServiceRef) -> None:
         """Follow the TGI pods of `service`; each change of the ready set updates the pool."""
@@ -139,6 +142,10 @@ class Gateway(ServiceBase):
     async def close(self) -> None:
         if self.watcher is not None:
             self.watcher.close()
+        if self.pool is not None:
+            await self.pool.close()
+        if self.completions is not None:
+            self.completions.close()
         if self.session is not None:
             await self.session.close()
         if self.cache is not None:

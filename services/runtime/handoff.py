@@ -33,8 +33,13 @@ def announce_ready(fd: int | None) -> None:
 
 
 def listen_on_free_port(host: str = "127.0.0.1") -> socket.socket:
-    """A socket listening on a port the kernel chose: it is ours from this moment."""
+    """A socket listening on a port the kernel chose: it is ours from this moment.
+
+    SO_REUSEADDR, as servers set it (asyncio's included): the connections it accepts inherit
+    it, so once they are closed, their lingering TIME_WAIT does not keep the port from
+    being bound again."""
     server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     server.bind((host, 0))
     server.listen(512)
     return server

@@ -46,8 +46,9 @@ def child(metric: Any, *labels: str) -> Any:
     return metric.labels(*labels)
 
 
-def health_app(is_healthy: Callable[[], bool]) -> web.Application:
-    """`/metrics` in Prometheus text format, `/healthz` 200 while `is_healthy()` holds."""
+def health_app(problems: Callable[[], list[str]]) -> web.Application:
+    """`/metrics` in Prometheus text format; `/healthz` 200 while `problems()` is empty,
+    else 503 with one line per problem (what a person reading the probe's failure needs)."""
 
     async def metrics(_: web.Request) -> web.Response:
         response = web.Response(body=generate_latest())
@@ -55,7 +56,10 @@ def health_app(is_healthy: Callable[[], bool]) -> web.Application:
         return response
 
     async def healthz(_: web.Request) -> web.Response:
-        return web.Response(text="ok\n") if is_healthy() else web.Response(status=503, text="not ready\n")
+        standing = problems()
+        if not standing:
+            return web.Response(text="ok\n")
+        return web.Response(status=503, text="not ready\n" + "".join(f"{line}\n" for line in standing))
 
     app = web.Application()
     app.add_routes([web.get("/metrics", metrics), web.get("/healthz", healthz)])

@@ -25,6 +25,7 @@ from proto.subjects import ConsumerSpec
 from .bus import Bus
 from .handlers import Handled, Publisher
 from .handoff import announce_ready, listening_socket
+from .health import Health
 from .metrics import CONSUMER_PENDING, health_app
 from .settings import PortInUse, Settings
 from .worker import Worker
@@ -39,6 +40,10 @@ class Service(Protocol):
     @property
     def accepts(self) -> tuple[type[Message], ...]:
         """The message types its subjects carry; anything else is dead-lettered."""
+
+    @property
+    def health(self) -> Health:
+        """Its problems: what `/healthz` reports and what pauses its worker."""
 
     def consumer(self) -> ConsumerSpec: ...
 
@@ -56,6 +61,15 @@ class Service(Protocol):
 
 class ServiceBase:
     """Defaults for the parts of `Service` most services do not need."""
+
+    name: str
+    _health: Health | None = None
+
+    @property
+    def health(self) -> Health:
+        if self._health is None:
+            self._health = Health(self.name)
+        return self._health
 
     async def start(self, bus: Publisher) -> None:
         pass
@@ -81,7 +95,15 @@ async def serve(service: Service, settings: Settings, stop: asyncio.Event | None
 
     bus = await Bus.open(settings, service.name)
     started = asyncio.Event()  # /healthz says ready only once the service has started
-    app = health_app(lambda: started.is_set() and bus.client.is_connected)
+    health = service.health
+
+    def problems() -> list[str]:
+        if not started.is_set():
+            return ["starting"]
+        connection = [] if bus.client.is_connected else ["nats: not connected"]
+        return connection + health.reasons()
+
+    app = health_app(problems)
     app.add_routes(service.routes())
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -105,7 +127,7 @@ async def serve(service: Service, settings: Settings, stop: asyncio.Event | None
     host, port = handed_down.getsockname()[:2] if handed_down else (settings.metrics_host, settings.metrics_port)
     log.info("ready: metrics on http://%s:%d/metrics, NATS %s", host, port, settings.public_nats_url)
     consumer = replace(service.consumer(), ack_wait=settings.ack_wait)
-    worker = Worker(bus, consumer, service.accepts, service.handle, settings.concurrency, settings.batch)
+    worker = Worker(bus, consumer, service.accepts, service.handle, settings.concurrency, settings.batch, health=health)
     pending = asyncio.create_task(_watch_pending(bus, service, stop))
     try:
         await service.start(bus)

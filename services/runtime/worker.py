@@ -5,7 +5,8 @@ each delivered message into the types its subject carries, run the service's han
 publish what it returns (`handlers.handle_and_publish`), and acknowledge only once that is
 stored. What can never be processed goes to the dead-letter stream with the reason; a
 passing failure (a backend down, NATS busy) hands the message back for redelivery with a
-growing delay. Slow work is kept alive with in-progress acknowledgements.
+growing delay. Slow work is kept alive with in-progress acknowledgements. While the
+service reports a problem that blocks its work (`health`), it asks for nothing new.
 
 The pull loop speaks JetStream's protocol over plain NATS requests instead of nats-py's
 `fetch`, which costs twice the CPU per message.
@@ -29,6 +30,7 @@ from proto.subjects import ConsumerSpec
 from . import metrics
 from .bus import Bus, deliveries, header
 from .handlers import Handler, Reject, handle_and_publish
+from .health import Health
 
 log = logging.getLogger("introspect")
 
@@ -58,6 +60,7 @@ class Worker:
         batch: int = 256,
         grace: float = 20.0,
         pull_expires: float = PULL_EXPIRES,
+        health: Health | None = None,
     ) -> None:
         self.bus = bus
         self.consumer = consumer
@@ -67,6 +70,7 @@ class Worker:
         self.batch = batch
         self.grace = grace  # seconds in-flight work may take to finish on shutdown
         self.pull_expires = pull_expires
+        self.health = health
         self.in_flight: dict[asyncio.Task[None], Msg] = {}
         self._started: dict[asyncio.Task[None], float] = {}
         self.requested = 0  # messages asked for in live pull requests, not yet delivered
@@ -90,6 +94,12 @@ class Worker:
         stopping = asyncio.create_task(_set_when(stop, self._wake))
         try:
             while not stop.is_set():
+                if self.health is not None and not self.health.can_work:
+                    # Back-pressure: what waits in the stream keeps its deliveries for later.
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self.pull_expires):  # then look at `stop` again
+                            await self.health.until_can_work()
+                    continue
                 now = time.monotonic()
                 if self.requested and now - self._heard_at > self.pull_expires + 2.0:
                     self.requested = 0  # no answer to a pull request in its lifetime: it is gone

@@ -156,3 +156,66 @@ def test_a_model_server_that_never_answers_some_requests_delays_the_job_only(tmp
             server.wait()
         assert result_json(pipeline, job.job_id)["results"] == expected_results
         assert records.drop(columns=["duration"]).equals(expected_records.drop(columns=["duration"]))
+
+
+def _healthz(port: int) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def test_a_model_server_gone_for_long_costs_no_delivery_and_the_job_completes(tmp_path) -> None:
+    """The stand-in is killed and its port closed (connections refused, as to a pod that is
+    gone) for 20 s, three times the gateway's whole retry chain. The gateway says so on
+    /healthz, holds the requests it has and takes no new ones; not one message is handed
+    back for redelivery, so an outage of any length ends the same way: the job completes
+    with every record and the undisturbed run's aggregates, nothing dead-lettered."""
+    import socket
+
+    from tests.support.pipeline import metric_total
+
+    files = write_synthetic(tmp_path / "data", rows=ROWS)
+    pipeline = LocalPipeline(tmp_path / "run", standin_args=("--latency", "0.2"))
+    with pipeline:
+        job = Job(job_id="", model="llama2-7b", dataset=str(files["sentiment"]), category="sentiment",
+                  task="counterfactual")  # fmt: skip
+        (job,) = submit_jobs(pipeline, [job])
+        _wait_until_received(pipeline, job.job_id, 10)  # under way, most of it still to do
+        port = pipeline.ports["standin"]
+        pipeline.kill("standin")
+        pipeline.sockets.pop("standin").close()
+        # Nothing listens on the port now: connections are refused. It stays bound, so that
+        # no connection the gateway opens on this machine is given it as its own port (a
+        # client that connects to a free port of its own range can connect to itself).
+        server = socket.socket()
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        deadline = time.monotonic() + 60
+        while True:  # until the killed server's connections have closed
+            try:
+                server.bind(("127.0.0.1", port))
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the killed stand-in's port never came free"
+                time.sleep(0.05)
+        gateway = pipeline.ports["gateway-0"]
+        while (health := _healthz(gateway))[0] != 503:
+            assert time.monotonic() < deadline, "the gateway never said it has no model server"
+            time.sleep(0.05)
+        assert "model-server: no model server answers" in health[1]
+        time.sleep(20)
+        assert _healthz(gateway)[0] == 503
+        assert _wait_until_received(pipeline, job.job_id, 0) < ROWS
+        server.listen(512)
+        pipeline.sockets["standin"] = server  # the stand-in comes back on the port the gateway knows
+        _restart(pipeline, ("standin",))
+        wait_complete(pipeline, [job.job_id], timeout=120)
+        assert _healthz(gateway) == (200, "ok\n")
+        assert metric_total(pipeline, "gateway", "introspect_messages_released_total") == 0  # no delivery spent
+        for stage in ("gateway", "scorer", "aggregator"):
+            assert metric_total(pipeline, stage, "introspect_dead_letters_total") == 0
+        _check_against_in_process(pipeline, job, tmp_path)

@@ -294,6 +294,40 @@ async def test_an_answer_is_used_even_when_the_cache_cannot_store_it(tmp_path) -
     cache.close()
 
 
+async def test_a_full_disk_is_reported_answers_flow_and_the_cache_stores_again_once_there_is_room(tmp_path) -> None:
+    """A real RocksDB meeting a real write failure: every answer is still delivered, the
+    `cache` problem is reported (without stopping work), and the reopened cache stores
+    again once there is room, keeping what it held."""
+    from services.runtime.health import Health
+    from tests.support.full_disk import files_limited_to
+
+    server, cache, health = _CountingServer(), GenerationCache(tmp_path / "cache"), Health("gateway")
+    completions = CachedCompletions(cache, "m", server, health)
+    assert completions.recovery is not None
+    completions.recovery.first = completions.recovery.most = 0.05
+    failures = REGISTRY.get_sample_value("introspect_cache_write_failures_total") or 0
+    try:
+        for i in range(40):  # its write-ahead log past 1,000 bytes
+            await completions(f"before {i}", PARAMETERS)
+        with files_limited_to(1_000) as limit_files:
+            answers = [await completions(f"during {i}", PARAMETERS) for i in range(3)]
+            assert [a.text for a in answers] == ["DURING 0", "DURING 1", "DURING 2"]  # delivered all the same
+            assert REGISTRY.get_sample_value("introspect_cache_write_failures_total") == failures + 3
+            (reason,) = health.reasons()
+            assert reason.startswith("cache: cannot write") and "File too large" in reason
+            assert health.can_work  # answers flow: the gateway keeps taking work
+            limit_files(None)
+            async with asyncio.timeout(30):
+                while health.problems:  # the cache is reopened until it writes
+                    await asyncio.sleep(0.01)
+        await completions("after", PARAMETERS)
+        for prompt, kept in [("before 0", True), ("before 39", True), ("during 0", False), ("after", True)]:
+            assert (cache.get(cache_key("m", prompt, PARAMETERS)) is not None) is kept, prompt
+    finally:
+        completions.close()
+        cache.close()
+
+
 async def test_a_call_the_server_never_answers_is_given_up_after_two_timeouts(session) -> None:
     """Not eight attempts of the whole timeout each (80 minutes at 600 s) holding a slot:
     two, then the request is handed back to be tried again later."""
@@ -343,3 +377,76 @@ def test_a_cache_rocksdb_cannot_open_is_refused_or_set_aside_as_asked(tmp_path) 
         assert next(aside.glob("MANIFEST-*")).read_bytes() == b"not a manifest"  # kept for a look
     finally:
         fresh.close()
+
+
+class SwitchableBackend:
+    """A server that can be switched off: then its calls and its /info fail, as a pod that is
+    gone does; or made to refuse calls while /info answers, as an overloaded one does."""
+
+    url = "http://switchable"
+    retries = 0
+
+    def __init__(self) -> None:
+        self.up, self.overloaded, self.described = True, False, 0
+
+    async def describe(self) -> BackendInfo:
+        self.described += 1
+        if not self.up:
+            raise BackendUnavailable(f"{self.url}: connection refused")
+        return BackendInfo("switchable-model", max_concurrent=4)
+
+    async def complete(self, prompt: str, parameters: GenerationParameters) -> Completion:
+        if not self.up:
+            raise BackendUnavailable(f"{self.url}: connection refused")
+        if self.overloaded:
+            raise BackendUnavailable(f"{self.url}: HTTP 429, 8 times")
+        return Completion(prompt.upper())
+
+
+@pytest.fixture
+def quick_probes(monkeypatch) -> None:
+    from services.gateway import pool as pool_module
+
+    monkeypatch.setattr(pool_module, "PROBE_FIRST", 0.01)
+    monkeypatch.setattr(pool_module, "PROBE_MAX", 0.01)
+
+
+async def test_while_no_server_answers_requests_wait_and_the_gateway_takes_no_work(quick_probes) -> None:
+    """An outage of any length spends no delivery: the calls wait for the server (their
+    messages held), the gateway reports the problem, and they complete once it is back."""
+    from services.runtime.health import Health
+
+    backend, health = SwitchableBackend(), Health("gateway")
+    pool = BackendPool([backend], health=health)
+    await pool.start()
+    backend.up = False
+    calls = [asyncio.ensure_future(pool.complete(prompt, PARAMETERS)) for prompt in PROMPTS[:6]]
+    async with asyncio.timeout(30):
+        while backend.described < 5:  # asked once when the calls failed, then probed again and again
+            await asyncio.sleep(0.01)
+    assert not any(call.done() for call in calls)  # waiting, not failed
+    assert not health.can_work  # the worker asks for no new messages
+    (reason,) = health.reasons()
+    assert reason.startswith("model-server: no model server answers") and "connection refused" in reason
+    assert REGISTRY.get_sample_value("introspect_problem", {"stage": "gateway", "problem": "model-server"}) == 1
+    backend.up = True
+    answers = await asyncio.wait_for(asyncio.gather(*calls), 30)
+    assert [answer.text for answer in answers] == [prompt.upper() for prompt in PROMPTS[:6]]
+    assert health.can_work and health.reasons() == []
+    assert REGISTRY.get_sample_value("introspect_problem", {"stage": "gateway", "problem": "model-server"}) == 0
+    await pool.close()
+
+
+async def test_a_server_that_answers_but_refuses_a_call_hands_it_back(quick_probes) -> None:
+    """A 429 storm or a hung call: the server is there, so the request is handed back (to
+    be tried again later) and the gateway stays ready."""
+    from services.runtime.health import Health
+
+    backend, health = SwitchableBackend(), Health("gateway")
+    pool = BackendPool([backend], health=health)
+    await pool.start()
+    backend.overloaded = True
+    with pytest.raises(BackendUnavailable, match="429"):
+        await pool.complete(PROMPTS[0], PARAMETERS)
+    assert health.can_work and health.reasons() == [] and pool.members[0].answers
+    await pool.close()

@@ -162,3 +162,40 @@ async def test_a_publication_no_stream_takes_is_refused_at_once(nats_server: Nat
         assert not bus._unacked
     finally:
         await bus.close()
+
+
+async def test_a_service_with_a_problem_that_blocks_its_work_takes_no_messages(nats_server: NatsServer) -> None:
+    """Back-pressure: while the service reports such a problem (no model server, a store
+    that cannot write), its messages wait in the stream with their deliveries unspent."""
+    from services.runtime.health import Health
+
+    class CountingHealth(Health):
+        pauses = 0
+
+        async def until_can_work(self) -> None:
+            CountingHealth.pauses += 1
+            await super().until_can_work()
+
+    health = CountingHealth("test")
+    health.report("cache", "cannot store", blocks_work=False)  # reported, but stops nothing
+    health.report("store", "cannot write (no space left)")
+    recorder = Recorder()
+    bus = await open_bus(nats_server)
+    worker = Worker(bus, CONSUMER, (JobEvent,), recorder, concurrency=8, batch=8, pull_expires=0.2, health=health)  # type: ignore[arg-type]
+    recorder.worker = worker
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+    try:
+        await bus.publish([event(n) for n in range(20)])
+        await eventually(lambda: CountingHealth.pauses >= 3, within=30)  # three rounds of waiting
+        info = await bus.js.consumer_info(CONSUMER.stream, CONSUMER.durable)
+        assert recorder.seen == [] and info.num_pending == 20 and info.num_ack_pending == 0
+        assert info.num_waiting == 0  # not one pull request asked
+        health.clear("store")
+        await eventually(lambda: len(recorder.seen) == 20, within=30)
+        info = await bus.js.consumer_info(CONSUMER.stream, CONSUMER.durable)
+        assert info.num_redelivered == 0
+    finally:
+        stop.set()
+        await running
+        await bus.close()
