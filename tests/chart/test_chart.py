@@ -358,6 +358,22 @@ def test_network_policies_admit_each_role_only_what_it_needs() -> None:
         assert not allows(tgi, destination, port)
 
 
+def test_with_a_nats_server_of_your_own_the_services_reach_it_by_the_egress_you_give() -> None:
+    to_shared = [{"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "shared"}}}],
+                  "ports": [{"port": 4222, "protocol": "TCP"}]}]  # fmt: skip
+    objects = render("--set", "nats.enabled=false", "--set", "nats.url=nats://nats.shared:4222",
+                     "--set", "nats.auth.existingSecret=nats-passwords",
+                     "--set-json", f"networkPolicy.egress.nats={json.dumps(to_shared)}")  # fmt: skip
+    for o in objects:
+        kubernetes_validate.validate(o, KUBERNETES, strict=True)
+    policies, pods = of_kind(objects, "NetworkPolicy"), _pods(objects)
+    shared_nats = Endpoint({"app": "nats"}, "shared", {"kubernetes.io/metadata.name": "shared"})
+    for name in ("producer", "scorer", "aggregator", "gateway-llama2-7b", "helm-test"):
+        assert network_allows(policies, pods[name], shared_nats, 4222), name
+    assert not network_allows(policies, pods["tgi-llama2-7b"], shared_nats, 4222)
+    assert "nats" not in pods and not any(p["metadata"]["name"] == "introspect-nats" for p in policies)
+
+
 def test_no_policy_rule_admits_everyone_by_an_empty_peer_list() -> None:
     """An ingress rule without `from` admits every source: with the optional peer lists
     empty, the chart leaves such rules out rather than open the port to all."""
