@@ -14,3 +14,7 @@ class NatsRefused(ConnectionError):
 
 class AggregatorRefused(RuntimeError):
     """The aggregator answered with an error (no such job, not complete yet): its words."""
+
+
+class OwnedElsewhere(RuntimeError):
+    """What this service would own (a gateway partition) is held by another process."""

@@ -26,7 +26,7 @@ from ..core.records import ResultRecord
 from ..core.replay import Generation
 from ..core.results import Aggregate, summary
 from ..core.tasks import TASK_KINDS
-from ..errors import AggregatorRefused, NatsRefused, NatsUnreachable
+from ..errors import AggregatorRefused, NatsRefused, NatsUnreachable, OwnedElsewhere
 from ..jobs import JOB_ERRORS, PreparedJob, prepare_job, with_job_id
 from ..models import ResolvedModel, load_model
 from ..runtime.lock import FolderInUse, FolderLock
@@ -60,8 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(unavailable))
     except AggregatorRefused as refused:
         return _fail(str(refused))
-    except StoreDamaged as damaged:
-        return _fail(str(damaged))
+    except (StoreDamaged, OwnedElsewhere) as refused:
+        return _fail(str(refused))
     except NatsRefused as refused:
         return _fail(f"{refused} (--nats, or INTROSPECT_NATS_USER / _PASSWORD / _TOKEN / _CREDS)", 1)
     except NatsUnreachable:

@@ -37,6 +37,7 @@ from ..generation import ChatModel
 from ..models import model_name
 from ..runtime.handlers import Outgoing, Publisher, Reject
 from ..runtime.lock import FolderLock
+from ..runtime.ownership import Claim, folder_owner
 from ..runtime.service import ServiceBase
 from ..runtime.settings import InvalidSettings
 from ..wire import answer_of, chat_model_of
@@ -95,6 +96,12 @@ class Gateway(ServiceBase):
 
     def consumer(self) -> ConsumerSpec:
         return sub.consumer_for("gateway", self.partition, self.model)
+
+    def claim(self) -> Claim:
+        """Its partition, for this cache folder alone: a second gateway on the partition with
+        another folder would take half its requests and split its cache."""
+        model = "all-models" if self.model is None else sub.model_route(self.model)
+        return folder_owner(self.cache_dir / f"partition-{self.partition}", f"gateway.{model}.{self.partition}")
 
     async def start(self, bus: Publisher) -> None:
         folder = self.cache_dir / f"partition-{self.partition}"

@@ -22,11 +22,13 @@ from aiohttp import web
 from proto import Message
 from proto.subjects import ConsumerSpec
 
+from ..errors import OwnedElsewhere
 from .bus import Bus
 from .handlers import Handled, Publisher
 from .handoff import announce_ready, listening_socket
 from .health import Health
 from .metrics import CONSUMER_PENDING, health_app
+from .ownership import Claim, Ownership
 from .settings import PortInUse, Settings
 from .worker import Worker
 
@@ -46,6 +48,9 @@ class Service(Protocol):
         """Its problems: what `/healthz` reports and what pauses its worker."""
 
     def consumer(self) -> ConsumerSpec: ...
+
+    def claim(self) -> Claim | None:
+        """What it must own alone while it runs (a gateway's partition); None: nothing."""
 
     async def start(self, bus: Publisher) -> None:
         """Open stores and clients; called once connected."""
@@ -70,6 +75,9 @@ class ServiceBase:
         if self._health is None:
             self._health = Health(self.name)
         return self._health
+
+    def claim(self) -> Claim | None:
+        return None
 
     async def start(self, bus: Publisher) -> None:
         pass
@@ -129,7 +137,13 @@ async def serve(service: Service, settings: Settings, stop: asyncio.Event | None
     consumer = replace(service.consumer(), ack_wait=settings.ack_wait)
     worker = Worker(bus, consumer, service.accepts, service.handle, settings.concurrency, settings.batch, health=health)
     pending = asyncio.create_task(_watch_pending(bus, service, stop))
+    ownership: Ownership | None = None
+    keeping: asyncio.Task[None] | None = None
+    lost = asyncio.Event()
     try:
+        if (claim := service.claim()) is not None:  # before anything is opened or consumed
+            ownership = await Ownership.take(bus.js, claim)
+            keeping = asyncio.create_task(_keep_or_stop(ownership, lost, stop))
         await service.start(bus)
         settle_garbage_collector()
         started.set()
@@ -137,10 +151,22 @@ async def serve(service: Service, settings: Settings, stop: asyncio.Event | None
         await worker.run(stop)
     finally:
         pending.cancel()
+        if keeping is not None:
+            keeping.cancel()
         await service.close()
+        if ownership is not None and not lost.is_set():
+            await ownership.release()
         await runner.cleanup()
         await bus.close()
         log.info("stopped")
+    if lost.is_set():
+        raise OwnedElsewhere(f"stopped: another owner took {ownership.claim.key if ownership else 'the claim'}")
+
+
+async def _keep_or_stop(ownership: Ownership, lost: asyncio.Event, stop: asyncio.Event) -> None:
+    """Renew the claim; if another owner has taken it, stop (two owners must never consume)."""
+    await ownership.keep(lost)
+    stop.set()
 
 
 def import_in_background(*modules: str) -> None:

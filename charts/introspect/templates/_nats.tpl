@@ -48,12 +48,17 @@
       "gateway" $gatewayConsumers
       "aggregator" (list (list "INTROSPECT_RESULTS" "aggregator")) -}}
 {{- /* What each service publishes: its output subjects and its dead letters. The producer
-       also keeps each job's progress, and reads the last one back to go on from there. */ -}}
+       also keeps each job's progress, and reads the last one back to go on from there; a
+       gateway claims its partition in the INTROSPECT_OWNERS key-value bucket
+       (services/runtime/ownership.py). */ -}}
 {{- $outputs := dict
       "producer" (list "introspect.score.observation" "introspect.results.manifest" "introspect.events" "introspect.dead.producer"
                        "introspect.progress.*" "$JS.API.STREAM.MSG.GET.INTROSPECT_PROGRESS")
       "scorer" (list "introspect.generate.*.*" "introspect.results.record" "introspect.dead.scorer")
-      "gateway" (list "introspect.score.reply" "introspect.dead.gateway")
+      "gateway" (list "introspect.score.reply" "introspect.dead.gateway"
+                      "$KV.INTROSPECT_OWNERS.>" "$JS.API.STREAM.INFO.KV_INTROSPECT_OWNERS"
+                      "$JS.API.STREAM.CREATE.KV_INTROSPECT_OWNERS" "$JS.API.STREAM.MSG.GET.KV_INTROSPECT_OWNERS"
+                      "$JS.API.DIRECT.GET.KV_INTROSPECT_OWNERS.>")
       "aggregator" (list "introspect.events" "introspect.dead.aggregator") -}}
 {{- $permissions := dict -}}
 {{- range $service, $published := $outputs -}}
