@@ -54,6 +54,7 @@ async def connect(settings: Settings, name: str, reconnected: Callable[[], Await
         "error_cb": on_error,
         "disconnected_cb": _log_disconnected,
         "reconnected_cb": reconnected or _log_reconnected,
+        "inbox_prefix": settings.nats_inbox_prefix,
     }
     if settings.nats_creds:
         options["user_credentials"] = settings.nats_creds
@@ -93,8 +94,9 @@ async def _log_reconnected() -> None:
 class Bus:
     """A service's view of JetStream."""
 
-    def __init__(self, client: Client, service: str) -> None:
+    def __init__(self, client: Client, service: str, replicas: int | None = None) -> None:
         self.client = client
+        self.replicas = replicas  # of each stream; None: 1 for a new one, an existing one's own
         self.js = client.jetstream()
         self.service = service
         # Publications waiting for JetStream's ack, by reply subject: (future, deadline).
@@ -115,7 +117,7 @@ class Bus:
             for listener in listeners:
                 listener()
 
-        bus = cls(await connect(settings, f"introspect-{service}", reconnected), service)
+        bus = cls(await connect(settings, f"introspect-{service}", reconnected), service, settings.stream_replicas)
         bus._reconnect_listeners = listeners
         await bus.ensure_streams()
         return bus
@@ -137,11 +139,26 @@ class Bus:
                 max_age=spec.max_age or None,
                 duplicate_window=spec.duplicate_window,
                 max_msgs_per_subject=spec.max_msgs_per_subject,
+                num_replicas=self.replicas or 1,
             )
             try:
                 await self.js.add_stream(config)
             except nats.js.errors.BadRequestError:  # exists with another config
+                if self.replicas is None and await self._declared_keeping_replicas(config):
+                    continue
                 await self.js.update_stream(config)
+
+    async def _declared_keeping_replicas(self, config: api.StreamConfig) -> bool:
+        """Declare the stream with the replicas it has: True if that was all that differed
+        (a submitter, who may not update streams, declares them too)."""
+        assert config.name is not None
+        existing = await self.js.stream_info(config.name)
+        config.num_replicas = existing.config.num_replicas or 1
+        try:
+            await self.js.add_stream(config)
+        except nats.js.errors.BadRequestError:
+            return False
+        return True
 
     async def ensure_consumer(self, spec: ConsumerSpec) -> None:
         """Create the durable consumer `spec` unless it exists. JetStream refuses a consumer

@@ -61,12 +61,16 @@ class Ownership:
         self.revision = 0
 
     @classmethod
-    async def take(cls, js: nats.js.JetStreamContext, claim: Claim, lease: float = LEASE) -> Ownership:
+    async def take(
+        cls, js: nats.js.JetStreamContext, claim: Claim, lease: float = LEASE, replicas: int = 1
+    ) -> Ownership:
         """The claim, taken; `OwnedElsewhere` if another owner holds it."""
         try:
             kv = await js.key_value(BUCKET)
         except nats.js.errors.BucketNotFoundError:
-            config = api.KeyValueConfig(bucket=BUCKET, history=1, ttl=lease, storage=api.StorageType.FILE)
+            config = api.KeyValueConfig(
+                bucket=BUCKET, history=1, ttl=lease, storage=api.StorageType.FILE, replicas=replicas
+            )
             kv = await js.create_key_value(config)
         ownership = cls(kv, claim, lease)
         await ownership._take()

@@ -142,7 +142,7 @@ async def serve(service: Service, settings: Settings, stop: asyncio.Event | None
     lost = asyncio.Event()
     try:
         if (claim := service.claim()) is not None:  # before anything is opened or consumed
-            ownership = await Ownership.take(bus.js, claim)
+            ownership = await Ownership.take(bus.js, claim, replicas=bus.replicas or 1)
             keeping = asyncio.create_task(_keep_or_stop(ownership, lost, stop))
         await service.start(bus)
         settle_garbage_collector()

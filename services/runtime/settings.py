@@ -34,6 +34,12 @@ class Settings:
     nats_tls_ca: str | None = None  # setting any TLS file turns TLS on
     nats_tls_cert: str | None = None
     nats_tls_key: str | None = None
+    # Where replies come back: a role's own prefix lets NATS permissions keep each role to
+    # its own replies (the chart gives each `_INBOX_<role>`); NATS's default is `_INBOX`.
+    nats_inbox_prefix: str = "_INBOX"
+    # Copies JetStream keeps of each stream (3 on a 3-server NATS cluster); None: a new stream
+    # gets 1 and an existing one keeps what it has (a client never undoes the cluster's choice).
+    stream_replicas: int | None = None
     data_dir: str = ".introspect"  # RocksDB folders (gateway cache, aggregator store)
     results_dir: str | None = None  # aggregator: result files (default: <data_dir>/results)
     # Loopback unless told otherwise: the API serves records, which hold rows of the data a
@@ -85,6 +91,10 @@ class Settings:
             raise InvalidSettings(f"generation_timeout must be positive, got {self.generation_timeout}")
         if self.ack_wait <= 0:
             raise InvalidSettings(f"ack_wait must be positive, got {self.ack_wait}")
+        if self.stream_replicas not in (None, 1, 3, 5):
+            raise InvalidSettings(f"stream_replicas is 1, 3 or 5, got {self.stream_replicas}")
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", self.nats_inbox_prefix):
+            raise InvalidSettings(f"nats_inbox_prefix must be one subject token, got {self.nats_inbox_prefix!r}")
         if self.concurrency < 1 or self.batch < 1:
             raise InvalidSettings("concurrency and batch must be at least 1")
 

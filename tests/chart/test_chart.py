@@ -236,6 +236,8 @@ def test_each_pod_gets_only_its_own_role_s_nats_password(values: str) -> None:
             env = env_of(container)
             if container.get("args", [None])[0] == "serve":
                 assert env["INTROSPECT_NATS_USER"] == container["args"][1]  # its role's NATS user
+                assert env["INTROSPECT_NATS_INBOX_PREFIX"] == f"_INBOX_{container['args'][1]}"  # and replies
+                assert env["INTROSPECT_STREAM_REPLICAS"] == ("3" if values == "two-models" else "1")  # = NATS's
     assert len(references) == (6 if values == "default" else 7)  # 3 services and a gateway per model, helm test, NATS
 
 
@@ -429,7 +431,8 @@ async def test_the_rendered_nats_config_runs_and_each_role_s_credentials_open_it
     secret = secret_data(objects, "introspect-nats-auth")
     with run_chart_nats(objects, tmp_path, secret) as (nats,):
         for role in ROLES:
-            settings = Settings(nats_url=nats.url, nats_user=role, nats_password=secret[f"{role}-password"])
+            settings = Settings(nats_url=nats.url, nats_user=role, nats_password=secret[f"{role}-password"],
+                                nats_inbox_prefix=f"_INBOX_{role}")  # fmt: skip
             bus = await Bus.open(settings, "chart-test")  # declares every stream, as each role does
             await bus.close()
         monitor = json.loads(get_bytes(f"{nats.monitor_url}/jsz?streams=true"))
@@ -527,7 +530,8 @@ async def test_three_rendered_nats_servers_form_a_jetstream_cluster(tmp_path: Pa
             [f"introspect-nats-{m}" for m in range(3) if m != n] for n in range(3)
         ]  # every server routed to both others
         assert meta["cluster_size"] == 3 and meta["leader"].startswith("introspect-nats-")
-        settings = Settings(nats_url=servers[2].url, nats_user="scorer", nats_password=secret["scorer-password"])
+        settings = Settings(nats_url=servers[2].url, nats_user="scorer", nats_password=secret["scorer-password"],
+                            nats_inbox_prefix="_INBOX_scorer", stream_replicas=3)  # as the chart sets them  # fmt: skip
         for attempt in range(50):  # a new meta leader takes a moment to take requests
             try:
                 bus = await Bus.open(settings, "chart-test")
@@ -536,11 +540,16 @@ async def test_three_rendered_nats_servers_form_a_jetstream_cluster(tmp_path: Pa
                 assert attempt < 49
                 await asyncio.sleep(0.2)
         await bus.close()
-        names = set()
-        for server in servers:  # each server reports the streams it stores
-            monitor = json.loads(get_bytes(f"{server.monitor_url}/jsz?streams=true"))
-            names |= {s["name"] for account in monitor.get("account_details", []) for s in account["stream_detail"]}
-        assert names == {spec.name for spec in sub.STREAMS}
+        # A person's `introspect submit` does not know how many copies the cluster keeps: it
+        # declares each stream as it is (it may not change one), and the copies stay three.
+        submitter = Settings(nats_url=servers[0].url, nats_user="submitter", nats_password=secret["submitter-password"],
+                             nats_inbox_prefix="_INBOX_submitter")  # fmt: skip
+        await (await Bus.open(submitter, "submitter")).close()
+        for server in servers:  # each server stores every stream: three copies of each
+            monitor = json.loads(get_bytes(f"{server.monitor_url}/jsz?streams=true&config=true"))
+            details = [s for account in monitor.get("account_details", []) for s in account["stream_detail"]]
+            assert {s["name"] for s in details} == {spec.name for spec in sub.STREAMS}
+            assert {s["config"]["num_replicas"] for s in details} == {3}
 
 
 @pytest.mark.parametrize("values", list(VALUES))

@@ -50,7 +50,8 @@ class Client:
                 self.violations.append(str(error))
 
         self.nc = await nats.connect(self.server.url, user=self.role, password=self.secret[f"{self.role}-password"],
-                                     error_cb=on_error, allow_reconnect=False)  # fmt: skip
+                                     error_cb=on_error, allow_reconnect=False,
+                                     inbox_prefix=f"_INBOX_{self.role}")  # fmt: skip
         return self.nc
 
     def refused(self, subject: str) -> bool:
@@ -65,8 +66,8 @@ class Client:
 async def streams(chart_nats: tuple[NatsServer, dict[str, str]]) -> AsyncIterator[None]:
     """The streams, and the first gateway's consumer, as the gateway declares them."""
     server, secret = chart_nats
-    bus = await Bus.open(Settings(nats_url=server.url, nats_user="gateway", nats_password=secret["gateway-password"]),
-                         "gateway")  # fmt: skip
+    bus = await Bus.open(Settings(nats_url=server.url, nats_user="gateway", nats_password=secret["gateway-password"],
+                                  nats_inbox_prefix="_INBOX_gateway"), "gateway")  # fmt: skip
     await bus.ensure_consumer(GATEWAY_0)
     await bus.close()
     yield
@@ -101,6 +102,10 @@ CASES = [
     ("aggregator", "publish", "introspect.score.observation", False),
     ("aggregator", "publish", "$JS.API.CONSUMER.MSG.NEXT.INTROSPECT_JOBS.producer", False),
     ("producer", "subscribe", "$SYS.>", False),
+    ("submitter", "subscribe", "_INBOX_gateway.>", False),  # nor read what the gateway is sent
+    ("submitter", "subscribe", "_INBOX.>", False),
+    ("scorer", "subscribe", "_INBOX_scorer.>", True),
+    ("scorer", "subscribe", "_INBOX_aggregator.>", False),
 ]
 
 

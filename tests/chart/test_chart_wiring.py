@@ -101,7 +101,8 @@ async def _run_a_job(objects: list[dict[str, Any]], tmp_path: Path, nats_url: st
             assert f"kubernetes.io/service-name={service}" in fake.selectors  # the gateways found TGI through the API
 
             submitter = secret["submitter-password"]
-            settings = Settings(nats_url=nats_url, nats_user="submitter", nats_password=submitter)
+            settings = Settings(nats_url=nats_url, nats_user="submitter", nats_password=submitter,
+                                nats_inbox_prefix="_INBOX_submitter")  # fmt: skip
             aggregator = f"http://127.0.0.1:{running['aggregator-0'][0]['INTROSPECT_METRICS_PORT']}"
             job = with_job_id(Job("", "llama2-7b", "IMDB", "counterfactual", limit=8, mirror=str(DATASET_MIRROR)))
             status = await asyncio.wait_for(wait_for_job(settings, aggregator, job, lambda _r, _e: None), 120)

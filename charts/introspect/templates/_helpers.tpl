@@ -76,6 +76,10 @@ app.kubernetes.io/component: {{ .component }}
     secretKeyRef:
       name: {{ include "introspect.natsSecret" .root }}
       key: {{ .role }}-password
+- name: INTROSPECT_NATS_INBOX_PREFIX  # replies to this role alone: nats.conf lets it read only these
+  value: _INBOX_{{ .role }}
+- name: INTROSPECT_STREAM_REPLICAS  # each stream on as many NATS servers as there are
+  value: {{ .root.Values.nats.replicas | quote }}
 - name: INTROSPECT_METRICS_HOST  # the probes, Prometheus and the API's clients reach the pod's address
   value: "0.0.0.0"
 - name: INTROSPECT_METRICS_PORT

@@ -25,12 +25,13 @@
 {{- define "introspect.natsPermissions" -}}
 {{- $streams := list "INTROSPECT_JOBS" "INTROSPECT_SCORE" "INTROSPECT_GENERATE" "INTROSPECT_RESULTS" "INTROSPECT_EVENTS" "INTROSPECT_DEAD" "INTROSPECT_PROGRESS" -}}
 {{- /* Every client declares every stream when it connects (Bus.open): creating one that
-       exists with the same config is a no-op. The services may also update a stream whose
-       config a new version changed; people may not. */ -}}
+       exists with the same config is a no-op; one whose replica count differs is read
+       (INFO) and declared with it. The services may also update a stream whose config a
+       new version changed; people may not. */ -}}
 {{- $declare := list -}}
 {{- $update := list -}}
 {{- range $streams -}}
-{{- $declare = append $declare (printf "$JS.API.STREAM.CREATE.%s" .) -}}
+{{- $declare = concat $declare (list (printf "$JS.API.STREAM.CREATE.%s" .) (printf "$JS.API.STREAM.INFO.%s" .)) -}}
 {{- $update = append $update (printf "$JS.API.STREAM.UPDATE.%s" .) -}}
 {{- end -}}
 {{- /* The durable pull consumers each service reads: [stream, durable]. A gateway's is
@@ -74,7 +75,9 @@
       (printf "$JS.API.CONSUMER.MSG.NEXT.%s.%s" $stream $durable)
       (printf "$JS.ACK.%s.%s.>" $stream $durable)) -}}
 {{- end -}}
-{{- $_ := set $permissions $service (dict "publish" $publish "subscribe" (list "_INBOX.>")) -}}
+{{- /* Each role reads replies on its own inbox prefix (INTROSPECT_NATS_INBOX_PREFIX): the
+       pulled messages and answers of one role are not readable by another. */ -}}
+{{- $_ := set $permissions $service (dict "publish" $publish "subscribe" (list (printf "_INBOX_%s.>" $service))) -}}
 {{- end -}}
 {{- /* A submitter publishes jobs, follows job events (an ordered consumer on the events
        stream, found by its subject) and dead letters as they are written, and lists the
@@ -87,12 +90,11 @@
       "$JS.FC.INTROSPECT_EVENTS.>"
       "$JS.API.STREAM.INFO.INTROSPECT_DEAD"
       "$JS.API.STREAM.MSG.GET.INTROSPECT_DEAD") -}}
-{{- $follow := list "_INBOX.>" "introspect.dead.*" -}}
-{{- $_ := set $permissions "submitter" (dict "publish" $submitter "subscribe" $follow) -}}
+{{- $_ := set $permissions "submitter" (dict "publish" $submitter "subscribe" (list "_INBOX_submitter.>" "introspect.dead.*")) -}}
 {{- /* An operator replays a dead letter to the subject it came from (any stage), then
        deletes it from the dead-letter stream. */ -}}
 {{- $operator := concat $submitter (list "introspect.>" "$JS.API.STREAM.MSG.DELETE.INTROSPECT_DEAD") -}}
-{{- $_ := set $permissions "operator" (dict "publish" $operator "subscribe" $follow) -}}
+{{- $_ := set $permissions "operator" (dict "publish" $operator "subscribe" (list "_INBOX_operator.>" "introspect.dead.*")) -}}
 {{- toJson $permissions -}}
 {{- end -}}
 
