@@ -61,6 +61,10 @@ class Service(Protocol):
     def routes(self) -> list[web.RouteDef]:
         """Extra HTTP routes beside /metrics and /healthz."""
 
+    def stopping(self) -> None:
+        """The process is stopping: long work (a producer's publication) should end at its
+        next safe point and hand its message back (`HandBack`) rather than run on."""
+
     async def close(self) -> None: ...
 
 
@@ -84,6 +88,9 @@ class ServiceBase:
 
     def routes(self) -> list[web.RouteDef]:
         return []
+
+    def stopping(self) -> None:
+        pass
 
     async def close(self) -> None:
         pass
@@ -137,6 +144,7 @@ async def serve(service: Service, settings: Settings, stop: asyncio.Event | None
     consumer = replace(service.consumer(), ack_wait=settings.ack_wait)
     worker = Worker(bus, consumer, service.accepts, service.handle, settings.concurrency, settings.batch, health=health)
     pending = asyncio.create_task(_watch_pending(bus, service, stop))
+    telling = asyncio.create_task(_tell_when_stopping(service, stop))
     ownership: Ownership | None = None
     keeping: asyncio.Task[None] | None = None
     lost = asyncio.Event()
@@ -151,6 +159,7 @@ async def serve(service: Service, settings: Settings, stop: asyncio.Event | None
         await worker.run(stop)
     finally:
         pending.cancel()
+        telling.cancel()
         if keeping is not None:
             keeping.cancel()
         await service.close()
@@ -161,6 +170,11 @@ async def serve(service: Service, settings: Settings, stop: asyncio.Event | None
         log.info("stopped")
     if lost.is_set():
         raise OwnedElsewhere(f"stopped: another owner took {ownership.claim.key if ownership else 'the claim'}")
+
+
+async def _tell_when_stopping(service: Service, stop: asyncio.Event) -> None:
+    await stop.wait()
+    service.stopping()
 
 
 async def _keep_or_stop(ownership: Ownership, lost: asyncio.Event, stop: asyncio.Event) -> None:

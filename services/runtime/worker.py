@@ -29,7 +29,7 @@ from proto.subjects import ConsumerSpec
 
 from . import metrics
 from .bus import Bus, deliveries, header
-from .handlers import Handler, Reject, handle_and_publish
+from .handlers import HandBack, Handler, Reject, handle_and_publish
 from .health import Health
 
 log = logging.getLogger("introspect")
@@ -212,6 +212,8 @@ class Worker:
             await self._dead_letter(msg, str(rejected), rejected.category)
         except asyncio.CancelledError:
             raise
+        except HandBack:  # stopping: what it published stays; the next delivery goes on from there
+            await msg.nak()
         except Exception as error:  # a passing failure: try again later, or give up with the reason
             delivered = deliveries(msg)
             if delivered >= self.consumer.max_deliver:

@@ -133,6 +133,43 @@ async def test_a_producer_killed_mid_job_is_gone_on_from_and_publishes_each_obse
         await bus.close()
 
 
+@pytest.mark.slow
+@pytest.mark.chaos
+async def test_sigterm_ends_a_producer_s_publication_at_once_and_the_job_goes_on_without_delay(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    """SIGTERM mid-job: the producer ends at the next chunk, well inside the 20 s grace it
+    would otherwise be given, and hands the job straight back (no redelivery delay, no
+    failure counted); the next producer goes on from the stored progress."""
+    data = write_sentiment_lines(tmp_path / "reviews.jsonl", ROWS)
+    job = _job(data, "terminated")
+    bus = await Bus.open(Settings(nats_url=nats_server.url), "test")
+    producer: subprocess.Popen[bytes] | None = None
+    try:
+        await bus.publish([Outgoing(sub.JOBS, job, job.job_id)])
+        port = free_port()
+        producer = _start_producer(nats_server, port, tmp_path)
+        await _until(lambda: _at_least(bus, 2 * CHUNK), 120, "the first chunks stored")
+        producer.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(producer.wait, 15) == 0  # it stopped itself; not the grace's end
+        progress = await bus.last(sub.progress_subject(job.job_id), JobProgress)
+        assert progress is not None and 2 * CHUNK <= progress.published < ROWS
+        assert await _stored(bus, "INTROSPECT_SCORE") == progress.published  # stopped where it says
+
+        producer = _start_producer(nats_server, port, tmp_path)
+        await _until(lambda: _accepted(bus, job.job_id), 120, "the job accepted")
+        metrics = scrape(f"http://127.0.0.1:{port}/metrics")
+        assert metrics["introspect_observations_published_total"] == ROWS - progress.published
+        await _check_whole(bus, job.job_id)
+        log = (tmp_path / "producer.log").read_text()
+        assert "redelivering" not in log  # a hand-back is not a failure
+    finally:
+        if producer is not None and producer.poll() is None:
+            producer.terminate()
+            producer.wait()
+        await bus.close()
+
+
 async def test_a_producer_told_to_stop_ends_at_a_chunk_boundary_and_the_next_goes_on(
     tmp_path: Path, nats_server: NatsServer
 ) -> None:
