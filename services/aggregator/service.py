@@ -3,9 +3,9 @@
 A manifest registers its job and how many records to expect. A result is validated
 against the core's record type, stored under (job, idx) and, when new, added to the job's
 running aggregates; a redelivered result finds its key taken and changes nothing. When
-the last expected record arrives, the paper's result JSON and the records' Parquet file
-are written (from the stored records, through the core's own `aggregate`) and a
-`completed` event is published. The HTTP API serves status and results.
+the last expected record arrives, the records' Parquet file and the paper's result JSON
+are written (from the stored records, a batch at a time, counted by the core's
+`Aggregate`) and a `completed` event is published. The HTTP API serves status and results.
 
 A store that cannot write (a full disk) is reported as the `store` problem: the aggregator
 takes no new work, each result in hand waits, and the store is reopened until it writes;
@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,9 +31,9 @@ from proto import subjects as sub
 from proto.subjects import ConsumerSpec
 
 from ..core.records import ResultRecord, record_from_dict
-from ..core.results import Aggregate, ExperimentSpec, aggregate, summary
+from ..core.results import Aggregate, ExperimentSpec, summary
 from ..core.tasks import kind_spec
-from ..result_files import write_result_files
+from ..result_files import BATCH, RecordsFile, write_result_json
 from ..runtime.handlers import Outgoing, Publisher, Reject
 from ..runtime.lock import FolderLock
 from ..runtime.service import ServiceBase, import_in_background
@@ -123,8 +123,9 @@ class Aggregator(ServiceBase):
                 both = results.get("faithful_and_correct", results.get("introspect_and_correct", 0))
                 metrics.JOB_FAITHFUL.labels(job_id).set(both)
                 continue
-            for record in self._records(state):
-                self._count(state, record)
+            for batch in self._record_batches(state):  # a batch at a time: memory flat in the job's size
+                for record in batch:
+                    self._count(state, record)
             if state.received >= state.manifest.expected:
                 await bus.publish(await self._finish_or_retry(state))  # died between the last record and the files
 
@@ -211,21 +212,22 @@ class Aggregator(ServiceBase):
         metrics.JOB_CORRECT.labels(state.job_id).set(state.running.correct)
         metrics.JOB_FAITHFUL.labels(state.job_id).set(state.running.both)
 
-    def _records(self, state: JobState) -> list[ResultRecord]:
-        """The job's stored records; one that does not read (stored by an older version, or
-        damaged) is skipped and reported, never the end of the aggregator."""
+    def _record_batches(self, state: JobState) -> Iterator[list[ResultRecord]]:
+        """The job's stored records, a batch at a time; one that does not read (stored by an
+        older version, or damaged) is skipped and reported, never the end of the aggregator."""
         assert self.store is not None
         kind = kind_spec(state.running.task_kind).record
-        records = []
-        for key, raw in self.store.records(state.job_id):
-            try:
-                records.append(record_from_dict(kind, msgpack.unpackb(raw)))
-            except Exception as error:  # msgpack's format errors, the record's own checks
-                metrics.UNREADABLE.inc()
-                log.warning("aggregator: dropping an unreadable stored record of job %s: %s", state.job_id, error)
-                with contextlib.suppress(Exception):  # a store that cannot write drops it next time
-                    self.store.forget(key)
-        return records
+        for stored in self.store.record_batches(state.job_id, BATCH):
+            batch = []
+            for key, raw in stored:
+                try:
+                    batch.append(record_from_dict(kind, msgpack.unpackb(raw)))
+                except Exception as error:  # msgpack's format errors, the record's own checks
+                    metrics.UNREADABLE.inc()
+                    log.warning("aggregator: dropping an unreadable stored record of job %s: %s", state.job_id, error)
+                    with contextlib.suppress(Exception):  # a store that cannot write drops it next time
+                        self.store.forget(key)
+            yield batch
 
     async def _finish_or_retry(self, state: JobState) -> list[Outgoing]:
         """Finish the job; if writing its files fails (a full disk), keep its records, say
@@ -264,21 +266,34 @@ class Aggregator(ServiceBase):
             self._retrying.pop(state.job_id, None)
 
     async def _finish(self, state: JobState) -> list[Outgoing]:
-        """Write the result files, remember the job complete; the `completed` event to publish."""
+        """Write the result files, remember the job complete; the `completed` event to publish.
+
+        The records are read from the store and written to Parquet a batch at a time, and
+        the aggregates counted from the same records as they pass: the file and its numbers
+        always agree, and a job of a million records is finished in bounded memory."""
         assert self.store is not None
-        records = self._records(state)
         spec = ExperimentSpec.from_args(state.manifest.experiment)
-        final = aggregate(state.running.task_kind, records)
-        result_path, records_path = await asyncio.to_thread(
-            write_result_files, self.results_dir, spec, final, state.manifest.setup_seconds, records
+        final = Aggregate(state.running.task_kind)
+        parquet = await asyncio.to_thread(RecordsFile, self.results_dir, spec, kind_spec(final.task_kind).record)
+        try:
+            for batch in self._record_batches(state):
+                for record in batch:
+                    final.add(record)
+                await asyncio.to_thread(parquet.write, batch)  # the store is read here, on the loop, alone
+            records_path = await asyncio.to_thread(parquet.finish)
+        except BaseException:
+            await asyncio.to_thread(parquet.abandon)
+            raise
+        result_path = await asyncio.to_thread(
+            write_result_json, self.results_dir, spec, final, state.manifest.setup_seconds
         )
         state.result_file, state.records_file = str(result_path), str(records_path)
-        log.info("job %s: complete, %d records; results in %s", state.job_id, len(records), result_path)
+        log.info("job %s: complete, %d records; results in %s", state.job_id, final.total, result_path)
         state.final_results = final.results()
         completion = {
             "result_file": state.result_file,
             "records_file": state.records_file,
-            "received": len(records),
+            "received": final.total,
             "results": state.final_results,
         }
         store = self.store

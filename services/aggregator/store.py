@@ -55,6 +55,26 @@ class ResultStore:
         damaged entry cannot end the iteration."""
         yield from self._prefix(_RECORD + job_id.encode() + b"\0")
 
+    def record_batches(self, job_id: str, size: int) -> Iterator[list[tuple[bytes, bytes]]]:
+        """The job's stored records, `size` at a time, in idx order: a job of any size read
+        in bounded memory. Each batch is read by an iterator of its own, closed before the
+        batch is handed out, so the caller may wait between batches (the store may even be
+        reopened meanwhile) without a RocksDB iterator left open across the wait."""
+        prefix = _RECORD + job_id.encode() + b"\0"
+        start = prefix
+        while True:
+            batch: list[tuple[bytes, bytes]] = []
+            for key, value in self.db.items(from_key=start):
+                if not isinstance(key, bytes) or not key.startswith(prefix) or len(batch) == size:
+                    break
+                batch.append((key, value))
+            if not batch:
+                return
+            start = batch[-1][0] + b"\0"  # the next key after the last one read
+            yield batch
+            if len(batch) < size:
+                return
+
     def forget(self, key: bytes) -> None:
         """Drop a stored entry that cannot be read, so a redelivery of it is stored anew."""
         del self.db[key]

@@ -188,7 +188,7 @@ async def test_a_restart_skips_what_it_cannot_read_and_goes_on(tmp_path: Path) -
 async def test_a_finish_that_fails_is_retried_until_the_job_completes(tmp_path: Path, monkeypatch) -> None:
     import services.aggregator.service as aggregator_module
 
-    real, failures = aggregator_module.write_result_files, []
+    real, failures = aggregator_module.write_result_json, []
 
     def full_disk_twice(*args, **kwargs):
         if len(failures) < 2:
@@ -196,7 +196,7 @@ async def test_a_finish_that_fails_is_retried_until_the_job_completes(tmp_path: 
             raise OSError(28, "No space left on device")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(aggregator_module, "write_result_files", full_disk_twice)
+    monkeypatch.setattr(aggregator_module, "write_result_json", full_disk_twice)
     monkeypatch.setattr(aggregator_module, "FINISH_RETRY_FIRST", 0.01)
     aggregator, bus = Aggregator(tmp_path), MemoryBus()
     await aggregator.start(bus)
@@ -224,13 +224,13 @@ async def test_last_records_arriving_together_finish_the_job_once(tmp_path: Path
     import services.aggregator.service as aggregator_module
 
     writes = []
-    real_write = aggregator_module.write_result_files
+    real_write = aggregator_module.write_result_json
 
     def counted(*args, **kwargs):
         writes.append(args[1])
         return real_write(*args, **kwargs)
 
-    monkeypatch.setattr(aggregator_module, "write_result_files", counted)
+    monkeypatch.setattr(aggregator_module, "write_result_json", counted)
     aggregator, bus = Aggregator(tmp_path), MemoryBus()
     await aggregator.start(bus)
     try:
@@ -254,3 +254,42 @@ def test_a_store_rocksdb_cannot_open_is_refused_with_what_it_holds(tmp_path: Pat
     ):
         ResultStore(tmp_path / "store")
     assert not list(tmp_path.glob("store.damaged-*"))  # never set aside on its own
+
+
+async def test_a_job_is_recounted_and_finished_a_batch_at_a_time(tmp_path: Path, monkeypatch) -> None:
+    """The store is read (at a restart, and at the finish) a few records at a time, never
+    whole: every record is counted once and reaches the Parquet file once, in idx order,
+    with the same column types whether a batch holds answers or only errors."""
+    import pandas as pd
+
+    import services.aggregator.service as aggregator_module
+    from services.core.records import ClassifyRecord
+
+    monkeypatch.setattr(aggregator_module, "BATCH", 3)
+    aggregator, bus = Aggregator(tmp_path), MemoryBus()
+    await aggregator.start(bus)
+    try:
+        await bus.deliver(aggregator, _manifest("j1", 11))
+        for idx in (9, 0, 1, 2, 3):
+            await bus.deliver(aggregator, _result("j1", idx, "positive" if idx % 2 else "negative"))
+        for idx in (4, 5, 6, 7, 8):  # a batch of errors alone among them
+            error = ClassifyRecord(idx=idx, label="positive", error="422: too long", duration=0.5)
+            await bus.deliver(aggregator, scored_result("j1", error, "classify"))
+    finally:
+        await aggregator.close()
+    restarted = Aggregator(tmp_path)
+    await restarted.start(bus)
+    try:
+        assert restarted.jobs["j1"].received == 10  # recounted from the store, three at a time
+        await bus.deliver(restarted, _result("j1", 10))
+    finally:
+        await restarted.close()
+    state = restarted.jobs["j1"]
+    assert state.complete and state.received == 11
+    frame = pd.read_parquet(state.status()["records_file"])
+    assert frame["idx"].tolist() == list(range(11))
+    assert frame["error"].fillna("").tolist() == [""] * 4 + ["422: too long"] * 5 + [""] * 2
+    assert frame["correct"].tolist() == [False, True, False, True] + [None] * 5 + [True, True]
+    assert str(frame["idx"].dtype) == "int64" and str(frame["duration"].dtype) == "float64"
+    results = json.loads(Path(state.status()["result_file"]).read_text())["results"]
+    assert (results["total"], results["error"], results["correct"]) == (11, 5, 4)

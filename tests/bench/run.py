@@ -45,6 +45,7 @@ from services.runner import evaluate
 from services.runtime.bus import Bus
 from services.runtime.handlers import Outgoing
 from services.runtime.settings import Settings
+from tests.bench.memory import peak_rss_of
 from tests.support.pipeline import get_json, metric_total
 from tests.support.synthetic import write_synthetic
 
@@ -62,13 +63,6 @@ class Row:
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
-
-
-def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def service_pids(pipeline: LocalPipeline) -> dict[str, int]:
@@ -272,9 +266,21 @@ def memory(tmp: Path, files: dict[str, Path], rows: Callable[[Row], None], sizes
                   task="classify", limit=size)  # fmt: skip
         with LocalPipeline(tmp / f"memory-{size}", standin_args=("--max-concurrent", "100000")) as pipeline:
             run_job(pipeline, job)
-            peaks = {name.split("-")[0]: peak_rss_mib(pid) for name, pid in service_pids(pipeline).items()}
+            peaks = {name.split("-")[0]: peak_rss_of(pid) for name, pid in service_pids(pipeline).items()}
         shown = ", ".join(f"{name} {mib:.0f}" for name, mib in sorted(peaks.items()))
         rows(Row(f"5. peak RSS MiB, classify, {size} obs", shown, "flat"))
+
+
+def job_state_memory(rows: Callable[[Row], None], sizes: tuple[int, ...]) -> None:
+    """The two services that hold a job's state, alone, at sizes a whole run would take
+    minutes to reach (tests/bench/memory.py)."""
+    from tests.bench.memory import measure, measure_aggregator
+
+    for size in sizes:
+        producer, aggregator = measure(size), measure_aggregator(size)
+        rows(Row(f"5. peak RSS MiB alone, {size} obs",
+                 f"producer {producer.peak_rss_mib:.0f} (manifest after {producer.manifest_seconds:.2f} s), "
+                 f"aggregator {aggregator.peak_rss_mib:.0f} (store, restart, finish)", "flat"))  # fmt: skip
 
 
 def scaling(tmp: Path, files: dict[str, Path], rows: Callable[[Row], None], size: int) -> None:
@@ -351,10 +357,12 @@ def main() -> None:
     args = parser.parse_args()
     big = 10_000
     sizes = {"overhead": 3000, "saturation": 6000, "memory": (1000, big), "scaling": 2000}
+    state_sizes: tuple[int, ...] = (1_000, 100_000)
     rounds = args.rounds
     if args.quick:
         big = 600
         sizes = {"overhead": 300, "saturation": 300, "memory": (100, big), "scaling": 200}
+        state_sizes = (100, 1_000)
         rounds = 1
 
     rows: list[Row] = []
@@ -375,6 +383,7 @@ def main() -> None:
         overhead_and_throughput(tmp, files, show, sizes["overhead"], rounds)
         saturation(tmp, files, show, sizes["saturation"], rounds)
         memory(tmp, files, show, sizes["memory"])
+        job_state_memory(show, state_sizes)
         scaling(tmp, files, show, sizes["scaling"])
         start_up(tmp, show, rounds)
     print(f"bench took {time.monotonic() - started:.0f} s; calibration loop {calibration_ms():.0f} ms")
