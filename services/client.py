@@ -89,7 +89,9 @@ async def job_status(session: aiohttp.ClientSession, aggregator: str, job_id: st
     async with session.get(f"{aggregator.rstrip('/')}/jobs/{job_id}") as response:
         if response.status == 404:
             return None
-        response.raise_for_status()
+        if response.status != 200:
+            detail = (await response.text()).strip() or f"HTTP {response.status} {response.reason}"
+            raise AggregatorRefused(f"{job_id}: {detail}")
         return await response.json()
 
 
@@ -113,7 +115,7 @@ async def wait_for_job(
         if on_dead_letter is not None:
             await _follow_dead_letters(bus, on_dead_letter)
         await bus.publish([Outgoing(sub.JOBS, job, job.job_id)])
-        async with aiohttp.ClientSession() as session:
+        async with aiohttp.ClientSession(headers=bearer(settings.api_token)) as session:
             while True:
                 if check is not None:
                     check()
@@ -208,25 +210,30 @@ async def replay_dead_letters(
 # -- the aggregator's HTTP API, for the command line --
 
 
-def list_jobs(aggregator: str) -> list[dict[str, Any]]:
+def bearer(token: str | None) -> dict[str, str]:
+    """The headers that carry the API's token (INTROSPECT_API_TOKEN), if one is set."""
+    return {} if token is None else {"Authorization": f"Bearer {token}"}
+
+
+def list_jobs(aggregator: str, token: str | None = None) -> list[dict[str, Any]]:
     """The state of every job the aggregator knows."""
-    return json.loads(_get(f"{aggregator.rstrip('/')}/jobs", "the job list", timeout=10))
+    return json.loads(_get(f"{aggregator.rstrip('/')}/jobs", "the job list", token, timeout=10))
 
 
-def job_state(aggregator: str, job_id: str) -> dict[str, Any]:
+def job_state(aggregator: str, job_id: str, token: str | None = None) -> dict[str, Any]:
     """One job's state: counts, results so far, its result files once complete."""
-    return json.loads(_get(f"{aggregator.rstrip('/')}/jobs/{job_id}", job_id))
+    return json.loads(_get(f"{aggregator.rstrip('/')}/jobs/{job_id}", job_id, token))
 
 
-def job_file(aggregator: str, job_id: str, name: str) -> bytes:
+def job_file(aggregator: str, job_id: str, name: str, token: str | None = None) -> bytes:
     """`result.json` or `records.parquet` of a complete job."""
-    return _get(f"{aggregator.rstrip('/')}/jobs/{job_id}/{name}", job_id)
+    return _get(f"{aggregator.rstrip('/')}/jobs/{job_id}/{name}", job_id, token)
 
 
-def _get(url: str, about: str, timeout: float = 60) -> bytes:
+def _get(url: str, about: str, token: str | None, timeout: float = 60) -> bytes:
     """The body at `url`; an error answer raises AggregatorRefused, naming `about`."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=bearer(token)), timeout=timeout) as response:
             return response.read()
     except urllib.error.HTTPError as error:
         detail = error.read().decode(errors="replace").strip() or f"HTTP {error.code} {error.reason}"

@@ -142,6 +142,41 @@ def published_order(
     return (chosen if limit is None else chosen[:limit])[start:stop]
 
 
+class OutsideDataRoots(PermissionError):
+    """A job names a file or folder outside the folders this producer may read."""
+
+
+def local_paths(job: Job) -> list[str]:
+    """The files and folders of its own a job has read: its data file, its dataset mirror,
+    its model's tokenizer_config.json (or the folder holding it)."""
+    named = [job.mirror] if job.mirror else []
+    if Path(job.dataset).suffix.lower() in LOCAL_FILE_SUFFIXES:
+        named.append(job.dataset)
+    model = Path(job.model)
+    if model.suffix == ".json" or model.is_dir():  # what `load_model` reads as a local model
+        named.append(job.model)
+    return named
+
+
+def job_folders(job: Job) -> tuple[str, ...]:
+    """The folders holding a job's own files: the data roots a pipeline run for it needs."""
+    return tuple(sorted({str(path if path.is_dir() else path.parent) for path in map(Path, local_paths(job))}))
+
+
+def check_data_roots(job: Job, roots: tuple[str, ...]) -> None:
+    """Refuse a job that would have the producer read a file outside `roots` (see
+    `local_paths`). Paths are compared once resolved, so neither `..` nor a symbolic link
+    leads outside."""
+    allowed = [Path(root).resolve() for root in roots]
+    for name in local_paths(job):
+        path = Path(name).resolve()
+        if not any(path.is_relative_to(root) for root in allowed):
+            where = ", ".join(str(root) for root in allowed) or "none: jobs may name datasets, not files"
+            raise OutsideDataRoots(
+                f"{name} is outside the folders this producer may read (INTROSPECT_DATA_ROOTS: {where})"
+            )
+
+
 def with_job_id(job: Job) -> Job:
     """Give a job its id: the experiment id and a token, so each submission is its own run."""
     if job.job_id:

@@ -60,6 +60,9 @@ class LocalPipeline:
     offline: bool = False
     results_dir: Path | None = None  # default: <data_dir>/results
     ack_wait: float | None = None  # seconds before JetStream redelivers unacknowledged work
+    # Folders the producer may read jobs' own files from: anywhere for a pipeline started by
+    # tests and benchmarks; `introspect run` gives its jobs' folders alone.
+    data_roots: tuple[str, ...] = ("/",)
     processes: dict[str, Process] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
     sockets: dict[str, socket.socket] = field(default_factory=dict)  # each server's port, bound here
@@ -162,6 +165,8 @@ class LocalPipeline:
         }
         if self.ack_wait is not None:
             env["INTROSPECT_ACK_WAIT"] = str(self.ack_wait)
+        if service == "producer":
+            env["INTROSPECT_DATA_ROOTS"] = ",".join(self.data_roots)
         if service == "gateway":
             env["INTROSPECT_PARTITION"] = number
             env["INTROSPECT_OFFLINE"] = "true" if self.offline else "false"

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -83,8 +84,9 @@ class Aggregator(ServiceBase):
     name = "aggregator"
     accepts = (JobManifest, ScoredResult)
 
-    def __init__(self, data_dir: Path, results_dir: Path | None = None) -> None:
+    def __init__(self, data_dir: Path, results_dir: Path | None = None, api_token: str | None = None) -> None:
         self.store_dir = data_dir / "aggregator"
+        self.api_token = api_token  # the API asks for it as a bearer token; None: open
         self.results_dir = results_dir or data_dir / "results"
         self.store: ResultStore | None = None
         self.jobs: dict[str, JobState] = {}
@@ -305,11 +307,15 @@ class Aggregator(ServiceBase):
     # -- HTTP API --
 
     def routes(self) -> list[web.RouteDef]:
+        """The API: jobs, their status and their files, behind the bearer token when one is
+        set (records hold rows of the data a job read). /metrics and /healthz stay open for
+        the probes and Prometheus."""
+        guarded = _bearer_token_required(self.api_token)
         return [
-            web.get("/jobs", self._list),
-            web.get("/jobs/{job_id}", self._status),
-            web.get("/jobs/{job_id}/result.json", self._result_file),
-            web.get("/jobs/{job_id}/records.parquet", self._records_file),
+            web.get("/jobs", guarded(self._list)),
+            web.get("/jobs/{job_id}", guarded(self._status)),
+            web.get("/jobs/{job_id}/result.json", guarded(self._result_file)),
+            web.get("/jobs/{job_id}/records.parquet", guarded(self._records_file)),
         ]
 
     async def _list(self, _: web.Request) -> web.Response:
@@ -329,6 +335,32 @@ class Aggregator(ServiceBase):
 
     async def _records_file(self, request: web.Request) -> web.StreamResponse:
         return _file_response(self._job(request).records_file)
+
+
+Route = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _bearer_token_required(token: str | None) -> Callable[[Route], Route]:
+    """A route wrapper answering 401 unless the request carries `Authorization: Bearer
+    <token>` (compared in constant time); with no token set, routes are left as they are."""
+
+    def guard(route: Route) -> Route:
+        if token is None:
+            return route
+        expected = f"Bearer {token}".encode()
+
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            given = request.headers.get("Authorization", "").encode()
+            if not hmac.compare_digest(given, expected):
+                raise web.HTTPUnauthorized(
+                    text="this API needs its bearer token: set INTROSPECT_API_TOKEN\n",
+                    headers={"WWW-Authenticate": 'Bearer realm="introspect"'},
+                )
+            return await route(request)
+
+        return guarded
+
+    return guard
 
 
 def _check_manifest(manifest: JobManifest) -> None:

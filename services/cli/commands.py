@@ -27,7 +27,7 @@ from ..core.replay import Generation
 from ..core.results import Aggregate, summary
 from ..core.tasks import TASK_KINDS
 from ..errors import AggregatorRefused, NatsRefused, NatsUnreachable, OwnedElsewhere
-from ..jobs import JOB_ERRORS, PreparedJob, prepare_job, with_job_id
+from ..jobs import JOB_ERRORS, PreparedJob, job_folders, prepare_job, with_job_id
 from ..models import ResolvedModel, load_model
 from ..runtime.lock import FolderInUse, FolderLock
 from ..runtime.settings import InvalidSettings, Settings, redact_url
@@ -181,7 +181,7 @@ def _serve(args: argparse.Namespace) -> int:
         case "producer":
             from ..producer.service import Producer
 
-            service = Producer(settings.served_models)
+            service = Producer(settings.served_models, settings.data_roots)
         case "scorer":
             from ..scorer.service import Scorer
 
@@ -204,7 +204,8 @@ def _serve(args: argparse.Namespace) -> int:
         case _:
             from ..aggregator.service import Aggregator
 
-            service = Aggregator(settings.data_path, Path(settings.results_dir) if settings.results_dir else None)
+            results = Path(settings.results_dir) if settings.results_dir else None
+            service = Aggregator(settings.data_path, results, settings.api_token)
     run(service, settings)
     return 0
 
@@ -228,7 +229,7 @@ def _submit(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from ..client import list_jobs
 
-    jobs = list_jobs(args.aggregator)
+    jobs = list_jobs(args.aggregator, _settings(args).api_token)
     if not jobs:
         print("no jobs")
     for job in jobs:
@@ -244,14 +245,15 @@ def _bar(done: int, total: int, width: int = 30) -> str:
 def _results(args: argparse.Namespace) -> int:
     from ..client import job_file, job_state
 
+    token = _settings(args).api_token
     if args.format == "parquet":
         out = Path(args.out or f"{args.job_id}.parquet")
-        out.write_bytes(job_file(args.aggregator, args.job_id, "records.parquet"))
+        out.write_bytes(job_file(args.aggregator, args.job_id, "records.parquet", token))
         print(out)
     elif args.format == "json":
-        print(job_file(args.aggregator, args.job_id, "result.json").decode())
+        print(job_file(args.aggregator, args.job_id, "result.json", token).decode())
     else:
-        _print_results(job_state(args.aggregator, args.job_id)["results"])
+        _print_results(job_state(args.aggregator, args.job_id, token)["results"])
     return 0
 
 
@@ -282,7 +284,7 @@ def _run(args: argparse.Namespace) -> int:
     source = args.endpoint or "the stand-in (deterministic, not a language model)"
     print(f"{job.job_id}: answers from {source}", file=sys.stderr)
     pipeline = LocalPipeline(Path(args.data_dir).resolve(), args.endpoint, partitions=args.gateways,
-                             results_dir=Path(args.out).resolve())  # fmt: skip
+                             results_dir=Path(args.out).resolve(), data_roots=job_folders(job))  # fmt: skip
     progress = RunProgress(pipeline.generation_counts)
     pipeline.on_step, pipeline.on_stop = progress.step, lambda: progress.step("stopping services...")
     from ..client import JobRejected, wait_for_job  # NATS and HTTP clients: while the services start

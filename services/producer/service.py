@@ -25,7 +25,7 @@ from proto.subjects import ConsumerSpec
 
 from ..core.observations import InvalidObservation
 from ..datasets import DatasetLoadError
-from ..jobs import JOB_ERRORS, prepare_job
+from ..jobs import JOB_ERRORS, OutsideDataRoots, check_data_roots, prepare_job
 from ..models import model_name
 from ..runtime.handlers import HandBack, Outgoing, Publisher, Reject
 from ..runtime.service import ServiceBase
@@ -41,7 +41,7 @@ class NotServed(ValueError):
     """The job's model is not one this deployment serves."""
 
 
-_BAD_JOB: tuple[type[Exception], ...] = (*JOB_ERRORS, DatasetLoadError, NotServed)
+_BAD_JOB: tuple[type[Exception], ...] = (*JOB_ERRORS, DatasetLoadError, NotServed, OutsideDataRoots)
 # A row that cannot be read once publication has begun (its file changed since it was checked).
 _BAD_ROW: tuple[type[Exception], ...] = (DatasetLoadError, InvalidObservation)
 
@@ -50,9 +50,12 @@ class Producer(ServiceBase):
     name = "producer"
     accepts = (Job,)
 
-    def __init__(self, served_models: tuple[str, ...] = ()) -> None:
+    def __init__(self, served_models: tuple[str, ...] = (), data_roots: tuple[str, ...] = ()) -> None:
         # A job for a model no gateway serves would wait forever: refuse it up front.
         self.served_models = frozenset(model_name(m) for m in served_models)
+        # Anyone who may submit a job could otherwise have the producer read, and the API
+        # serve back as records, any file the producer can: only these folders.
+        self.data_roots = data_roots
         # One split opens at a time: Hugging Face `datasets` is not safe to use from several
         # threads at once, and indexing a large file already keeps a core busy.
         self._opening = asyncio.Lock()
@@ -75,6 +78,7 @@ class Producer(ServiceBase):
         progress up to the chunk before it, stored by then), then the `accepted` event."""
         started = time.monotonic()
         try:
+            check_data_roots(job, self.data_roots)  # before any file is opened
             # Checking a local data file reads all of it: off the event loop too.
             prepared = await asyncio.to_thread(prepare_job, job)
             if self.served_models and prepared.model.name not in self.served_models:

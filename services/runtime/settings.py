@@ -50,6 +50,12 @@ class Settings:
     partition: int = 0  # which partition this gateway serves (a StatefulSet ordinal)
     model: str | None = None  # gateway: the model it serves, as jobs name it; None: every model
     served_models: tuple[str, ...] = field(default=())  # producer: refuse jobs for other models; empty: any
+    # producer: the folders a job's own files (a data file, a dataset mirror, a model's
+    # tokenizer_config.json) may be read from; empty: none, only datasets by name.
+    data_roots: tuple[str, ...] = field(default=())
+    # aggregator: the bearer token its API (/jobs...) asks for; clients send it. None: open
+    # (loopback by default; the chart sets one from a Secret).
+    api_token: str | None = None
     backends: tuple[str, ...] = field(default=())  # gateway: URLs; "openai+" prefix for OpenAI-compatible
     backend_concurrency: int = 0  # gateway: per-backend limit; 0 asks TGI's /info
     generation_timeout: float = 300.0  # gateway: seconds for one call to a model server (two such, then handed back)

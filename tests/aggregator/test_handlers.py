@@ -293,3 +293,34 @@ async def test_a_job_is_recounted_and_finished_a_batch_at_a_time(tmp_path: Path,
     assert str(frame["idx"].dtype) == "int64" and str(frame["duration"].dtype) == "float64"
     results = json.loads(Path(state.status()["result_file"]).read_text())["results"]
     assert (results["total"], results["error"], results["correct"]) == (11, 5, 4)
+
+
+async def test_the_api_asks_for_its_bearer_token_and_the_client_sends_it(tmp_path: Path) -> None:
+    """Records hold rows of the data a job read: with a token set, /jobs... answer 401
+    without it; /metrics and /healthz are the runtime's and need none."""
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    from services.client import job_state, list_jobs
+    from services.errors import AggregatorRefused
+
+    aggregator, bus = Aggregator(tmp_path, api_token="s3cret-token"), MemoryBus()
+    await aggregator.start(bus)
+    app = web.Application()
+    app.add_routes(aggregator.routes())
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    url = str(server.make_url("/")).rstrip("/")
+    try:
+        await bus.deliver(aggregator, _manifest("j1", 2))
+        for token in (None, "wrong", "s3cret-token-but-longer"):
+            with pytest.raises(AggregatorRefused, match="the job list: this API needs its bearer token"):
+                await asyncio.to_thread(list_jobs, url, token)
+            with pytest.raises(AggregatorRefused, match="j1: this API needs its bearer token"):
+                await asyncio.to_thread(job_state, url, "j1", token)
+        (job,) = await asyncio.to_thread(list_jobs, url, "s3cret-token")
+        assert job["job_id"] == "j1" and job["expected"] == 2
+        assert (await asyncio.to_thread(job_state, url, "j1", "s3cret-token"))["received"] == 0
+    finally:
+        await server.close()
+        await aggregator.close()

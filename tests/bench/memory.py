@@ -87,7 +87,7 @@ async def _produce(path: Path) -> dict[str, float]:
 
     job = Job("memory", "llama2-7b", str(path), "classify", category="sentiment")
     publisher = WireOnly()
-    producer = Producer()
+    producer = Producer(data_roots=(str(path.parent),))
     await producer.start(publisher)
     started = time.monotonic()
     await handle_and_publish(producer.handle, job, publisher)

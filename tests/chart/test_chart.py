@@ -246,11 +246,11 @@ def test_an_existing_secret_replaces_the_generated_one_everywhere() -> None:
     each time: with nats.auth.existingSecret the chart makes no Secret, and every reference
     names the user's, with the keys values.yaml documents."""
     objects = render("--set", "nats.auth.existingSecret=introspect-nats")
-    assert of_kind(objects, "Secret") == []
+    assert [s["metadata"]["name"] for s in of_kind(objects, "Secret")] == ["introspect-api-token"]  # NATS's alone
     references = [ref for refs in _nats_secret_references(objects).values() for ref in refs]
     assert references and all(ref["name"] == "introspect-nats" for ref in references)
     assert {ref["key"] for ref in references} <= SECRET_KEYS
-    # The two-model values use one too, and the user's HF token Secret: the chart makes none.
+    # The two-model values use one too, and the user's HF token and API token Secrets: the chart makes none.
     objects = render("-f", str(TWO_MODELS))
     assert of_kind(objects, "Secret") == []
     references = [ref for refs in _nats_secret_references(objects).values() for ref in refs]
@@ -261,6 +261,41 @@ def test_an_existing_secret_replaces_the_generated_one_everywhere() -> None:
         "template", "introspect", str(CHART), "--set", "nats.enabled=false", "--set", "nats.url=nats://x:4222"
     )
     assert result.returncode != 0 and "nats.auth.existingSecret" in result.stderr
+
+
+def test_the_aggregator_api_asks_for_a_token_from_a_secret_kept_across_upgrades() -> None:
+    objects = render()
+    token = secret_data(objects, "introspect-api-token")["token"]
+    assert len(token) == 40
+    reference = {"secretKeyRef": {"name": "introspect-api-token", "key": "token"}}
+    aggregator = [
+        c for _, pod in pod_specs(objects) for c in pod["containers"] if c.get("args") == ["serve", "aggregator"]
+    ]
+    assert [env_of(c)["INTROSPECT_API_TOKEN"] for c in aggregator] == [reference]
+    (pod,) = of_kind(objects, "Pod")  # `helm test` asks the API with it
+    assert env_of(pod["spec"]["containers"][0])["INTROSPECT_API_TOKEN"] == reference
+    for config in of_kind(objects, "ConfigMap"):  # never in clear
+        assert token not in json.dumps(config)
+    theirs = render("--set", "aggregator.apiToken.existingSecret=mine", "--set", "aggregator.apiToken.key=api")
+    assert "introspect-api-token" not in {s["metadata"]["name"] for s in of_kind(theirs, "Secret")}
+    (pod,) = of_kind(theirs, "Pod")
+    assert env_of(pod["spec"]["containers"][0])["INTROSPECT_API_TOKEN"] == {
+        "secretKeyRef": {"name": "mine", "key": "api"}
+    }
+
+
+def test_the_producer_reads_jobs_own_files_only_from_its_read_only_data_claim() -> None:
+    def producer(objects: list[dict[str, Any]]) -> dict[str, Any]:
+        (spec,) = [pod for name, pod in pod_specs(objects) if name == "introspect-producer"]
+        return spec
+
+    default = producer(render())
+    assert "INTROSPECT_DATA_ROOTS" not in env_of(default["containers"][0])  # datasets by name only
+    claimed = producer(render("--set", "producer.data.claimName=datasets", "--set", "producer.data.mountPath=/mirror"))
+    (container,) = claimed["containers"]
+    assert env_of(container)["INTROSPECT_DATA_ROOTS"] == "/mirror"
+    assert {"name": "data", "mountPath": "/mirror", "readOnly": True} in container["volumeMounts"]
+    assert {"name": "data", "persistentVolumeClaim": {"claimName": "datasets", "readOnly": True}} in claimed["volumes"]
 
 
 def test_monitoring_network_policy_and_dashboard_objects() -> None:

@@ -20,7 +20,8 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from proto import Job
-from services.client import JobRejected, wait_for_job
+from services.client import JobRejected, list_jobs, wait_for_job
+from services.errors import AggregatorRefused
 from services.jobs import with_job_id
 from services.local import free_port
 from services.runtime.settings import Settings
@@ -60,14 +61,18 @@ def _environment(container: dict[str, Any], index: int, nats_url: str, data: Pat
     for path_setting in ("INTROSPECT_DATA_DIR", "INTROSPECT_RESULTS_DIR", "HF_HOME", "XDG_CACHE_HOME"):
         if path_setting in env:
             local[path_setting] = str(data / env[path_setting].strip("/"))
+    if "INTROSPECT_DATA_ROOTS" in env:  # the producer's data claim holds the dataset mirror here
+        local["INTROSPECT_DATA_ROOTS"] = str(DATASET_MIRROR)
     return {**os.environ, **env, **local}
 
 
 async def test_the_services_as_the_chart_configures_them_run_a_job(tmp_path: Path) -> None:
-    objects = render(namespace=NAMESPACE)
+    # A claim holding the dataset mirror (this machine reaches no Hugging Face Hub), mounted
+    # as the producer's one data root.
+    objects = render("--set", "producer.data.claimName=datasets", namespace=NAMESPACE)
     secret = secret_data(objects, "introspect-nats-auth")
     with run_chart_nats(objects, tmp_path, secret) as (nats,):
-        await _run_a_job(objects, tmp_path, nats.url, secret)
+        await _run_a_job(objects, tmp_path, nats.url, {**secret, **secret_data(objects, "introspect-api-token")})
 
 
 async def _run_a_job(objects: list[dict[str, Any]], tmp_path: Path, nats_url: str, secret: dict[str, str]) -> None:
@@ -102,11 +107,19 @@ async def _run_a_job(objects: list[dict[str, Any]], tmp_path: Path, nats_url: st
 
             submitter = secret["submitter-password"]
             settings = Settings(nats_url=nats_url, nats_user="submitter", nats_password=submitter,
-                                nats_inbox_prefix="_INBOX_submitter")  # fmt: skip
+                                nats_inbox_prefix="_INBOX_submitter", api_token=secret["token"])  # fmt: skip
             aggregator = f"http://127.0.0.1:{running['aggregator-0'][0]['INTROSPECT_METRICS_PORT']}"
+            with pytest.raises(AggregatorRefused, match="needs its bearer token"):  # records are not for anyone
+                list_jobs(aggregator)
             job = with_job_id(Job("", "llama2-7b", "IMDB", "counterfactual", limit=8, mirror=str(DATASET_MIRROR)))
             status = await asyncio.wait_for(wait_for_job(settings, aggregator, job, lambda _r, _e: None), 120)
             assert status["complete"] and status["received"] == 8
+            # A job naming a file outside the producer's data root is refused before it is read.
+            private = tmp_path / "private.jsonl"
+            private.write_text('{"text": "a row the API must never serve", "label": "positive"}\n', encoding="utf-8")
+            outside = with_job_id(Job("", "llama2-7b", str(private), "classify", category="sentiment"))
+            with pytest.raises(JobRejected, match="outside the folders this producer may read"):
+                await asyncio.wait_for(wait_for_job(settings, aggregator, outside, lambda _r, _e: None), 60)
             # A job for a model this release does not serve is refused, not left waiting.
             other = with_job_id(Job("", "mistral-v2-7b", "IMDB", "classify", limit=2, mirror=str(DATASET_MIRROR)))
             with pytest.raises(JobRejected, match="no gateway serves model 'mistral-v2-7b'"):

@@ -32,7 +32,7 @@ from services.wire import answer_of
 from tests.aggregator.test_handlers import _manifest, _result
 from tests.conftest import DATASET_MIRROR
 from tests.fuzz.mutants import mutate
-from tests.support.messages import JOB, work
+from tests.support.messages import ANYWHERE, JOB, work
 
 MUTANTS = 1000  # per service
 
@@ -44,7 +44,7 @@ async def test_every_mutant_is_handled_or_refused_at_once(
     rng = random.Random(20261129)
     seeds = real_messages()
     services = {
-        "producer": Producer(),
+        "producer": Producer(data_roots=ANYWHERE),
         "scorer": Scorer(partitions=2),
         "gateway": Gateway(tmp_path / "gateway", backends=(standin_url,)),
         "aggregator": Aggregator(tmp_path / "aggregator"),

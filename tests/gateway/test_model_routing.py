@@ -9,6 +9,7 @@ from services.gateway.service import Gateway
 from services.models import model_name
 from services.producer.service import Producer
 from services.runtime.memory import MemoryBus
+from tests.support.messages import ANYWHERE
 
 
 def test_a_model_has_one_name_however_it_is_given() -> None:
@@ -19,7 +20,10 @@ def test_a_model_has_one_name_however_it_is_given() -> None:
 
 
 async def test_the_producer_refuses_a_job_for_a_model_no_gateway_serves() -> None:
-    producer, bus = Producer(served_models=("meta-llama/Llama-2-7b-chat-hf", "falcon-7b")), MemoryBus()
+    producer, bus = (
+        Producer(served_models=("meta-llama/Llama-2-7b-chat-hf", "falcon-7b"), data_roots=ANYWHERE),
+        MemoryBus(),
+    )
     job = Job("j1", "mistral-v2-7b", "IMDB", "classify")
     (event,) = [o.message for o in await bus.deliver(producer, job)]
     assert isinstance(event, JobEvent) and event.event == "rejected" and "mistral-v2-7b" in event.detail

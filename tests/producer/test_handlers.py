@@ -26,7 +26,7 @@ from services.jobs import prepare_job
 from services.producer.service import CHUNK, Producer
 from services.runtime.handlers import HandBack, Outgoing, handle_and_publish
 from services.runtime.memory import MemoryBus
-from tests.support.messages import JOB
+from tests.support.messages import ANYWHERE, JOB
 from tests.support.synthetic import write_sentiment_lines, write_synthetic
 
 
@@ -36,7 +36,7 @@ def _without_progress(published: Iterable[Outgoing]) -> list[Outgoing]:
 
 async def test_the_producer_publishes_the_manifest_then_the_observations_then_accepted() -> None:
     bus = MemoryBus()
-    published = _without_progress(await bus.deliver(Producer(), JOB))
+    published = _without_progress(await bus.deliver(Producer(data_roots=ANYWHERE), JOB))
     kinds = [type(item.message) for item in published]
     assert kinds == [JobManifest, ObservationMessage, ObservationMessage, ObservationMessage, JobEvent]
     manifest = published[0].message
@@ -47,13 +47,13 @@ async def test_the_producer_publishes_the_manifest_then_the_observations_then_ac
     assert {o.work.task for o in observations} == {"classify"} and len({o.work.idx for o in observations}) == 3
     (accepted,) = bus.of(JobEvent)
     assert accepted.event == "accepted" and accepted.detail.startswith("3 observations of ")
-    assert await bus.deliver(Producer(), JOB) == []  # redelivered: every id is a repeat
+    assert await bus.deliver(Producer(data_roots=ANYWHERE), JOB) == []  # redelivered: every id is a repeat
 
 
 async def test_the_producer_rejects_a_bad_job_with_an_event_and_a_dead_letter(tmp_path: Path) -> None:
     bus = MemoryBus()
     job = replace(JOB, job_id="j2", dataset="RTE", mirror=str(tmp_path))
-    (event,) = [item.message for item in await bus.deliver(Producer(), job)]
+    (event,) = [item.message for item in await bus.deliver(Producer(data_roots=ANYWHERE), job)]
     assert isinstance(event, JobEvent) and event.event == "rejected" and "no mirror of RTE" in event.detail
     (letter,) = bus.dead_letters
     assert letter.category == "bad-job" and letter.reason.startswith("job j2: no mirror of RTE")
@@ -64,7 +64,7 @@ async def test_a_job_whose_split_is_not_a_split_is_rejected(tmp_path: Path) -> N
     data = tmp_path / "reviews.jsonl"
     data.write_text('{"text": "Good.", "label": "positive"}\n')
     job = Job("j3", "llama2-7b", str(data), "classify", split="../../../x", category="sentiment")
-    (event,) = [item.message for item in await bus.deliver(Producer(), job)]
+    (event,) = [item.message for item in await bus.deliver(Producer(data_roots=ANYWHERE), job)]
     assert isinstance(event, JobEvent) and event.event == "rejected"
     (letter,) = bus.dead_letters
     assert letter.category == "bad-job" and "unknown split '../../../x'; use one of train, valid, test" in letter.reason
@@ -140,7 +140,7 @@ async def test_every_kind_of_source_is_published_in_the_order_and_with_the_rows_
     job = MIRRORED_JOBS[kind] if kind in MIRRORED_JOBS else _local_jobs(tmp_path)[kind]
     expected = _expected(job)
     bus = RecordingBus()
-    await bus.deliver(Producer(), job)
+    await bus.deliver(Producer(data_roots=ANYWHERE), job)
     assert _published(bus) == expected and expected
     manifest, *rest = bus.batches
     assert [type(item.message) for item in manifest] == [JobManifest]  # first and alone
@@ -169,7 +169,7 @@ async def test_the_manifest_is_stored_before_any_row_is_read(tmp_path: Path, mon
 
     monkeypatch.setattr(jobs.Selection, "read", reading)
     job = _local_jobs(tmp_path)["jsonl"]
-    await bus.deliver(Producer(), job)
+    await bus.deliver(Producer(data_roots=ANYWHERE), job)
     assert seen_when_reading[0] == [JobManifest]
     assert len(seen_when_reading) == -(-1200 // CHUNK)  # one read per chunk
 
@@ -179,7 +179,7 @@ async def test_the_manifest_is_stored_before_any_row_is_read(tmp_path: Path, mon
 
 async def _stopped_after(chunks: int, job: Job, bus: RecordingBus) -> None:
     """Deliver `job` to a producer told to stop once `chunks` chunks are stored."""
-    producer = Producer()
+    producer = Producer(data_roots=ANYWHERE)
     await producer.start(bus)
     stored = 0
 
@@ -204,7 +204,7 @@ async def test_a_stopped_job_goes_on_where_it_stopped(tmp_path: Path) -> None:
     assert await bus.last(sub.progress_subject(job.job_id), JobProgress) == JobProgress(job.job_id, CHUNK, 1200)
     assert bus.attempted() == [o["idx"] for o in expected[:CHUNK]] and not bus.of(JobEvent)
 
-    again = Producer()
+    again = Producer(data_roots=ANYWHERE)
     await again.start(bus)
     bus.batches.clear()
     await bus.deliver(again, job)
@@ -236,7 +236,7 @@ async def test_a_producer_that_dies_mid_chunk_is_gone_on_from_the_last_stored_pr
             await super().publish(batch, timeout)
 
     bus = DyingBus()
-    producer = Producer()
+    producer = Producer(data_roots=ANYWHERE)
     await producer.start(bus)
     with pytest.raises(Killed):
         await bus.deliver(producer, job)
@@ -245,7 +245,7 @@ async def test_a_producer_that_dies_mid_chunk_is_gone_on_from_the_last_stored_pr
 
     memory = RecordingBus()
     memory.published, memory._ids = bus.published, bus._ids  # the same stream, seen anew
-    again = Producer()
+    again = Producer(data_roots=ANYWHERE)
     await again.start(memory)
     await memory.deliver(again, job)
     assert memory.attempted() == [o["idx"] for o in expected[CHUNK:]]
@@ -257,7 +257,7 @@ async def test_progress_of_another_count_is_not_this_job_s(tmp_path: Path) -> No
     bus = RecordingBus()
     await bus.publish([Outgoing(sub.progress_subject(job.job_id), JobProgress(job.job_id, 500, 999), "old")])
     await bus.publish([Outgoing(sub.progress_subject("other"), JobProgress("other", 1000, 1200), "other")])
-    producer = Producer()
+    producer = Producer(data_roots=ANYWHERE)
     await producer.start(bus)
     bus.batches.clear()
     await bus.deliver(producer, job)
@@ -274,7 +274,7 @@ async def test_a_row_that_no_longer_reads_rejects_the_job(tmp_path: Path) -> Non
             Path(job.dataset).write_text("")
 
     bus = RecordingBus(after=truncate)
-    await bus.deliver(Producer(), job)
+    await bus.deliver(Producer(data_roots=ANYWHERE), job)
     assert not bus.of(ObservationMessage)
     (event,) = bus.of(JobEvent)
     assert event.event == "rejected" and "no JSON object at byte" in event.detail
@@ -301,7 +301,7 @@ class CountingPublisher:
 async def _produce(path: Path) -> int:
     job = Job(f"memory-{path.stem}", "llama2-7b", str(path), "classify", category="sentiment")
     publisher = CountingPublisher()
-    producer = Producer()
+    producer = Producer(data_roots=ANYWHERE)
     await producer.start(publisher)
     await handle_and_publish(producer.handle, job, publisher)
     return publisher.observations
@@ -320,3 +320,48 @@ async def test_a_split_is_published_in_bounded_memory(tmp_path: Path) -> None:
     finally:
         tracemalloc.stop()
     assert peak < 5 << 20, f"peak {peak / 2**20:.1f} MiB while publishing a {large.stat().st_size >> 20} MiB file"
+
+
+# -- a job reads files of its own only under the producer's data roots --
+
+
+async def test_a_job_s_own_files_are_read_only_under_the_data_roots(tmp_path: Path) -> None:
+    from tests.support.synthetic import write_sentiment_lines
+
+    allowed, elsewhere = tmp_path / "allowed", tmp_path / "elsewhere"
+    inside = write_sentiment_lines(allowed / "reviews.jsonl", 3)
+    outside = write_sentiment_lines(elsewhere / "private.jsonl", 3)
+    (allowed / "link.jsonl").symlink_to(outside)
+    model = elsewhere / "my-model"
+    model.mkdir()
+    (model / "tokenizer_config.json").write_text('{"chat_template": "{{ messages[0].content }}"}')
+
+    def job(job_id: str, **fields: str) -> Job:
+        return Job(job_id, fields.pop("model", "llama2-7b"), fields.pop("dataset", str(inside)), "classify",
+                   category="sentiment", **fields)  # type: ignore[arg-type]  # fmt: skip
+
+    producer = Producer(data_roots=(str(allowed),))
+    cases = {
+        "inside": job("inside"),
+        "outside": job("outside", dataset=str(outside)),
+        "dot-dot": job("dot-dot", dataset=str(allowed / ".." / "elsewhere" / "private.jsonl")),
+        "symlink": job("symlink", dataset=str(allowed / "link.jsonl")),  # inside by name, outside in fact
+        "mirror": job("mirror", dataset="RTE", mirror=str(elsewhere)),
+        "model": job("model", model=str(model)),
+    }
+    events = {}
+    for name, case in cases.items():
+        bus = MemoryBus()
+        published = await bus.deliver(producer, case)
+        events[name] = [o.message for o in published if isinstance(o.message, JobEvent)][-1]
+    assert events["inside"].event == "accepted"
+    for name in ("outside", "dot-dot", "symlink", "mirror", "model"):
+        assert events[name].event == "rejected", name
+        assert (
+            f"is outside the folders this producer may read (INTROSPECT_DATA_ROOTS: {allowed})" in events[name].detail
+        )
+    # With no data roots (a deployment's default) a job may name datasets, but no file at all.
+    bus = MemoryBus()
+    (event,) = [o.message for o in await bus.deliver(Producer(), job("none"))]
+    assert isinstance(event, JobEvent) and event.event == "rejected"
+    assert event.detail.endswith("(INTROSPECT_DATA_ROOTS: none: jobs may name datasets, not files)")

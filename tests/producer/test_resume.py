@@ -28,6 +28,7 @@ from services.runtime.bus import Bus
 from services.runtime.handlers import Outgoing
 from services.runtime.settings import Settings
 from services.runtime.worker import Worker
+from tests.support.messages import ANYWHERE
 from tests.support.nats import NatsServer
 from tests.support.pipeline import get_bytes, scrape
 from tests.support.synthetic import write_sentiment_lines
@@ -87,7 +88,8 @@ async def _check_whole(bus: Bus, job_id: str) -> None:
 
 def _start_producer(nats: NatsServer, port: int, data: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "INTROSPECT_NATS_URL": nats.url, "INTROSPECT_METRICS_PORT": str(port),
-           "INTROSPECT_DATA_DIR": str(data), "INTROSPECT_ACK_WAIT": "1"}  # fmt: skip
+           "INTROSPECT_DATA_DIR": str(data), "INTROSPECT_ACK_WAIT": "1",
+           "INTROSPECT_DATA_ROOTS": str(data)}  # the job's file is in its folder  # fmt: skip
     log = (data / "producer.log").open("ab")
     return subprocess.Popen([sys.executable, "-m", "services.cli", "serve", "producer"], env=env, stdout=log,
                             stderr=subprocess.STDOUT)  # fmt: skip
@@ -180,7 +182,7 @@ async def test_a_producer_told_to_stop_ends_at_a_chunk_boundary_and_the_next_goe
     bus = await Bus.open(Settings(nats_url=nats_server.url), "test")
     try:
         await bus.publish([Outgoing(sub.JOBS, job, job.job_id)])
-        first, stop = Producer(), asyncio.Event()
+        first, stop = Producer(data_roots=ANYWHERE), asyncio.Event()
         await first.start(bus)
         # A grace long enough to publish it all: only a producer that stops by itself ends sooner.
         worker = Worker(bus, first.consumer(), first.accepts, first.handle, grace=600)
@@ -195,7 +197,7 @@ async def test_a_producer_told_to_stop_ends_at_a_chunk_boundary_and_the_next_goe
         assert not await _accepted(bus, job.job_id)
 
         before = _published_total()
-        second = Producer()
+        second = Producer(data_roots=ANYWHERE)
         await second.start(bus)
         stop = asyncio.Event()
         running = asyncio.create_task(Worker(bus, second.consumer(), second.accepts, second.handle).run(stop))

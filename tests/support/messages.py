@@ -16,3 +16,6 @@ def work(job_id: str = "j1", task: str = "classify", observation: SentimentObser
     """The work item of `observation` in a copy of JOB, before any answer."""
     prepared = prepare_job(replace(JOB, job_id=job_id, task=task))
     return work_item(job_id, prepared.task, observation, prepared.chat)
+
+
+ANYWHERE = ("/",)  # data roots for a test's producer: its files are in temporary folders

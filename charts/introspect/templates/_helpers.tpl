@@ -47,6 +47,19 @@ app.kubernetes.io/component: {{ .component }}
 {{- .Values.nats.auth.existingSecret | default (printf "%s-nats-auth" (include "introspect.fullname" .)) -}}
 {{- end -}}
 
+{{- define "introspect.apiTokenSecret" -}}
+{{- .Values.aggregator.apiToken.existingSecret | default (printf "%s-api-token" (include "introspect.fullname" .)) -}}
+{{- end -}}
+
+{{/* The aggregator API's bearer token, for the aggregator and for whoever asks it. */}}
+{{- define "introspect.apiTokenEnv" -}}
+- name: INTROSPECT_API_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "introspect.apiTokenSecret" . }}
+      key: {{ .Values.aggregator.apiToken.key }}
+{{- end -}}
+
 {{- define "introspect.natsUrl" -}}
 {{- if .Values.nats.enabled -}}
 {{- printf "nats://%s-nats:4222" (include "introspect.fullname" .) -}}
