@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import msgspec
 
+from ..runtime.settings import redact_url
 from .contract import GENERATION_TIMEOUT, BackendUnavailable, GenerationRejected
 
 
@@ -52,6 +53,7 @@ class JsonEndpoint:
         timeout: float = GENERATION_TIMEOUT,
     ) -> None:
         self.url = url
+        self.shown = redact_url(url)  # what errors say: a password in the URL is masked
         self.session = session
         self.retry = retry
         self.timeout = aiohttp.ClientTimeout(total=timeout)
@@ -78,10 +80,12 @@ class JsonEndpoint:
                 timeouts += 1
                 last_problem = f"no answer in {self.timeout.total:g} s"
                 if timeouts >= self.retry.max_timeouts:
-                    raise BackendUnavailable(f"{self.url}: {last_problem}, {timeouts} times") from None
+                    raise BackendUnavailable(f"{self.shown}: {last_problem}, {timeouts} times") from None
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, msgspec.DecodeError) as error:
                 last_problem = f"{type(error).__name__}: {error}"
-        raise BackendUnavailable(f"{self.url} gave no answer after {self.retry.max_attempts} attempts ({last_problem})")
+        raise BackendUnavailable(
+            f"{self.shown} gave no answer after {self.retry.max_attempts} attempts ({last_problem})"
+        )
 
 
 def header_int(headers: Mapping[str, str], name: str) -> int | None:
@@ -98,7 +102,8 @@ async def get_json(session: aiohttp.ClientSession, url: str, timeout: float = 10
             response.raise_for_status()
             return await response.json(content_type=None)
     except (TimeoutError, aiohttp.ClientError, ValueError) as error:
-        raise BackendUnavailable(f"{url}: {type(error).__name__}: {error}") from None
+        shown = redact_url(url)  # aiohttp's own message may hold the URL too
+        raise BackendUnavailable(f"{shown}: {type(error).__name__}: {str(error).replace(url, shown)}") from None
 
 
 async def _error_text(response: aiohttp.ClientResponse) -> str:

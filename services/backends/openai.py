@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 
 from ..core.chat import GenerationParameters
+from ..runtime.settings import redact_url
 from .contract import GENERATION_TIMEOUT, BackendInfo, BackendUnavailable, Completion
 from .http import DEFAULT_RETRY, JsonEndpoint, RetryPolicy, get_json
 
@@ -42,10 +43,12 @@ class OpenAICompletionsBackend:
         timeout: float = GENERATION_TIMEOUT,
         model: str | None = None,
     ) -> None:
-        self.url = base_url.rstrip("/").removesuffix("/v1")
+        self.base_url = base_url.rstrip("/").removesuffix("/v1")
+        # The name in metric labels, logs and errors: a password in the URL is masked.
+        self.url = redact_url(self.base_url)
         self.session = session
         self.model = model
-        self.endpoint = JsonEndpoint(self.url + "/v1/completions", session, retry, timeout)
+        self.endpoint = JsonEndpoint(self.base_url + "/v1/completions", session, retry, timeout)
 
     @property
     def retries(self) -> int:
@@ -54,7 +57,7 @@ class OpenAICompletionsBackend:
     async def describe(self) -> BackendInfo:
         """The served model from `/v1/models`; these servers do not say their concurrency."""
         if self.model is None:
-            listing = await get_json(self.session, self.url + "/v1/models")
+            listing = await get_json(self.session, self.base_url + "/v1/models")
             models = listing.get("data") or [{}]
             self.model = str(models[0].get("id", "unknown"))
         return BackendInfo(self.model)

@@ -7,6 +7,7 @@ from typing import Any
 import aiohttp
 
 from ..core.chat import GenerationParameters
+from ..runtime.settings import redact_url
 from .contract import GENERATION_TIMEOUT, BackendInfo, BackendUnavailable, Completion
 from .http import DEFAULT_RETRY, JsonEndpoint, RetryPolicy, get_json, header_int
 
@@ -35,9 +36,11 @@ class TGIBackend:
         retry: RetryPolicy = DEFAULT_RETRY,
         timeout: float = GENERATION_TIMEOUT,
     ) -> None:
-        self.url = base_url.rstrip("/")
+        self.base_url = base_url.rstrip("/")
+        # The name in metric labels, logs and errors: a password in the URL is masked.
+        self.url = redact_url(self.base_url)
         self.session = session
-        self.endpoint = JsonEndpoint(self.url + "/generate", session, retry, timeout)
+        self.endpoint = JsonEndpoint(self.base_url + "/generate", session, retry, timeout)
 
     @property
     def retries(self) -> int:
@@ -45,7 +48,7 @@ class TGIBackend:
 
     async def describe(self) -> BackendInfo:
         """TGI's `/info`: the model id and `max_concurrent_requests`."""
-        info = await get_json(self.session, self.url + "/info")
+        info = await get_json(self.session, self.base_url + "/info")
         limit = info.get("max_concurrent_requests")
         return BackendInfo(str(info.get("model_id", "unknown")), limit if isinstance(limit, int) else None)
 

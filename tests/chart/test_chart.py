@@ -633,3 +633,20 @@ def test_helm_test_checks_the_aggregator_api_and_nats_with_a_submitter_s_credent
     policies, test_pod, pods = of_kind(objects, "NetworkPolicy"), _pods(objects)["helm-test"], _pods(objects)
     assert network_allows(policies, test_pod, pods["nats"], 4222)
     assert network_allows(policies, test_pod, pods["aggregator"], 9090)
+
+
+def test_no_secret_is_in_any_process_argument_or_plain_value() -> None:
+    """Secrets reach containers by secretKeyRef alone: never in an argument (which `ps` shows
+    to everyone on the node), a plain environment value or a ConfigMap."""
+    objects = render()
+    secrets = [v for s in of_kind(objects, "Secret") for v in secret_data(objects, s["metadata"]["name"]).values()]
+    assert secrets
+    shown = json.dumps(
+        [
+            {"args": c.get("args"), "command": c.get("command"), "env": [e.get("value") for e in c.get("env", [])]}
+            for _, pod in pod_specs(objects)
+            for c in [*pod["containers"], *pod.get("initContainers", [])]
+        ]
+        + of_kind(objects, "ConfigMap")
+    )
+    assert not [secret for secret in secrets if secret in shown]

@@ -450,3 +450,30 @@ async def test_a_server_that_answers_but_refuses_a_call_hands_it_back(quick_prob
         await pool.complete(PROMPTS[0], PARAMETERS)
     assert health.can_work and health.reasons() == [] and pool.members[0].answers
     await pool.close()
+
+
+async def test_a_password_in_a_backend_url_is_in_no_label_log_or_error(session, caplog) -> None:
+    """A model server behind basic auth, named with its password in the URL: the requests
+    carry it, and nothing shown (metric labels, log lines, errors) does."""
+    from prometheus_client import generate_latest
+
+    from services.local import free_port
+
+    server = await _serve()
+    try:
+        url = _url(server).replace("http://", "http://researcher:hunter2@")
+        pool = BackendPool([TGIBackend(url, session)])
+        await pool.start()
+        answer = await pool.complete(PROMPTS[0], PARAMETERS)
+        assert answer.text.removesuffix("[INST]") == standin_answer(PROMPTS[0])
+        page = generate_latest().decode()
+        assert 'backend="http://researcher:***@127.0.0.1' in page and "hunter2" not in page
+    finally:
+        await server.close()
+    gone = TGIBackend(f"http://researcher:hunter2@127.0.0.1:{free_port()}", session,
+                      retry=RetryPolicy(max_attempts=2, first_delay=0.01))  # fmt: skip
+    for call in (gone.describe(), gone.complete(PROMPTS[0], PARAMETERS)):
+        with pytest.raises(BackendUnavailable) as failed:
+            await call
+        assert "hunter2" not in str(failed.value) and "researcher:***@" in str(failed.value)
+    assert "hunter2" not in caplog.text
