@@ -455,6 +455,8 @@ def test_the_notes_say_how_to_submit_a_job_and_open_the_dashboard() -> None:
     notes = result.stdout.split("NOTES:", 1)[1]
     assert "introspect submit --model llama2-7b" in notes
     assert "port-forward svc/introspect-nats 4222:4222" in notes
+    assert "INTROSPECT_NATS_INBOX_PREFIX=_INBOX_submitter" in notes  # the submitter's own replies
+    assert "get secret introspect-api-token -o jsonpath='{.data.token}'" in notes  # the API's token
     assert "dashboard" in notes and "grafana_dashboard=1" in notes
 
 
