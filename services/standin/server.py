@@ -4,7 +4,9 @@ Routes as TGI serves them: `POST /generate` (one object), `POST /` (a list of on
 the official `text-generation` client uses), `GET /info`, `GET /health`; as an
 OpenAI-compatible server (vLLM, llama.cpp) serves them: `POST /v1/completions` and
 `GET /v1/models`; plus
-`GET /stand-in/stats` with request counters for tests and benchmarks. Latency, a
+`GET /stand-in/stats` with request counters for tests and benchmarks, and
+`POST /stand-in/faults/overload` (`{"seconds": N}`), a test fault: every generation
+request gets 429 for the next N seconds, as from a TGI server swamped by other clients. Latency, a
 concurrency limit (429 past it, like TGI's overload answer), a share of 5xx failures, a
 share of requests never answered (a hung server, for timeouts) and a prompt-length limit
 (422, like TGI's validation error) are configurable. It names
@@ -30,6 +32,7 @@ from ..runtime.settings import PortInUse
 from .answers import STANDIN_MODEL_ID, STANDIN_NAME, prompt_roll, standin_answer
 
 _HEADER = {"X-Introspect-Stand-In": STANDIN_NAME}
+_INJECTED_OVERLOAD = {"error": "Model is overloaded (stand-in: injected overload)", "error_type": "overloaded"}
 Reply = tuple[int, Any, float, tuple[int, int]]  # status, body, seconds, (prompt, generated) tokens
 
 
@@ -48,6 +51,9 @@ def create_app(settings: StandInSettings = StandInSettings()) -> web.Application
     # over which a benchmark measures how busy the server was kept.
     window: dict[str, float] = {}
     in_flight = 0
+    # A 429 storm injected through /stand-in/faults/overload: until this monotonic time,
+    # every generation request is answered "overloaded".
+    storm = {"until": 0.0}
 
     async def generate_one(request: web.Request, openai: bool = False) -> Reply:
         """(HTTP status, body, seconds, tokens) for one request, in TGI's shape or, with `openai`, OpenAI's."""
@@ -74,6 +80,10 @@ def create_app(settings: StandInSettings = StandInSettings()) -> web.Application
             stats["rejected"] += 1
             message = f"Input validation error: `inputs` must have less than {settings.max_input_chars} characters"
             return 422, {"error": message, "error_type": "validation"}, 0.0, (0, 0)
+        if time.monotonic() < storm["until"]:
+            stats["overloaded"] += 1
+            stats["storm_429"] += 1
+            return 429, _INJECTED_OVERLOAD, 0.0, (0, 0)
         if in_flight >= settings.max_concurrent:
             stats["overloaded"] += 1
             return 429, {"error": "Model is overloaded", "error_type": "overloaded"}, 0.0, (0, 0)
@@ -143,6 +153,18 @@ def create_app(settings: StandInSettings = StandInSettings()) -> web.Application
     async def stats_view(_: web.Request) -> web.Response:
         return web.json_response({**stats, **window}, headers=_HEADER)
 
+    async def overload(request: web.Request) -> web.Response:
+        """A test fault: answer 429 to every generation request for the next `seconds`."""
+        try:
+            seconds = float((await request.json())["seconds"])
+            if not 0 <= seconds <= 3600:
+                raise ValueError
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            return web.json_response({"error": 'expected {"seconds": 0 to 3600}'}, status=400, headers=_HEADER)
+        storm["until"] = time.monotonic() + seconds
+        stats["storms"] += 1
+        return web.json_response({"overloaded_for": seconds}, headers=_HEADER)
+
     app = web.Application()
     app.add_routes(
         [
@@ -151,6 +173,7 @@ def create_app(settings: StandInSettings = StandInSettings()) -> web.Application
             web.get("/info", info),
             web.get("/health", health),
             web.get("/stand-in/stats", stats_view),
+            web.post("/stand-in/faults/overload", overload),
             web.post("/v1/completions", completions),
             web.get("/v1/models", models),
         ]

@@ -84,6 +84,28 @@ async def test_past_its_concurrency_limit_it_answers_429() -> None:
         await server.close()
 
 
+async def test_an_injected_overload_answers_429_to_every_request_until_it_ends(standin: TestServer) -> None:
+    """The 429 storm of the fault tests: every generation request refused while it lasts,
+    whatever the load; {"seconds": 0} ends it at once."""
+    client = AsyncClient(_url(standin))
+    async with aiohttp.ClientSession() as session:
+
+        async def overload(payload: object) -> int:
+            async with session.post(f"{_url(standin)}/stand-in/faults/overload", json=payload) as response:
+                return response.status
+
+        assert await overload({"seconds": 3600}) == 200
+        for i in range(3):  # one at a time: far under the concurrency limit
+            with pytest.raises(OverloadedError):
+                await client.generate(f"prompt {i}")
+        assert await overload({"seconds": 0}) == 200
+        assert (await client.generate("prompt 0")).generated_text
+        for bad in ({}, {"seconds": -1}, {"seconds": "soon"}, [1]):
+            assert await overload(bad) == 400
+        stats = await _stats(session, standin)
+        assert stats["storm_429"] == stats["overloaded"] == 3 and stats["storms"] == 2 and stats["generated"] == 1
+
+
 async def test_the_backend_retries_overload_and_failures_until_answered() -> None:
     server = await _serve(StandInSettings(latency=0.05, max_concurrent=2, error_every=3))
     try:
