@@ -29,6 +29,7 @@ from proto.subjects import STREAMS, ConsumerSpec, StreamSpec, dead_letter_subjec
 from ..errors import NatsRefused, NatsUnreachable
 from . import metrics
 from .handlers import M, Outgoing
+from .health import Health
 from .settings import Settings
 
 log = logging.getLogger("introspect")
@@ -36,6 +37,16 @@ log = logging.getLogger("introspect")
 
 class PublishRefused(Exception):
     """JetStream answered a publication with an error instead of storing it."""
+
+
+class StorageFull(PublishRefused):
+    """JetStream cannot store the publication: its disk, or its storage limit, is full."""
+
+
+# JetStream's error codes for "no room": insufficient resources (its max_file_store or the
+# disk reached), insufficient storage.
+_NO_ROOM = (10023, 10047)
+STORAGE_RETRY_FIRST, STORAGE_RETRY_MAX = 0.5, 15.0  # seconds between attempts: doubling
 
 
 async def connect(settings: Settings, name: str, reconnected: Callable[[], Awaitable[None]] | None = None) -> Client:
@@ -94,8 +105,9 @@ async def _log_reconnected() -> None:
 class Bus:
     """A service's view of JetStream."""
 
-    def __init__(self, client: Client, service: str, replicas: int | None = None) -> None:
+    def __init__(self, client: Client, service: str, replicas: int | None = None, health: Health | None = None) -> None:
         self.client = client
+        self.health = health  # told when JetStream has no room to store what this service publishes
         self.replicas = replicas  # of each stream; None: 1 for a new one, an existing one's own
         self.js = client.jetstream()
         self.service = service
@@ -109,7 +121,7 @@ class Bus:
         self._reconnect_listeners: list[Callable[[], None]] = []
 
     @classmethod
-    async def open(cls, settings: Settings, service: str) -> Bus:
+    async def open(cls, settings: Settings, service: str, health: Health | None = None) -> Bus:
         listeners: list[Callable[[], None]] = []
 
         async def reconnected() -> None:
@@ -117,7 +129,8 @@ class Bus:
             for listener in listeners:
                 listener()
 
-        bus = cls(await connect(settings, f"introspect-{service}", reconnected), service, settings.stream_replicas)
+        client = await connect(settings, f"introspect-{service}", reconnected)
+        bus = cls(client, service, settings.stream_replicas, health)
         bus._reconnect_listeners = listeners
         await bus.ensure_streams()
         return bus
@@ -184,6 +197,30 @@ class Bus:
         A publication not acknowledged in `timeout` seconds (the server restarting, say;
         checked four times a second) raises, so the message that caused it is handed back
         and tried again: JetStream's de-duplication drops whichever copies did get stored.
+        One JetStream has no room for (a full disk, its storage limit) is reported as the
+        `nats` problem, which pauses the service, and published again, with growing
+        pauses, until it is stored: the message in hand waits instead of spending its
+        deliveries on a server that cannot take what it makes.
+        """
+        batch = list(outgoing)
+        delay, refused = STORAGE_RETRY_FIRST, False
+        while True:
+            try:
+                await self._publish(batch, timeout)
+            except StorageFull as full:
+                if self.health is None:
+                    raise
+                refused = True
+                self.health.report("nats", f"JetStream cannot store what this service publishes ({full})")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, STORAGE_RETRY_MAX)
+                continue
+            if refused and self.health is not None:
+                self.health.clear("nats")
+            return
+
+    async def _publish(self, outgoing: list[Outgoing], timeout: float) -> None:
+        """One attempt at `publish`.
 
         Each publication is a plain NATS publish whose reply subject is one of this bus's
         inbox subjects; JetStream's ack arrives there. nats-py's `publish_async` does the
@@ -240,7 +277,8 @@ class Bus:
             future.set_exception(PublishRefused(f"NATS status {status}: no JetStream answered"))
         elif b'"error"' in msg.data:
             error = json.loads(msg.data).get("error") or {}
-            future.set_exception(PublishRefused(f"JetStream refused it: {error.get('description', error)}"))
+            refused = StorageFull if error.get("err_code") in _NO_ROOM else PublishRefused
+            future.set_exception(refused(f"JetStream refused it: {error.get('description', error)}"))
         else:
             future.set_result(None)
 

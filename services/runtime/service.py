@@ -108,7 +108,7 @@ async def serve(service: Service, settings: Settings, stop: asyncio.Event | None
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
 
-    bus = await Bus.open(settings, service.name)
+    bus = await Bus.open(settings, service.name, service.health)
     started = asyncio.Event()  # /healthz says ready only once the service has started
     health = service.health
 

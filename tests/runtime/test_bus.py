@@ -151,3 +151,55 @@ async def test_no_dead_letter_can_break_the_listing_of_the_others(nats_server: N
         assert [m.data for m in await _drain(gateway)] == [b"\xc1 not msgpack"]  # back where it came from
     finally:
         await bus.close()
+
+
+async def test_a_jetstream_without_room_is_reported_and_the_publication_waits_until_there_is(
+    tmp_path, monkeypatch
+) -> None:
+    """JetStream's storage full (its limit here; a full disk answers the same): the
+    publication is not failed (which would hand its message back, spending a delivery each
+    time) but reported as the `nats` problem, which pauses the service, and published again
+    until there is room; then the problem clears."""
+    import asyncio
+
+    from services.runtime import bus as bus_module
+    from services.runtime.health import Health
+
+    class CountingHealth(Health):
+        reports = 0
+
+        def report(self, problem: str, reason: str, *, blocks_work: bool = True) -> None:
+            CountingHealth.reports += 1
+            super().report(problem, reason, blocks_work=blocks_work)
+
+    monkeypatch.setattr(bus_module, "STORAGE_RETRY_FIRST", 0.05)
+    monkeypatch.setattr(bus_module, "STORAGE_RETRY_MAX", 0.05)
+    config = tmp_path / "nats.conf"
+    store = tmp_path / "jetstream"
+    config.write_text(f'jetstream {{ store_dir: "{store}", max_file_store: 256KB }}\n')
+    server = NatsServer(store, config=config)
+    server.start()
+    health = CountingHealth("test")
+    bus = await Bus.open(Settings(nats_url=server.url), "test", health)
+    try:
+        filler = await bus.js.add_stream(name="FILLER", subjects=["filler"])
+        assert filler.config.name == "FILLER"
+        while True:  # fill JetStream to its limit with another stream's messages
+            answer = await bus.client.request("filler", b"x" * 4000, timeout=10)
+            if b"insufficient resources" in answer.data:
+                break
+        event = JobEvent("job", "accepted", "", 1.0)
+        publishing = asyncio.ensure_future(bus.publish([Outgoing(sub.EVENTS, event, "job:accepted")]))
+        async with asyncio.timeout(30):
+            while CountingHealth.reports < 3:  # three attempts, each refused
+                await asyncio.sleep(0.01)
+        assert not publishing.done()  # still waiting, not failed
+        assert not health.can_work and "insufficient resources" in health.reasons()[0]
+        await bus.js.delete_stream("FILLER")  # room again
+        await asyncio.wait_for(publishing, 30)
+        assert health.can_work and health.reasons() == []
+        stored = await bus.js.get_last_msg("INTROSPECT_EVENTS", sub.EVENTS)
+        assert stored.header is not None and stored.header["Nats-Msg-Id"] == "job:accepted"
+    finally:
+        await bus.close()
+        server.stop()
