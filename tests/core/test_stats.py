@@ -21,7 +21,9 @@ from services.core.stats import (
 )
 
 
-@pytest.mark.parametrize(("successes", "n"), [(0, 1), (1, 1), (0, 10), (2, 6), (6, 18), (7, 20), (50, 100), (997, 1000)])
+@pytest.mark.parametrize(
+    ("successes", "n"), [(0, 1), (1, 1), (0, 10), (2, 6), (6, 18), (7, 20), (50, 100), (997, 1000)]
+)
 def test_wilson_interval_equals_scipys_own_wilson_interval(successes: int, n: int) -> None:
     # statsmodels computes ours; scipy's binomtest has an implementation of its own.
     scipy_interval = binomtest(successes, n).proportion_ci(confidence_level=0.95, method="wilson")
