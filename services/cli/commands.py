@@ -27,15 +27,17 @@ from ..core.replay import Generation
 from ..core.results import Aggregate, summary
 from ..core.tasks import TASK_KINDS
 from ..errors import AggregatorRefused, NatsRefused, NatsUnreachable, OwnedElsewhere
+from ..grid import InvalidGrid
+from ..grid import summary as grid_summary
 from ..jobs import JOB_ERRORS, PreparedJob, job_folders, prepare_job, with_job_id
 from ..models import ResolvedModel, load_model
 from ..runtime.lock import FolderInUse, FolderLock
 from ..runtime.settings import InvalidSettings, Settings, redact_url
 from ..runtime.storage import StoreDamaged
-from .parser import build_parser, grid_from, job_from
+from .parser import build_parser, grid_from, job_from, named_grid
 
 # Mistakes a user can make; each becomes one line on stderr, never a traceback.
-_USER_ERRORS: tuple[type[Exception], ...] = (*JOB_ERRORS, InvalidSettings, FolderInUse)
+_USER_ERRORS: tuple[type[Exception], ...] = (*JOB_ERRORS, InvalidSettings, FolderInUse, InvalidGrid)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -213,7 +215,15 @@ def _serve(args: argparse.Namespace) -> int:
 def _submit(args: argparse.Namespace) -> int:
     from ..client import submit
 
-    submitted = asyncio.run(submit(_settings(args), grid_from(args), wait=args.wait or 0.0))
+    jobs = grid_from(args)
+    if args.grid:
+        print(grid_summary(args.grid, named_grid(args), args.limit, args.start, args.stop), file=sys.stderr)
+    if args.dry_run:
+        for job in jobs:
+            print(f"{job.model} {job.dataset} {job.task} {','.join(job.config) or 'none'}")
+        print(f"dry run: {len(jobs)} job(s), none submitted", file=sys.stderr)
+        return 0
+    submitted = asyncio.run(submit(_settings(args), jobs, wait=args.wait or 0.0))
     for job, verdict in submitted:
         print(job.job_id if verdict is None else f"{job.job_id}  {verdict.event}: {verdict.detail}")
     print(f"submitted {len(submitted)} job(s)", file=sys.stderr)

@@ -13,6 +13,8 @@ from proto import Job
 from ..core.datasets import DATASETS, UnknownDataset
 from ..core.observations import DATASET_CATEGORIES, SPLIT_NAMES, InvalidObservation
 from ..core.tasks import TASK_KINDS
+from ..grid import GRID_NAMES, PAPER_SEED, PAPER_SPLIT, GridEntry, InvalidGrid
+from ..grid import grid as grid_entries
 from ..jobs import LOCAL_FILE_SUFFIXES
 
 SERVICE_NAMES = ("producer", "scorer", "gateway", "aggregator")
@@ -50,12 +52,13 @@ def _count(minimum: int) -> Callable[[str], int]:
 def _job_arguments(parser: argparse.ArgumentParser, grid: bool = False) -> None:
     """The arguments that make a job; with `grid`, model, dataset and task take several values."""
     many: dict[str, Any] = {"nargs": "+"} if grid else {}
+    # A grid may be named instead (`submit --grid paper`): then --dataset and --task are not required.
     parser.add_argument(
-        "--dataset", required=True, help=f"one of {', '.join(DATASETS)}, or a .jsonl/.csv/.parquet file", **many
+        "--dataset", required=not grid, help=f"one of {', '.join(DATASETS)}, or a .jsonl/.csv/.parquet file", **many
     )
-    parser.add_argument("--task", required=True, choices=TASK_KINDS, **many)
-    parser.add_argument("--model", default=["llama2-7b"] if grid else "llama2-7b", **many,
-                        help="shorthand, Hugging Face id, or tokenizer_config.json")  # fmt: skip
+    parser.add_argument("--task", required=not grid, choices=TASK_KINDS, **many)
+    parser.add_argument("--model", default=None if grid else "llama2-7b", **many,
+                        help="shorthand, Hugging Face id, or tokenizer_config.json (default llama2-7b)")  # fmt: skip
     parser.add_argument("--split", default="test", choices=SPLIT_NAMES)
     parser.add_argument("--config", action="append", default=[], metavar="OPTION", help="task option (repeatable)")
     if grid:
@@ -141,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     _job_arguments(submit, grid=True)
     submit.add_argument("--wait", type=float, nargs="?", const=600.0, default=None, metavar="SECONDS",
                         help="wait until the producer takes or refuses each job (default 600 s)")  # fmt: skip
+    submit.add_argument("--grid", choices=GRID_NAMES, default=None,
+                        help="the paper's experiment set (its job scripts); --task narrows it")  # fmt: skip
+    submit.add_argument("--dry-run", action="store_true", help="print how many jobs and generations; submit nothing")
     _nats_argument(submit)
 
     status = commands.add_parser("status", help="progress of every job the aggregator knows")
@@ -201,8 +207,25 @@ def job_from(args: argparse.Namespace, model: str, dataset: str, task: str, conf
 
 
 def grid_from(args: argparse.Namespace) -> list[Job]:
+    if getattr(args, "grid", None):
+        return [job_from(args, e.model, e.dataset, e.task, e.config) for e in named_grid(args)]
+    if not args.dataset or not args.task:
+        raise InvalidGrid("submit needs --dataset and --task, or --grid paper")
     variants = [[o for o in v.split(",") if o and o != "none"] for v in args.variant] or [args.config]
+    models = args.model or ["llama2-7b"]
     return [
         job_from(args, model, dataset, task, variant)
-        for model, dataset, task, variant in itertools.product(args.model, args.dataset, args.task, variants)
+        for model, dataset, task, variant in itertools.product(models, args.dataset, args.task, variants)
     ]
+
+
+def named_grid(args: argparse.Namespace) -> list[GridEntry]:
+    """The experiments of `--grid NAME`, narrowed by --task; what the grid fixes may not be given."""
+    fixed = {"--model": args.model, "--dataset": args.dataset, "--config": args.config, "--variant": args.variant,
+             "--system-message": args.system_message, "--category": args.category}  # fmt: skip
+    given = [flag for flag, value in fixed.items() if value]
+    if args.split != PAPER_SPLIT or args.seed != PAPER_SEED:
+        given.append("--split" if args.split != PAPER_SPLIT else "--seed")
+    if given:
+        raise InvalidGrid(f"--grid {args.grid} sets the models, datasets, split, seed and prompts; drop {given[0]}")
+    return grid_entries(args.grid, args.task)
