@@ -18,13 +18,14 @@ from typing import Any
 from proto.subjects import partition_of
 
 from ..backends.contract import BackendUnavailable, Complete
+from ..compare import CompareError, live_summary, resolve_job, result_lines
 from ..core.chat import MODELS, render_checked, template_mismatch
 from ..core.config import TASK_OPTIONS
 from ..core.datasets import DATASETS
 from ..core.observations import Observation
 from ..core.records import ResultRecord
 from ..core.replay import Generation
-from ..core.results import Aggregate, summary
+from ..core.results import Aggregate
 from ..core.tasks import TASK_KINDS
 from ..errors import AggregatorRefused, NatsRefused, NatsUnreachable, OwnedElsewhere
 from ..grid import InvalidGrid
@@ -37,7 +38,7 @@ from ..runtime.storage import StoreDamaged
 from .parser import build_parser, grid_from, job_from, named_grid
 
 # Mistakes a user can make; each becomes one line on stderr, never a traceback.
-_USER_ERRORS: tuple[type[Exception], ...] = (*JOB_ERRORS, InvalidSettings, FolderInUse, InvalidGrid)
+_USER_ERRORS: tuple[type[Exception], ...] = (*JOB_ERRORS, InvalidSettings, FolderInUse, InvalidGrid, CompareError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -49,6 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "submit": _submit,
         "status": _status,
         "results": _results,
+        "compare": _compare,
         "dead-letters": _dead_letters,
         "tasks": _tasks,
         "render": _render,
@@ -243,7 +245,8 @@ def _status(args: argparse.Namespace) -> int:
     if not jobs:
         print("no jobs")
     for job in jobs:
-        print(f"{job['job_id']}  {_bar(job['received'], job['expected'])}  {'complete' if job['complete'] else ''}")
+        state = "complete" if job["complete"] else "running"
+        print(f"{job['job_id']}  {_bar(job['received'], job['expected'])}  {state}  {live_summary(job['results'])}")
     return 0
 
 
@@ -253,9 +256,10 @@ def _bar(done: int, total: int, width: int = 30) -> str:
 
 
 def _results(args: argparse.Namespace) -> int:
-    from ..client import job_file, job_state
+    from ..client import job_file, job_state, list_jobs
 
     token = _settings(args).api_token
+    args.job_id = resolve_job(list_jobs(args.aggregator, token), args.job_id)
     if args.format == "parquet":
         out = Path(args.out or f"{args.job_id}.parquet")
         out.write_bytes(job_file(args.aggregator, args.job_id, "records.parquet", token))
@@ -264,6 +268,20 @@ def _results(args: argparse.Namespace) -> int:
         print(job_file(args.aggregator, args.job_id, "result.json", token).decode())
     else:
         _print_results(job_state(args.aggregator, args.job_id, token)["results"])
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from ..compare import experiment_rows, load_aggregator, load_folder, pair_rows, render
+
+    if args.aggregator:
+        experiments, notes = load_aggregator(args.aggregator, _settings(args).api_token)
+    else:
+        experiments, notes = load_folder(Path(args.folder))
+    for note in notes:
+        print(f"introspect: {note}", file=sys.stderr)
+    rows = experiment_rows(experiments)
+    sys.stdout.write(render(rows, pair_rows(experiments, rows, args.pair), args.format))
     return 0
 
 
@@ -429,9 +447,4 @@ def _probe(endpoint: str, model: ResolvedModel) -> None:
 
 
 def _print_results(results: dict[str, Any]) -> None:
-    counts = {k: v for k, v in results.items() if k != "answer"}
-    width = max(len(k) for k in counts)
-    for key, value in counts.items():
-        print(f"{key:>{width}}  {value}")
-    for name, proportion in summary(results).items():
-        print(f"{name:>{width}}  {proportion}")
+    print("\n".join(result_lines(results)))

@@ -153,10 +153,22 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--aggregator", default=DEFAULT_AGGREGATOR, help="the aggregator's HTTP address")
 
     results = commands.add_parser("results", help="a job's results: a table, the paper's JSON, or the records")
-    results.add_argument("job_id")
+    results.add_argument("job_id", help="a job id, its experiment id, or a unique prefix of a job id")
     results.add_argument("--aggregator", default=DEFAULT_AGGREGATOR)
     results.add_argument("--format", choices=("table", "json", "parquet"), default="table")
     results.add_argument("--out", default=None, help="with --format parquet: the file to write")
+
+    compare = commands.add_parser(
+        "compare", help="one table across experiments: intervals, and paired tests with --pair",
+        description="One row per experiment of a results folder (or of a deployment's complete jobs), "
+        "accuracy and faithfulness with 95%% Wilson intervals; --pair adds McNemar's exact test and a paired "
+        "bootstrap interval of the difference, Holm-corrected.",
+    )  # fmt: skip
+    compare.add_argument("folder", nargs="?", default="results", help="folder of <experiment id>.json and .parquet")
+    compare.add_argument("--aggregator", default=None, help="compare the complete jobs of this aggregator instead")
+    compare.add_argument("--format", choices=("table", "markdown", "csv"), default="table")
+    compare.add_argument("--pair", nargs=2, action="append", default=[], metavar=("A", "B"),
+                         help="two experiments on the same observations: ids or unique prefixes")  # fmt: skip
 
     dead = commands.add_parser("dead-letters", help="list or replay messages the services could not process")
     dead.add_argument("action", choices=("list", "replay"))
