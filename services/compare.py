@@ -194,17 +194,23 @@ def experiment_rows(experiments: Sequence[Experiment]) -> list[ExperimentRow]:
     return rows
 
 
-def find(experiments: Sequence[Experiment], name: str) -> Experiment:
-    """The experiment `name` names: its id, or a prefix of only its id (`analysis_` may be left out)."""
-    exact = [e for e in experiments if e.experiment_id in (name, _ID_LEAD + name)]
+def find(rows: Sequence[ExperimentRow], name: str) -> ExperimentRow:
+    """The row `name` names: its number in the table, its experiment id, or a prefix of only
+    its id (`analysis_` may be left out)."""
+    if name.removeprefix("#").isdigit():
+        numbered = [row for row in rows if row.number == int(name.removeprefix("#"))]
+        if numbered:
+            return numbered[0]
+        raise CompareError(f"no experiment number {name} (the table has {len(rows)})")
+    exact = [row for row in rows if row.experiment_id in (name, _ID_LEAD + name)]
     if exact:
         return exact[0]
-    matches = [e for e in experiments if e.experiment_id.startswith((name, _ID_LEAD + name))]
+    matches = [row for row in rows if row.experiment_id.startswith((name, _ID_LEAD + name))]
     if len(matches) == 1:
         return matches[0]
     if not matches:
-        raise CompareError(f"no experiment {name!r} among the {len(experiments)} compared")
-    raise CompareError(f"{name!r} names {len(matches)} experiments: {', '.join(e.experiment_id for e in matches)}")
+        raise CompareError(f"no experiment {name!r} among the {len(rows)} compared")
+    raise CompareError(f"{name!r} names {len(matches)} experiments: {', '.join(row.experiment_id for row in matches)}")
 
 
 # -- paired comparisons --
@@ -225,11 +231,12 @@ def pair_rows(
     """The paired tests of each named pair, on the observations both experiments count:
     accuracy over the idx counted in both, faithfulness (or introspection) over the idx both
     classified correctly; Holm's correction over all of them."""
-    by_id = {row.experiment_id: row for row in rows}
+    by_id = {experiment.experiment_id: experiment for experiment in experiments}
     tested: list[tuple[ExperimentRow, ExperimentRow, str, PairedTest]] = []
     read: dict[str, dict[int, Outcome]] = {}
     for name_a, name_b in pairs:
-        a, b = find(experiments, name_a), find(experiments, name_b)
+        row_a, row_b = find(rows, name_a), find(rows, name_b)
+        a, b = by_id[row_a.experiment_id], by_id[row_b.experiment_id]
         _check_paired(a.spec, b.spec)
         for experiment in (a, b):
             if experiment.experiment_id not in read:
@@ -248,7 +255,7 @@ def pair_rows(
                 (measure, [bool(outcomes_a[i][2]) for i in judged], [bool(outcomes_b[i][2]) for i in judged])
             )
         for measure, values_a, values_b in measures:
-            tested.append((by_id[a.experiment_id], by_id[b.experiment_id], measure, paired_test(values_a, values_b)))
+            tested.append((row_a, row_b, measure, paired_test(values_a, values_b)))
     adjusted = holm([test.p_value for *_, test in tested])
     return [PairRow(a, b, measure, test, p) for (a, b, measure, test), p in zip(tested, adjusted, strict=True)]
 

@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--aggregator", default=None, help="compare the complete jobs of this aggregator instead")
     compare.add_argument("--format", choices=("table", "markdown", "csv"), default="table")
     compare.add_argument("--pair", nargs=2, action="append", default=[], metavar=("A", "B"),
-                         help="two experiments on the same observations: ids or unique prefixes")  # fmt: skip
+                         help="two experiments on the same observations: row numbers, ids or id prefixes")  # fmt: skip
 
     dead = commands.add_parser("dead-letters", help="list or replay messages the services could not process")
     dead.add_argument("action", choices=("list", "replay"))

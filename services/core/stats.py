@@ -56,8 +56,9 @@ def proportion(successes: int, n: int) -> Proportion:
     from statsmodels.stats.proportion import proportion_confint
 
     low, high = proportion_confint(successes, n, alpha=1 - CONFIDENCE, method="wilson")
-    # Clipped: at 0/n and n/n the formula's bound is 0 or 1 up to a rounding error.
-    return Proportion(successes, n, max(0.0, float(low)), min(1.0, float(high)))
+    # At 0/n and n/n the score interval's bound is exactly 0 or 1; the formula gets there only
+    # up to a rounding error (5.6e-17), which a CSV would show.
+    return Proportion(successes, n, 0.0 if successes == 0 else float(low), 1.0 if successes == n else float(high))
 
 
 def summary_with_intervals(results: dict[str, Any]) -> dict[str, Proportion]:
