@@ -17,10 +17,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from proto import Job
 from services.backends.tgi import TGIBackend
 from services.client import submit
-from services.core.records import record_to_dict
+from services.core.tasks import kind_spec
 from services.generation import ChatModel
 from services.jobs import prepare_job
 from services.local import LocalPipeline
+from services.result_files import RecordsFile
 from services.runner import evaluate
 from services.runtime.settings import Settings
 
@@ -73,10 +74,10 @@ def in_process(job: Job, standin_url: str, tmp: Path) -> tuple[pd.DataFrame, dic
             return await evaluate(prepared.task, observations, model.generate, concurrency=32)
 
     records, running = asyncio.run(go())
-    # Through Parquet, as the pipeline's records are, so both have the same column types.
-    path = tmp / f"{job.job_id}.parquet"
-    pd.DataFrame([record_to_dict(r) for r in records]).to_parquet(path, index=False)
-    frame = pd.read_parquet(path).sort_values("idx").reset_index(drop=True)
+    # Through the same Parquet writer as the pipeline's records, so both have the same column types.
+    parquet = RecordsFile(tmp / f"{job.job_id}-in-process", prepared.experiment, kind_spec(prepared.task.kind).record)
+    parquet.write(records)
+    frame = pd.read_parquet(parquet.finish()).sort_values("idx").reset_index(drop=True)
     return frame, running.results()
 
 
