@@ -2,9 +2,11 @@
 
 from .messages import (
     MAX_MESSAGE_BYTES,
+    MAX_SOURCES,
     MESSAGE_TYPES,
     SCHEMA_VERSION,
     Answer,
+    AnswerSource,
     Chat,
     DeadLetter,
     GenerationReply,
@@ -26,9 +28,11 @@ from .messages import (
 
 __all__ = [
     "MAX_MESSAGE_BYTES",
+    "MAX_SOURCES",
     "MESSAGE_TYPES",
     "SCHEMA_VERSION",
     "Answer",
+    "AnswerSource",
     "Chat",
     "DeadLetter",
     "GenerationReply",

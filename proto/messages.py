@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 import typing
 from functools import lru_cache
-from typing import Annotated, Any, ClassVar, TypeAlias, TypeVar, Union
+from typing import Annotated, Any, ClassVar, Literal, TypeAlias, TypeVar, Union
 
 import msgspec
 
@@ -30,6 +30,11 @@ replace = msgspec.structs.replace  # a copy of a message with some fields change
 # Whole numbers a message may carry: non-negative and within a signed 64-bit integer, as
 # stores key them and model servers read them; anything else is refused at decoding.
 Natural = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+# Unix seconds, 0 where unknown (finite: NaN and infinities are refused).
+Seconds = Annotated[float, msgspec.Meta(ge=0.0, le=1e12)]
+# Provenance: short texts, so that what rides on every reply and result stays small.
+SourceText = Annotated[str, msgspec.Meta(max_length=256)]
+MAX_SOURCES = 4  # distinct answer sources one observation (or one result) carries
 
 
 class InvalidMessage(ValueError):
@@ -80,6 +85,16 @@ class Answer(_Part, frozen=True):
     error: str | None = None
 
 
+class AnswerSource(_Part, frozen=True):
+    """Where a gateway's answers come from: the kind of server, its host:port (never
+    credentials), and the model id the server reports. A cache-only gateway (offline) names
+    the model its cache holds."""
+
+    backend: Literal["stand-in", "tgi", "openai-compatible", "cache-only"]
+    endpoint: SourceText  # host:port, comma-separated for a pool; a Kubernetes Service as namespace/name:port
+    model_id: SourceText
+
+
 class WorkItem(_Part, frozen=True):
     """One observation's state in the protocol: all the scorer needs to take the next step."""
 
@@ -90,6 +105,9 @@ class WorkItem(_Part, frozen=True):
     observation: dict[str, Any]
     chat: Chat
     answers: list[Answer] = []
+    # Where its answers so far came from (each distinct source once): carried, as the
+    # transcript is, so that the scored result can say it. Absent in older messages.
+    sources: Annotated[list[AnswerSource], msgspec.Meta(max_length=MAX_SOURCES)] = []
 
     @property
     def idx(self) -> int:
@@ -131,6 +149,10 @@ class JobManifest(_Message, frozen=True, tag="job-manifest"):
     experiment: dict[str, Any]  # the paper's `args` object
     expected: Natural
     setup_seconds: float = 0.0
+    # Provenance (absent in older manifests): the chat settings the job's questions are
+    # asked with, and when the producer took the job.
+    chat: Chat | None = None
+    started_at: Seconds = 0.0
     v: int = SCHEMA_VERSION
 
 
@@ -156,6 +178,7 @@ class GenerationReply(_Message, frozen=True, tag="generation-reply"):
     answer: Answer
     work: WorkItem
     cached: bool = False
+    source: AnswerSource | None = None  # the gateway's servers; absent from an older gateway
     v: int = SCHEMA_VERSION
 
 
@@ -167,6 +190,7 @@ class ScoredResult(_Message, frozen=True, tag="scored-result"):
     task: str
     idx: Natural
     record: dict[str, Any]
+    sources: Annotated[list[AnswerSource], msgspec.Meta(max_length=MAX_SOURCES)] = []  # the work item's
     v: int = SCHEMA_VERSION
 
 

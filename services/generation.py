@@ -7,6 +7,11 @@ question to the answer the task reads.
    and stores what a server says, rejections included.
 3. Clean the answer: one trailing stop sequence and surrounding white space removed.
 
+A generation's `duration` is the inference time the server spent on it for this run: the
+seconds it reported when it computed the answer, and 0 for an answer the cache gave
+(`cached`), which cost no server anything. A record's duration, and the result's
+`durations.eval`, sum these, so a re-run from the cache says 0 and a cold run what it took.
+
 A request the server rejects is a result (a `Generation` with its error); a backend that
 stays unavailable raises `BackendUnavailable`, and no result is recorded. The in-process
 runner and the gateway both generate through `ChatModel.generate`.
@@ -47,4 +52,6 @@ class ChatModel:
         except GenerationRejected as rejected:
             return Generation("", error=str(rejected), cached=rejected.cached)
         text = clean_answer(completion.text, self.parameters.stop)
-        return Generation(text, duration=completion.seconds, cached=completion.cached)
+        # The cache keeps the seconds the first run was told; a hit cost this run nothing.
+        duration = 0.0 if completion.cached else completion.seconds
+        return Generation(text, duration=duration, cached=completion.cached)

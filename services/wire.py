@@ -6,9 +6,10 @@ conversion between the two, in either direction, is a function here.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 
-from proto import Answer, Chat, Sampling, ScoredResult, WorkItem
+from proto import Answer, AnswerSource, Chat, Sampling, ScoredResult, WorkItem
 
 from .backends.contract import Complete
 from .core.chat import GenerationParameters, SystemMessage
@@ -95,8 +96,11 @@ def answer_of(generation: Generation) -> Answer:
 # -- results --
 
 
-def scored_result(job_id: str, record: ResultRecord, task_kind: str) -> ScoredResult:
-    return ScoredResult(job_id, task_kind, record.idx, record_to_dict(record))
+def scored_result(
+    job_id: str, record: ResultRecord, task_kind: str, sources: Sequence[AnswerSource] = ()
+) -> ScoredResult:
+    """The result of one observation, with where its answers came from (for provenance)."""
+    return ScoredResult(job_id, task_kind, record.idx, record_to_dict(record), list(sources))
 
 
 def record_of(result: ScoredResult) -> ResultRecord:

@@ -27,14 +27,16 @@ from typing import Any, TypeVar
 import msgpack
 from aiohttp import web
 
-from proto import InvalidMessage, JobEvent, JobManifest, ScoredResult, decode, encode
+from proto import AnswerSource, InvalidMessage, JobEvent, JobManifest, ScoredResult, decode, encode
 from proto import subjects as sub
 from proto.subjects import ConsumerSpec
 
 from ..core.records import ResultRecord, record_from_dict
 from ..core.results import Aggregate, ExperimentSpec, summary
 from ..core.tasks import kind_spec
-from ..result_files import BATCH, RecordsFile, write_result_json
+from ..provenance import MAX_JOB_SOURCES, merge_sources
+from ..provenance import build as build_provenance
+from ..result_files import BATCH, PLACING, RecordsFile, beside_token, place_result, write_result_json
 from ..runtime.handlers import Outgoing, Publisher, Reject
 from ..runtime.lock import FolderLock
 from ..runtime.service import ServiceBase, import_in_background
@@ -57,6 +59,13 @@ class JobState:
     result_file: str | None = None
     records_file: str | None = None
     final_results: dict[str, Any] | None = None  # kept when complete: no records to rescan at start
+    # Provenance: the distinct sources of the job's answers (stored as they grow), whether
+    # there were more than are listed, when its last record was in, and why its files were
+    # written beside the experiment's name, if they were.
+    sources: list[AnswerSource] = field(default_factory=list)
+    more_sources: bool = False
+    ended_at: float | None = None
+    result_note: str | None = None
     # One finish at a time: redelivered last records arrive together, and each would
     # otherwise write the result files again.
     finishing: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -77,6 +86,7 @@ class JobState:
             "summary": {name: p.value for name, p in summary(results).items()},
             "result_file": self.result_file,
             "records_file": self.records_file,
+            "result_note": self.result_note,
         }
 
 
@@ -119,12 +129,17 @@ class Aggregator(ServiceBase):
             if completion is not None:  # finished: its counts were kept, its records stay on disk
                 state.complete, state.received = True, completion["received"]
                 state.result_file, state.records_file = completion["result_file"], completion["records_file"]
+                state.result_note = completion.get("result_note")
                 state.final_results = results = completion["results"]
                 metrics.JOB_PROGRESS.labels(job_id, "received").set(state.received)
                 metrics.JOB_CORRECT.labels(job_id).set(results["correct"])
                 both = results.get("faithful_and_correct", results.get("introspect_and_correct", 0))
                 metrics.JOB_FAITHFUL.labels(job_id).set(both)
                 continue
+            try:
+                state.sources = self.store.sources(job_id)
+            except ValueError as error:  # damaged: the provenance says less, the job goes on
+                log.warning("aggregator: job %s: %s", job_id, error)
             for batch in self._record_batches(state):  # a batch at a time: memory flat in the job's size
                 for record in batch:
                     self._count(state, record)
@@ -176,6 +191,7 @@ class Aggregator(ServiceBase):
                 f"job {result.job_id}: result {result.task}/{result.idx} does not match its record", "bad-record"
             )
         store = self.store
+        await self._note_sources(state, result.sources)  # before the record: a redelivery finds them stored
         if not await self._stored(lambda: store.add_record(result.job_id, result.idx, result.record)):
             metrics.DUPLICATES.inc()
             if state.received >= state.manifest.expected and not state.complete:
@@ -200,6 +216,19 @@ class Aggregator(ServiceBase):
                 if not is_store_error(error):
                     raise
                 self.recovery.failed(error)
+
+    async def _note_sources(self, state: JobState, sources: list[AnswerSource]) -> None:
+        """Keep (and store) each source of the job's answers not seen before, up to
+        MAX_JOB_SOURCES; the store is written only when one is new: a handful per job."""
+        if all(source in state.sources for source in sources):
+            return
+        merged = merge_sources(state.sources, sources, MAX_JOB_SOURCES)
+        state.more_sources = state.more_sources or any(source not in merged for source in sources)
+        if merged != state.sources:
+            assert self.store is not None
+            store = self.store
+            await self._stored(lambda: store.put_sources(state.job_id, merged))
+            state.sources = merged
 
     def _register(self, manifest: JobManifest) -> JobState:
         state = JobState(manifest, Aggregate(manifest.job.task))
@@ -276,25 +305,39 @@ class Aggregator(ServiceBase):
         assert self.store is not None
         spec = ExperimentSpec.from_args(state.manifest.experiment)
         final = Aggregate(state.running.task_kind)
-        parquet = await asyncio.to_thread(RecordsFile, self.results_dir, spec, kind_spec(final.task_kind).record)
+        state.ended_at = state.ended_at or time.time()  # the last record was in: a retry keeps the time
+        provenance = self._provenance(state)
+        kind = kind_spec(final.task_kind).record
+        parquet = await asyncio.to_thread(RecordsFile, self.results_dir, spec, kind, provenance)
         try:
             for batch in self._record_batches(state):
                 for record in batch:
                     final.add(record)
                 await asyncio.to_thread(parquet.write, batch)  # the store is read here, on the loop, alone
-            records_path = await asyncio.to_thread(parquet.finish)
+
+            def put_in_place() -> tuple[str | None, Path, Path]:
+                # A result of other provenance under the experiment's name is never replaced,
+                # and a job is never lost: its files go beside it, named by the job.
+                with PLACING:
+                    beside = beside_token(state.job_id, spec.experiment_id)
+                    placement = place_result(self.results_dir, spec, provenance, beside=beside)
+                    setup = state.manifest.setup_seconds
+                    result = write_result_json(self.results_dir, spec, final, setup, provenance, path=placement.result)
+                    return placement.note, result, parquet.finish(placement.records)
+
+            note, result_path, records_path = await asyncio.to_thread(put_in_place)
         except BaseException:
             await asyncio.to_thread(parquet.abandon)
             raise
-        result_path = await asyncio.to_thread(
-            write_result_json, self.results_dir, spec, final, state.manifest.setup_seconds
-        )
-        state.result_file, state.records_file = str(result_path), str(records_path)
+        state.result_file, state.records_file, state.result_note = str(result_path), str(records_path), note
         log.info("job %s: complete, %d records; results in %s", state.job_id, final.total, result_path)
+        if note is not None:
+            log.warning("job %s: %s", state.job_id, note)
         state.final_results = final.results()
         completion = {
             "result_file": state.result_file,
             "records_file": state.records_file,
+            "result_note": state.result_note,
             "received": final.total,
             "results": state.final_results,
         }
@@ -303,6 +346,20 @@ class Aggregator(ServiceBase):
         state.complete = True
         metrics.JOBS_COMPLETED.inc()
         return _completed(state)
+
+    def _provenance(self, state: JobState) -> dict[str, Any]:
+        """The job's provenance: its chat settings and selection from the manifest, where its
+        answers came from as the gateways said, written by this aggregator."""
+        manifest = state.manifest
+        return build_provenance(
+            job=manifest.job,
+            chat=manifest.chat,
+            sources=state.sources,
+            more_sources=state.more_sources,
+            started_at=manifest.started_at or None,
+            finished_at=state.ended_at or time.time(),
+            written_by="introspect aggregator",
+        )
 
     # -- HTTP API --
 
@@ -383,6 +440,8 @@ def _completed(state: JobState) -> list[Outgoing]:
     if not state.complete:
         return []
     detail = f"{state.received} records; results in {state.result_file}"
+    if state.result_note is not None:
+        detail += f" ({state.result_note})"
     return [Outgoing(sub.EVENTS, JobEvent(state.job_id, "completed", detail, time.time()), f"{state.job_id}:completed")]
 
 

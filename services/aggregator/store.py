@@ -12,12 +12,17 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+import msgspec
+
+from proto import AnswerSource
 
 from ..runtime.storage import StoreDamaged, open_rocksdb, reopen_rocksdb
 
 _MANIFEST = b"manifest\0"
 _RECORD = b"record\0"
 _COMPLETE = b"complete\0"
+_SOURCES = b"sources\0"  # a job's distinct answer sources, for its provenance
+_SOURCES_DECODER = msgspec.msgpack.Decoder(list[AnswerSource])
 
 
 def _record_key(job_id: str, idx: int) -> bytes:
@@ -85,6 +90,19 @@ class ResultStore:
     def completion(self, job_id: str) -> dict[str, Any] | None:
         raw = self.db.get(_COMPLETE + job_id.encode())
         return None if raw is None else msgpack.unpackb(raw)
+
+    def put_sources(self, job_id: str, sources: list[AnswerSource]) -> None:
+        self.db[_SOURCES + job_id.encode()] = msgspec.msgpack.encode(sources)
+
+    def sources(self, job_id: str) -> list[AnswerSource]:
+        """The job's answer sources as stored; ValueError if they do not read."""
+        raw = self.db.get(_SOURCES + job_id.encode())
+        if raw is None:
+            return []
+        try:
+            return _SOURCES_DECODER.decode(raw)
+        except msgspec.MsgspecError as error:
+            raise ValueError(f"stored answer sources do not read: {error}") from None
 
     def _prefix(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         for key, value in self.db.items(from_key=prefix):

@@ -32,13 +32,16 @@ from ..grid import InvalidGrid
 from ..grid import summary as grid_summary
 from ..jobs import JOB_ERRORS, PreparedJob, job_folders, prepare_job, with_job_id
 from ..models import ResolvedModel, load_model
+from ..result_files import ResultNotReplaced
 from ..runtime.lock import FolderInUse, FolderLock
 from ..runtime.settings import InvalidSettings, Settings, redact_url
 from ..runtime.storage import StoreDamaged
 from .parser import build_parser, grid_from, job_from, named_grid
 
 # Mistakes a user can make; each becomes one line on stderr, never a traceback.
-_USER_ERRORS: tuple[type[Exception], ...] = (*JOB_ERRORS, InvalidSettings, FolderInUse, InvalidGrid, CompareError)
+_USER_ERRORS: tuple[type[Exception], ...] = (
+    *JOB_ERRORS, InvalidSettings, FolderInUse, InvalidGrid, CompareError, ResultNotReplaced
+)  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -336,6 +339,8 @@ def _run(args: argparse.Namespace) -> int:
         progress.close()
         stop_launcher()
     _print_results(status["results"])
+    if status.get("result_note"):  # written beside a result of other provenance
+        print(f"introspect: {status['result_note']}", file=sys.stderr)
     print(f"results: {status['result_file']}\nrecords: {status['records_file']}")
     if status["results"]["error"]:
         errors = _record_errors(Path(status["records_file"]))
@@ -353,13 +358,23 @@ def _record_errors(records_file: Path) -> list[str]:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from .. import datasets as loading
-    from ..result_files import write_result_files
+    from ..provenance import answer_source, standin_in_process
+    from ..provenance import build as build_provenance
+    from ..result_files import place_result, write_result_files
     from ..standin import STANDIN_NAME
 
-    started = time.monotonic()
+    started, started_at = time.monotonic(), time.time()
     prepared = prepare_job(job_from(args, args.model, args.dataset, args.task, args.config))
+    source = standin_in_process()
     if args.endpoint:
-        _probe(args.endpoint, prepared.model)
+        source = answer_source([args.endpoint], _probe(args.endpoint, prepared.model))
+
+    def provenance() -> dict[str, Any]:
+        return build_provenance(job=prepared.job, chat=prepared.chat, sources=[source], started_at=started_at,
+                                finished_at=time.time(), written_by="introspect evaluate")  # fmt: skip
+
+    # Refused before any question is asked, not after hours of them (and checked again at the end).
+    place_result(Path(args.out), prepared.experiment, provenance(), force=args.force)
     try:
         observations = prepared.load_observations()
     except loading.DatasetLoadError as error:
@@ -374,7 +389,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         )
     except BackendUnavailable as error:
         return _fail(str(error))
-    result_path, records_path = write_result_files(Path(args.out), spec, running, setup_seconds, records)
+    result_path, records_path = write_result_files(
+        Path(args.out), spec, running, setup_seconds, records, provenance(), force=args.force
+    )
     _print_results(running.results())
     print(f"results: {result_path}\nrecords: {records_path}")
     if warning := _too_many_errors(len(records), [r.error for r in records if r.error is not None]):
@@ -432,8 +449,8 @@ def _cached(data_dir: Path, partition: int, model_id: str, complete: Complete) -
             cache.close()
 
 
-def _probe(endpoint: str, model: ResolvedModel) -> None:
-    """Ask the model server what it serves; say so, or raise BackendUnavailable saying why not."""
+def _probe(endpoint: str, model: ResolvedModel) -> str:
+    """Ask the model server what it serves (its model id); say so, or raise BackendUnavailable saying why not."""
     from ..backends import probe
 
     info = asyncio.run(probe(endpoint))
@@ -444,6 +461,7 @@ def _probe(endpoint: str, model: ResolvedModel) -> None:
             f"{model.chat_format.name} chat template; give the --model that matches the server"
         )
         print(warning, file=sys.stderr)
+    return info.model_id
 
 
 def _print_results(results: dict[str, Any]) -> None:

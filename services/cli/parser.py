@@ -119,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--gateways", type=_count(1), default=1, help="the cache partitions the folder's run used")
     evaluate.add_argument("--out", default="results", help="folder for the result JSON and the records Parquet")
+    evaluate.add_argument(
+        "--force", action="store_true", help="replace a result of other provenance (not a real one by the stand-in's)"
+    )
 
     serve = commands.add_parser("serve", help="run one service (settings from INTROSPECT_* variables and flags)")
     serve.add_argument("service", choices=SERVICE_NAMES)

@@ -10,6 +10,7 @@ each open their own partition's folder.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 from collections.abc import Callable
@@ -117,7 +118,9 @@ class CachedCompletions:
         if self.complete is None:
             raise CacheMiss("offline: this generation is not in the cache")
         if key in self._in_flight:
-            return await asyncio.shield(self._in_flight[key])
+            # Joined to the one server call already asking this: for this request it is an
+            # answer the cache gave, and its seconds are not spent again (`durations`).
+            return dataclasses.replace(await asyncio.shield(self._in_flight[key]), cached=True)
         future: asyncio.Future[Completion] = asyncio.get_running_loop().create_future()
         self._in_flight[key] = future
         try:

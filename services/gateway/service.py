@@ -8,7 +8,8 @@ What happens to a generation request (`Gateway.handle`):
    this partition's RocksDB; on a miss the backend pool, `pool.py`, joined if the same key
    is already in flight; what the server said is stored, rejections included), clean the
    answer. Offline, a miss goes to the dead letters instead, to be replayed later.
-3. Reply to the scorer with the answer and the work item the request carried.
+3. Reply to the scorer with the answer, the work item the request carried, and where this
+   gateway's answers come from (`AnswerSource`, built once at start: for result provenance).
 A server that is gone is waited for (the pool asks it until it answers; the gateway takes
 no new work meanwhile); one that answers but not this request raises, and the worker hands
 the request back for redelivery: an outage delays a job, it never records wrong results.
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 from jinja2 import TemplateError
 
-from proto import Chat, GenerationReply, GenerationRequest
+from proto import AnswerSource, Chat, GenerationReply, GenerationRequest
 from proto import subjects as sub
 from proto.messages import encode_part
 from proto.subjects import ConsumerSpec
@@ -35,6 +36,7 @@ from ..backends.tgi import TGIBackend
 from ..core.chat import SystemMessageNotSupported, UnknownModel
 from ..generation import ChatModel
 from ..models import model_name
+from ..provenance import answer_source, cache_only
 from ..runtime.handlers import Outgoing, Publisher, Reject
 from ..runtime.lock import FolderLock
 from ..runtime.ownership import Claim, folder_owner
@@ -93,6 +95,7 @@ class Gateway(ServiceBase):
         self.completions: CachedCompletions | None = None
         self.lock: FolderLock | None = None
         self._models: dict[bytes, ChatModel] = {}  # by the encoded Chat: jobs share a handful
+        self.source: AnswerSource | None = None  # where its answers come from; set by start
 
     def consumer(self) -> ConsumerSpec:
         return sub.consumer_for("gateway", self.partition, self.model)
@@ -112,6 +115,7 @@ class Gateway(ServiceBase):
         if self.offline:
             # With no server to ask, the cache key needs the served model id from configuration.
             self.completions = CachedCompletions(self.cache, _offline_model_id(self.cache_dir), None)
+            self.source = cache_only(self.completions.model_id)
             return
         session = self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         if self.tgi_service is not None:
@@ -132,6 +136,7 @@ class Gateway(ServiceBase):
         model_id = await self.pool.wait_ready()
         (self.cache_dir / "served-model").write_text(model_id + "\n", encoding="utf-8")
         self.completions = CachedCompletions(self.cache, model_id, self.pool.complete, self.health)
+        self.source = answer_source(self.backend_specs, model_id, tgi_service=self.tgi_service)
 
     def _watch(self, service: ServiceRef) -> None:
         """Follow the TGI pods of `service`; each change of the ready set updates the pool."""
@@ -179,7 +184,7 @@ class Gateway(ServiceBase):
             raise Reject(str(miss), "offline-miss") from None
         (metrics.CACHE_HITS if generation.cached else metrics.CACHE_MISSES).inc()
         step = len(work.answers)
-        reply = GenerationReply(answer=answer_of(generation), work=work, cached=generation.cached)
+        reply = GenerationReply(answer=answer_of(generation), work=work, cached=generation.cached, source=self.source)
         return [Outgoing(sub.REPLIES, reply, sub.reply_id(work.job_id, work.idx, step))]
 
     def _chat_model(self, chat: Chat, completions: CachedCompletions) -> ChatModel:

@@ -76,7 +76,7 @@ class Producer(ServiceBase):
     async def handle(self, job: Job) -> AsyncIterator[list[Outgoing]]:
         """The manifest, then the observations chunk by chunk (each batch also carries the
         progress up to the chunk before it, stored by then), then the `accepted` event."""
-        started = time.monotonic()
+        started, taken_at = time.monotonic(), time.time()
         try:
             check_data_roots(job, self.data_roots)  # before any file is opened
             # Checking a local data file reads all of it: off the event loop too.
@@ -101,6 +101,8 @@ class Producer(ServiceBase):
             experiment=prepared.experiment.args(),
             expected=expected,
             setup_seconds=time.monotonic() - started,
+            chat=prepared.chat,  # provenance: what every question of the job is asked with
+            started_at=taken_at,
         )
         # First and alone: the aggregator must know the job before any of its results arrive.
         yield [Outgoing(sub.MANIFESTS, manifest, sub.manifest_id(job.job_id))]

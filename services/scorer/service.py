@@ -8,7 +8,7 @@ end, sent to the aggregator as a scored result.
 
 from __future__ import annotations
 
-from proto import GenerationReply, GenerationRequest, ObservationMessage, ScoredResult, WorkItem, replace
+from proto import MAX_SOURCES, GenerationReply, GenerationRequest, ObservationMessage, ScoredResult, WorkItem, replace
 from proto import subjects as sub
 from proto.subjects import ConsumerSpec
 
@@ -16,6 +16,7 @@ from ..core.config import InvalidTaskConfig
 from ..core.observations import InvalidObservation
 from ..core.replay import Pending, TranscriptTooLong, advance
 from ..core.tasks import UnknownTask
+from ..provenance import merge_sources
 from ..runtime.handlers import Outgoing, Reject
 from ..runtime.metrics import child
 from ..runtime.service import ServiceBase
@@ -38,7 +39,7 @@ def next_message(work: WorkItem, partitions: int) -> Outgoing:
             request,
             sub.request_id(work.job_id, observation.idx, outcome.step),
         )
-    result = scored_result(work.job_id, outcome.record, task.kind)
+    result = scored_result(work.job_id, outcome.record, task.kind, work.sources)
     return Outgoing(sub.RESULTS, result, sub.result_id(work.job_id, observation.idx))
 
 
@@ -54,7 +55,8 @@ class Scorer(ServiceBase):
 
     async def handle(self, message: ObservationMessage | GenerationReply) -> list[Outgoing]:
         if isinstance(message, GenerationReply):
-            work = replace(message.work, answers=[*message.work.answers, message.answer])
+            sources = merge_sources(message.work.sources, [message.source], MAX_SOURCES)
+            work = replace(message.work, answers=[*message.work.answers, message.answer], sources=sources)
         else:
             work = message.work
         outgoing = next_message(work, self.partitions)
