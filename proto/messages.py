@@ -95,8 +95,11 @@ class AnswerSource(_Part, frozen=True):
     model_id: SourceText
 
 
-class WorkItem(_Part, frozen=True):
-    """One observation's state in the protocol: all the scorer needs to take the next step."""
+class WorkItem(_Part, frozen=True, omit_defaults=True):
+    """One observation's state in the protocol: all the scorer needs to take the next step.
+
+    Fields at their defaults are left out on the wire (no answers yet, no sources): so a
+    work item with no sources reads at a service older than `sources`, during an upgrade."""
 
     job_id: str
     task: str

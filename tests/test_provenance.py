@@ -12,7 +12,17 @@ import msgspec
 import pyarrow.parquet as pq
 import pytest
 
-from proto import AnswerSource, GenerationReply, InvalidMessage, JobEvent, ScoredResult, decode, encode, replace
+from proto import (
+    AnswerSource,
+    GenerationReply,
+    GenerationRequest,
+    InvalidMessage,
+    JobEvent,
+    ScoredResult,
+    decode,
+    encode,
+    replace,
+)
 from services.aggregator.service import Aggregator
 from services.backends.contract import Completion
 from services.cli.commands import main
@@ -304,6 +314,9 @@ def test_answer_sources_are_validated_and_bounded_at_decoding() -> None:
     too_many = msgspec.msgpack.encode({**msgspec.to_builtins(_result("j1", 0)), "sources": [REAL_SOURCE] * 5})
     with pytest.raises(InvalidMessage, match="sources"):
         decode(too_many, ScoredResult)
+    # A work item with no sources leaves the field out, so a gateway older than it reads it.
+    request = msgspec.msgpack.decode(encode(GenerationRequest("What?", _work())))
+    assert "sources" not in request["work"]
     older = msgspec.to_builtins(reply)
     del older["source"]
     assert decode(msgspec.msgpack.encode(older), GenerationReply).source is None  # an older gateway's reply
