@@ -1,7 +1,8 @@
 """Result records: what one observation's run of a task produced.
 
 Field names are the paper's. `duration` is the summed server-reported inference time of
-every generation of the observation; `error` is set (and the observation counted as an
+the observation's generations that a server computed for this run (one answered from the
+generation cache counts 0); `error` is set (and the observation counted as an
 error) when a generation was rejected by the server for the request itself.
 """
 
