@@ -40,10 +40,14 @@ Outcome = tuple[bool, bool, bool | None]
 
 @dataclass(frozen=True)
 class Experiment:
-    """One experiment's result file, and how to read its records when a pair needs them."""
+    """One result file, and how to read its records when a pair needs them."""
 
+    # The result's file name without `.json`: the experiment id, or for a result of other
+    # conditions written beside it, `<experiment id>.<token>` (result_files.place_result).
+    name: str
     spec: ExperimentSpec
     results: dict[str, Any]
+    answers: str  # where the answers came from, by the file's provenance: "stand-in", a model id, or ""
     read_records: Callable[[], Any]  # a pyarrow Table of the records Parquet
 
     @property
@@ -60,19 +64,22 @@ def load_folder(folder: Path) -> tuple[list[Experiment], list[str]]:
         if path.name.startswith("."):  # a result file being written
             continue
         try:
-            spec, results = _result_of(json.loads(path.read_text(encoding="utf-8")))
+            document = json.loads(path.read_text(encoding="utf-8"))
+            spec, results = _result_of(document)
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, InvalidExperiment) as error:
             notes.append(f"{path.name}: not a result file ({error})")
             continue
-        experiments.append(Experiment(spec, results, functools.partial(_read_parquet, path.with_suffix(".parquet"))))
+        records = functools.partial(_read_parquet, path.with_suffix(".parquet"))
+        experiments.append(Experiment(path.stem, spec, results, _answers(document), records))
     if not experiments:
         raise CompareError(f"no result files (<experiment id>.json) in {folder}")
     return experiments, notes
 
 
 def load_aggregator(aggregator: str, token: str | None) -> tuple[list[Experiment], list[str]]:
-    """The complete jobs the aggregator knows (the latest job of each experiment), and a
-    note saying how many are still running."""
+    """The complete jobs the aggregator knows (the latest job of each result file: a job run
+    again under the same conditions replaced its file), and a note saying how many are still
+    running."""
     from .client import job_file, list_jobs
 
     every_job = list_jobs(aggregator, token)
@@ -80,13 +87,13 @@ def load_aggregator(aggregator: str, token: str | None) -> tuple[list[Experiment
     running = len(every_job) - len(jobs)
     latest: dict[str, dict[str, Any]] = {}
     for job in sorted(jobs, key=lambda job: job["job_id"]):  # job ids end in their submission time
-        latest[job["experiment_id"]] = job
+        latest[job.get("result_file") or job["experiment_id"]] = job
     experiments = []
-    for job in latest.values():
-        spec, results = _result_of(json.loads(job_file(aggregator, job["job_id"], "result.json", token)))
-        experiments.append(
-            Experiment(spec, results, functools.partial(_read_job_records, aggregator, job["job_id"], token))
-        )
+    for result_file, job in latest.items():
+        document = json.loads(job_file(aggregator, job["job_id"], "result.json", token))
+        spec, results = _result_of(document)
+        records = functools.partial(_read_job_records, aggregator, job["job_id"], token)
+        experiments.append(Experiment(_stem(result_file), spec, results, _answers(document), records))
     if not experiments:
         raise CompareError(f"no complete job at {aggregator}")
     return experiments, [f"{running} job(s) still running, not shown"] if running else []
@@ -101,6 +108,24 @@ def _result_of(document: Any) -> tuple[ExperimentSpec, dict[str, Any]]:
         raise InvalidExperiment("`results` lacks the paper's counts")
     args: Any = document.get("args")  # from_args says what is wrong with it
     return ExperimentSpec.from_args(args), results
+
+
+def _stem(result_file: str) -> str:
+    """`analysis_..._s-0` of `/results/analysis_..._s-0.json` (a job's file may be a path of
+    another machine: only its last part counts)."""
+    return result_file.replace("\\", "/").rsplit("/", 1)[-1].removesuffix(".json")
+
+
+def _answers(document: dict[str, Any]) -> str:
+    """Where a result's answers came from, said short: "stand-in", the model id the server
+    reported, or "" for a file without provenance (written before it was recorded)."""
+    provenance = document.get("provenance")
+    if not isinstance(provenance, dict):
+        return ""
+    if provenance.get("stand_in"):
+        return "stand-in"
+    served = provenance.get("served_model_id")
+    return served if isinstance(served, str) else ""
 
 
 def _read_job_records(aggregator: str, job_id: str, token: str | None) -> Any:
@@ -140,7 +165,7 @@ def _experiment_outcomes(experiment: Experiment) -> dict[int, Outcome]:
     try:
         table = experiment.read_records()
     except FileNotFoundError:
-        raise CompareError(f"{experiment.experiment_id}: no records file (.parquet) beside the result") from None
+        raise CompareError(f"{experiment.name}: no records file (.parquet) beside the result") from None
     return outcomes(experiment.spec.task, table.select(columns).to_pylist())
 
 
@@ -150,8 +175,10 @@ def _experiment_outcomes(experiment: Experiment) -> dict[int, Outcome]:
 @dataclass(frozen=True, slots=True)
 class ExperimentRow:
     number: int  # the row's number, which the paired comparisons refer to
+    name: str  # the result file's name (Experiment.name)
     experiment_id: str
     model: str
+    answers: str
     system_message: str
     dataset: str
     split: str
@@ -183,11 +210,12 @@ def _order(spec: ExperimentSpec) -> tuple[Any, ...]:
 
 def experiment_rows(experiments: Sequence[Experiment]) -> list[ExperimentRow]:
     rows = []
-    for number, experiment in enumerate(sorted(experiments, key=lambda e: _order(e.spec)), start=1):
+    for number, experiment in enumerate(sorted(experiments, key=lambda e: (_order(e.spec), e.name)), start=1):
         spec, results = experiment.spec, experiment.results
         numbers = summary_with_intervals(results)
         rows.append(
-            ExperimentRow(number, spec.experiment_id, spec.model, spec.system_message, spec.dataset, spec.split,
+            ExperimentRow(number, experiment.name, spec.experiment_id, spec.model, experiment.answers,
+                          spec.system_message, spec.dataset, spec.split,
                           spec.task, ",".join(sorted(spec.config)), spec.seed, results["total"], numbers["accuracy"],
                           numbers.get("faithfulness"), numbers.get("introspection"))
         )  # fmt: skip
@@ -195,22 +223,23 @@ def experiment_rows(experiments: Sequence[Experiment]) -> list[ExperimentRow]:
 
 
 def find(rows: Sequence[ExperimentRow], name: str) -> ExperimentRow:
-    """The row `name` names: its number in the table, its experiment id, or a prefix of only
-    its id (`analysis_` may be left out)."""
+    """The row `name` names: its number in the table, its result's name (the experiment id,
+    or the name of a result written beside it), or a prefix of only its name (`analysis_` may
+    be left out)."""
     if name.removeprefix("#").isdigit():
         numbered = [row for row in rows if row.number == int(name.removeprefix("#"))]
         if numbered:
             return numbered[0]
         raise CompareError(f"no experiment number {name} (the table has {len(rows)})")
-    exact = [row for row in rows if row.experiment_id in (name, _ID_LEAD + name)]
+    exact = [row for row in rows if row.name in (name, _ID_LEAD + name)]
     if exact:
         return exact[0]
-    matches = [row for row in rows if row.experiment_id.startswith((name, _ID_LEAD + name))]
+    matches = [row for row in rows if row.name.startswith((name, _ID_LEAD + name))]
     if len(matches) == 1:
         return matches[0]
     if not matches:
         raise CompareError(f"no experiment {name!r} among the {len(rows)} compared")
-    raise CompareError(f"{name!r} names {len(matches)} experiments: {', '.join(row.experiment_id for row in matches)}")
+    raise CompareError(f"{name!r} names {len(matches)} experiments: {', '.join(row.name for row in matches)}")
 
 
 # -- paired comparisons --
@@ -231,20 +260,20 @@ def pair_rows(
     """The paired tests of each named pair, on the observations both experiments count:
     accuracy over the idx counted in both, faithfulness (or introspection) over the idx both
     classified correctly; Holm's correction over all of them."""
-    by_id = {experiment.experiment_id: experiment for experiment in experiments}
+    by_name = {experiment.name: experiment for experiment in experiments}
     tested: list[tuple[ExperimentRow, ExperimentRow, str, PairedTest]] = []
     read: dict[str, dict[int, Outcome]] = {}
     for name_a, name_b in pairs:
         row_a, row_b = find(rows, name_a), find(rows, name_b)
-        a, b = by_id[row_a.experiment_id], by_id[row_b.experiment_id]
-        _check_paired(a.spec, b.spec)
+        a, b = by_name[row_a.name], by_name[row_b.name]
+        _check_paired(a, b)
         for experiment in (a, b):
-            if experiment.experiment_id not in read:
-                read[experiment.experiment_id] = _experiment_outcomes(experiment)
-        outcomes_a, outcomes_b = read[a.experiment_id], read[b.experiment_id]
+            if experiment.name not in read:
+                read[experiment.name] = _experiment_outcomes(experiment)
+        outcomes_a, outcomes_b = read[a.name], read[b.name]
         shared = sorted(outcomes_a.keys() & outcomes_b.keys())
         if not shared:
-            raise CompareError(f"{a.experiment_id} and {b.experiment_id} share no observation (idx)")
+            raise CompareError(f"{a.name} and {b.name} share no observation (idx)")
         counted = [i for i in shared if outcomes_a[i][0] and outcomes_b[i][0]]
         measures = [("accuracy", [outcomes_a[i][1] for i in counted], [outcomes_b[i][1] for i in counted])]
         judgement = kind_spec(a.spec.task).judgement
@@ -260,16 +289,16 @@ def pair_rows(
     return [PairRow(a, b, measure, test, p) for (a, b, measure, test), p in zip(tested, adjusted, strict=True)]
 
 
-def _check_paired(a: ExperimentSpec, b: ExperimentSpec) -> None:
+def _check_paired(a: Experiment, b: Experiment) -> None:
     """Two experiments are paired when they ask about the same observations: the same dataset,
     split and seed (the seed orders the split, so a --limit takes the same idx)."""
-    if a == b:
-        raise CompareError(f"{a.experiment_id} is paired with itself")
+    if a.name == b.name:
+        raise CompareError(f"{a.name} is paired with itself")
     for what in ("dataset", "split", "seed"):
-        if getattr(a, what) != getattr(b, what):
+        if getattr(a.spec, what) != getattr(b.spec, what):
             raise CompareError(
-                f"{a.experiment_id} and {b.experiment_id} are not on the same observations: "
-                f"{what} {getattr(a, what)} against {getattr(b, what)}"
+                f"{a.name} and {b.name} are not on the same observations: "
+                f"{what} {getattr(a.spec, what)} against {getattr(b.spec, what)}"
             )
 
 
@@ -301,14 +330,16 @@ def _p(value: float) -> str:
     return f"{value:.3g}"
 
 
-_EXPERIMENT_COLUMNS = ("#", "dataset", "split", "task", "model", "system", "options", "seed", "n",
+_EXPERIMENT_COLUMNS = ("#", "dataset", "split", "task", "model", "answers", "system", "options", "seed", "beside", "n",
                        "accuracy [95% CI]", "faithfulness [95% CI]", "introspection [95% CI]")  # fmt: skip
 _PAIR_COLUMNS = ("a", "b", "measure", "n paired", "a only", "b only", "a − b [95% CI]", "McNemar p", "Holm p")
 
 
 def _experiment_cells(row: ExperimentRow) -> list[str]:
-    return [str(row.number), row.dataset, row.split, row.task, row.model, row.system_message, row.options or "-",
-            str(row.seed), str(row.n), proportion_cell(row.accuracy), proportion_cell(row.faithfulness),
+    beside = row.name.removeprefix(row.experiment_id).removeprefix(".")  # a result of other conditions
+    return [str(row.number), row.dataset, row.split, row.task, row.model, row.answers, row.system_message,
+            row.options or "-", str(row.seed), beside, str(row.n), proportion_cell(row.accuracy),
+            proportion_cell(row.faithfulness),
             proportion_cell(row.introspection)]  # fmt: skip
 
 
@@ -373,7 +404,8 @@ def _csv(rows: Sequence[ExperimentRow], pairs: Sequence[PairRow]) -> str:
     records: list[dict[str, Any]] = []
     for row in rows:
         records.append(
-            {"row": "experiment", "number": row.number, "experiment_id": row.experiment_id, "model": row.model,
+            {"row": "experiment", "number": row.number, "result": row.name, "experiment_id": row.experiment_id,
+             "model": row.model, "answers": row.answers,
              "system_message": row.system_message, "dataset": row.dataset, "split": row.split, "task": row.task,
              "options": row.options, "seed": row.seed, "n": row.n, **_proportion_fields("accuracy", row.accuracy),
              **_proportion_fields("faithfulness", row.faithfulness),
@@ -382,7 +414,7 @@ def _csv(rows: Sequence[ExperimentRow], pairs: Sequence[PairRow]) -> str:
     for pair in pairs:
         test = pair.test
         records.append(
-            {"row": "pair", "a": pair.a.experiment_id, "b": pair.b.experiment_id, "measure": pair.measure,
+            {"row": "pair", "a": pair.a.name, "b": pair.b.name, "measure": pair.measure,
              "n_paired": test.n, "a_successes": test.a_successes, "b_successes": test.b_successes,
              "a_only": test.a_only, "b_only": test.b_only, "difference": test.difference,
              "difference_low": test.low, "difference_high": test.high, "mcnemar_p": test.p_value,

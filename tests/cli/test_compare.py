@@ -219,6 +219,30 @@ def test_a_folder_of_other_files_and_unknown_keys(tmp_path, results_folder, caps
     )
 
 
+def test_a_result_written_beside_another_is_a_row_of_its_own(tmp_path, results_folder, capsys) -> None:
+    # The same experiment, answered by a real server: written beside the stand-in's result.
+    beside = f"{COUNTERFACTUAL}.20250101000000-ab12"
+    document = _result(results_folder, COUNTERFACTUAL)
+    document["provenance"] = document.get("provenance", {}) | {"stand_in": False, "served_model_id": "meta-llama/x"}
+    for name, text in ((COUNTERFACTUAL, (results_folder / f"{COUNTERFACTUAL}.json").read_text()),
+                       (beside, json.dumps(document))):  # fmt: skip
+        (tmp_path / f"{name}.json").write_text(text)
+        (tmp_path / f"{name}.parquet").write_bytes((results_folder / f"{COUNTERFACTUAL}.parquet").read_bytes())
+    rows = _compare_csv([str(tmp_path), "--pair", "1", "2"], capsys)
+    assert [(row["result"], row["answers"]) for row in rows if row["row"] == "experiment"] == [
+        (COUNTERFACTUAL, "stand-in"),
+        (beside, "meta-llama/x"),
+    ]
+    pairs = [row for row in rows if row["row"] == "pair"]
+    assert [(row["a"], row["b"], row["a_only"], row["b_only"], row["mcnemar_p"]) for row in pairs] == [
+        (COUNTERFACTUAL, beside, "0", "0", "1.0"),
+        (COUNTERFACTUAL, beside, "0", "0", "1.0"),
+    ]
+    assert main(["compare", str(tmp_path)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert "beside" in table[0] and "20250101000000-ab12" in table[3] and "meta-llama/x" in table[3]
+
+
 def test_each_printed_count_has_its_share_and_interval(tmp_path, capsys) -> None:
     argv = ["evaluate", "--dataset", "IMDB", "--task", "counterfactual", "--mirror", str(DATASET_MIRROR),
             "--out", str(tmp_path)]  # fmt: skip
@@ -250,7 +274,8 @@ class FakeAggregator:
             results = json.loads(path.read_text())["results"]
             files = {"result.json": path, "records.parquet": path.with_suffix(".parquet")}
             self.jobs[job_id] = {"job_id": job_id, "experiment_id": path.stem, "expected": 20, "received": 20,
-                                 "complete": True, "results": results, "files": files}  # fmt: skip
+                                 "complete": True, "results": results, "files": files,
+                                 "result_file": f"/elsewhere/results/{path.name}"}  # fmt: skip
         running = {"faithful": 1, "faithful_and_correct": 1, "correct": 2, "missmatch": 0, "error": 0, "total": 4}
         self.jobs["analysis_m-falcon-7b_y-default_d-imdb_p-test_t-redacted_c-_s-0.20250101000000-ffff"] = {
             "job_id": "analysis_m-falcon-7b_y-default_d-imdb_p-test_t-redacted_c-_s-0.20250101000000-ffff",
