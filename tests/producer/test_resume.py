@@ -3,7 +3,9 @@ next producer goes on from the progress the first one stored, and the observatio
 holds each observation exactly once.
 
 Killed with SIGKILL (a process of its own) and stopped cooperatively (the worker in this
-process, the producer told it is stopping): both must leave the stream whole.
+process, the producer told it is stopping): both must leave the stream whole. The killed and
+the SIGTERMed producer go to the fault table (`tests/support/faults.py`), their "records"
+the observations on the stream.
 """
 
 from __future__ import annotations
@@ -22,12 +24,14 @@ from prometheus_client import REGISTRY
 
 from proto import Job, JobEvent, JobManifest, JobProgress, ObservationMessage, decode
 from proto import subjects as sub
+from services.client import dead_letters
 from services.local import free_port
 from services.producer.service import CHUNK, Producer
 from services.runtime.bus import Bus
 from services.runtime.handlers import Outgoing
 from services.runtime.settings import Settings
 from services.runtime.worker import Worker
+from tests.support.faults import record_fault
 from tests.support.messages import ANYWHERE
 from tests.support.nats import NatsServer
 from tests.support.pipeline import get_bytes, scrape
@@ -77,9 +81,11 @@ async def _observation_ids(bus: Bus) -> list[int]:
     return seen
 
 
-async def _check_whole(bus: Bus, job_id: str) -> None:
+async def _check_whole(bus: Bus, job_id: str, measured: Callable[[list[int]], None] = lambda ids: None) -> None:
+    """The job accepted and each observation on the stream once; `measured` is shown their idx first."""
     assert await _accepted(bus, job_id)
     ids = await _observation_ids(bus)
+    measured(ids)
     assert len(ids) == ROWS and sorted(ids) == list(range(ROWS))  # each exactly once
     assert await _stored(bus, "INTROSPECT_RESULTS") == 1  # one manifest: its repeat was dropped
     manifest = decode((await bus.js.get_last_msg("INTROSPECT_RESULTS", sub.MANIFESTS)).data or b"", JobManifest)
@@ -95,6 +101,20 @@ def _start_producer(nats: NatsServer, port: int, data: Path) -> subprocess.Popen
                             stderr=subprocess.STDOUT)  # fmt: skip
 
 
+async def _restarted_and_done(
+    bus: Bus, nats: NatsServer, port: int, data: Path, job_id: str
+) -> tuple[subprocess.Popen[bytes], float, float]:
+    """Start the next producer; it, the seconds from its start to the first observation it
+    stores, and to the job accepted (every observation stored)."""
+    held = await _stored(bus, "INTROSPECT_SCORE")
+    producer = _start_producer(nats, port, data)
+    started = time.monotonic()
+    await _until(lambda: _at_least(bus, held + 1), 120, "an observation from the next producer")
+    recovery = time.monotonic() - started
+    await _until(lambda: _accepted(bus, job_id), 120, "the job accepted")
+    return producer, recovery, time.monotonic() - started
+
+
 async def _healthy(port: int) -> bool:
     try:
         await asyncio.to_thread(get_bytes, f"http://127.0.0.1:{port}/healthz")
@@ -106,7 +126,7 @@ async def _healthy(port: int) -> bool:
 @pytest.mark.slow
 @pytest.mark.chaos
 async def test_a_producer_killed_mid_job_is_gone_on_from_and_publishes_each_observation_once(
-    tmp_path: Path, nats_server: NatsServer
+    tmp_path: Path, nats_server: NatsServer, request: pytest.FixtureRequest
 ) -> None:
     data = write_sentiment_lines(tmp_path / "reviews.jsonl", ROWS)
     job = _job(data, "killed")
@@ -123,11 +143,20 @@ async def test_a_producer_killed_mid_job_is_gone_on_from_and_publishes_each_obse
         progress = await bus.last(sub.progress_subject(job.job_id), JobProgress)
         assert progress is not None and CHUNK <= progress.published < ROWS and progress.expected == ROWS
 
-        producer = _start_producer(nats_server, port, tmp_path)  # the job comes back after the ack wait
-        await _until(lambda: _accepted(bus, job.job_id), 120, "the job accepted")
+        # The job comes back after the ack wait.
+        producer, recovery, done = await _restarted_and_done(bus, nats_server, port, tmp_path, job.job_id)
         published = scrape(f"http://127.0.0.1:{port}/metrics")["introspect_observations_published_total"]
+        dead = len(await dead_letters(Settings(nats_url=nats_server.url)))
+        fault = f"producer SIGKILLed mid-publication ({progress.published:,} of {ROWS:,} stored), restarted"
+
+        def measured(ids: list[int]) -> None:
+            scaled = "ack wait 1 s (15 s); bare nats-server, observations counted"
+            record_fault(request, fault, expected=range(ROWS), seen=ids, recovery_s=recovery, done_s=done,
+                         dead_letters=dead, scaled=scaled)  # fmt: skip
+
+        await _check_whole(bus, job.job_id, measured)
         assert published == ROWS - progress.published  # the rest, from where the stored progress says
-        await _check_whole(bus, job.job_id)
+        assert dead == 0
     finally:
         if producer is not None and producer.poll() is None:
             producer.terminate()
@@ -138,7 +167,7 @@ async def test_a_producer_killed_mid_job_is_gone_on_from_and_publishes_each_obse
 @pytest.mark.slow
 @pytest.mark.chaos
 async def test_sigterm_ends_a_producer_s_publication_at_once_and_the_job_goes_on_without_delay(
-    tmp_path: Path, nats_server: NatsServer
+    tmp_path: Path, nats_server: NatsServer, request: pytest.FixtureRequest
 ) -> None:
     """SIGTERM mid-job: the producer ends at the next chunk, well inside the 20 s grace it
     would otherwise be given, and hands the job straight back (no redelivery delay, no
@@ -158,11 +187,18 @@ async def test_sigterm_ends_a_producer_s_publication_at_once_and_the_job_goes_on
         assert progress is not None and 2 * CHUNK <= progress.published < ROWS
         assert await _stored(bus, "INTROSPECT_SCORE") == progress.published  # stopped where it says
 
-        producer = _start_producer(nats_server, port, tmp_path)
-        await _until(lambda: _accepted(bus, job.job_id), 120, "the job accepted")
+        producer, recovery, done = await _restarted_and_done(bus, nats_server, port, tmp_path, job.job_id)
         metrics = scrape(f"http://127.0.0.1:{port}/metrics")
+        dead = len(await dead_letters(Settings(nats_url=nats_server.url)))
+        fault = f"producer SIGTERMed mid-publication (stopped at {progress.published:,} of {ROWS:,}), restarted"
+
+        def measured(ids: list[int]) -> None:
+            record_fault(request, fault, expected=range(ROWS), seen=ids, recovery_s=recovery, done_s=done,
+                         dead_letters=dead, scaled="bare nats-server, observations counted")  # fmt: skip
+
+        await _check_whole(bus, job.job_id, measured)
         assert metrics["introspect_observations_published_total"] == ROWS - progress.published
-        await _check_whole(bus, job.job_id)
+        assert dead == 0
         log = (tmp_path / "producer.log").read_text()
         assert "redelivering" not in log  # a hand-back is not a failure
     finally:
