@@ -19,11 +19,13 @@ class RunProgress:
     def __init__(
         self,
         counts: Callable[[], GenerationCounts] | None = None,
-        stream: TextIO = sys.stderr,
+        stream: TextIO | None = None,
         every: float = 5.0,
     ) -> None:
         self.counts = counts
-        self.stream = stream
+        # sys.stderr as it is now, not as it was when this module was imported (a test's
+        # captured stream, closed since, say).
+        stream = self.stream = stream or sys.stderr
         self.every = every  # seconds between plain lines
         self.started = time.monotonic()
         self._last_line = 0.0
