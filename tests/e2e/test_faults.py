@@ -281,4 +281,4 @@ def test_the_fault_table_counts_what_was_lost_and_doubled_and_prints_markdown(tm
     assert faults.main([str(table)]) == 0
     printed = capsys.readouterr().out.splitlines()
     assert printed[0].startswith("| Fault injected |") and len(printed) == 4
-    assert printed[2] == "| a \\| b | — | 3 | 1 | 1 | — | 1.2 | — | `test_x` (FAILED) |"
+    assert printed[2] == "| a \\| b | — | 3 | 1 | 1 | — | 1.23 | — | `test_x` (FAILED) |"
