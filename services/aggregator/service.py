@@ -367,12 +367,15 @@ class Aggregator(ServiceBase):
         """The API: jobs, their status and their files, behind the bearer token when one is
         set (records hold rows of the data a job read). /metrics and /healthz stay open for
         the probes and Prometheus."""
+        from ..report.routes import report_routes  # the report page, behind the same token
+
         guarded = _bearer_token_required(self.api_token)
         return [
             web.get("/jobs", guarded(self._list)),
             web.get("/jobs/{job_id}", guarded(self._status)),
             web.get("/jobs/{job_id}/result.json", guarded(self._result_file)),
             web.get("/jobs/{job_id}/records.parquet", guarded(self._records_file)),
+            *report_routes(self.results_dir, lambda: [state.status() for state in self.jobs.values()], self.api_token),
         ]
 
     async def _list(self, _: web.Request) -> web.Response:

@@ -54,6 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "status": _status,
         "results": _results,
         "compare": _compare,
+        "report": _report,
         "dead-letters": _dead_letters,
         "tasks": _tasks,
         "render": _render,
@@ -285,6 +286,16 @@ def _compare(args: argparse.Namespace) -> int:
         print(f"introspect: {note}", file=sys.stderr)
     rows = experiment_rows(experiments)
     sys.stdout.write(render(rows, pair_rows(experiments, rows, args.pair), args.format))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from ..report.static import write_report
+
+    out = Path(args.out)
+    written = write_report(Path(args.folder), out)
+    pages = f"{written['experiments']} experiment(s), {written['pages']} page(s) of records"
+    print(f"report: {out / 'index.html'} ({pages})")
     return 0
 
 

@@ -173,6 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--pair", nargs=2, action="append", default=[], metavar=("A", "B"),
                          help="two experiments on the same observations: row numbers, ids or id prefixes")  # fmt: skip
 
+    report = commands.add_parser("report", help="the report page of a results folder, as static files")
+    report.add_argument("folder", nargs="?", default="results", help="folder of <experiment id>.json and .parquet")
+    report.add_argument("--out", required=True, help="the folder to write index.html and its data into")
+
     dead = commands.add_parser("dead-letters", help="list or replay messages the services could not process")
     dead.add_argument("action", choices=("list", "replay"))
     dead.add_argument("--service", choices=SERVICE_NAMES, default=None)
