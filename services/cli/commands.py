@@ -54,6 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "status": _status,
         "results": _results,
         "compare": _compare,
+        "figures": _figures,
         "report": _report,
         "dead-letters": _dead_letters,
         "tasks": _tasks,
@@ -296,6 +297,18 @@ def _report(args: argparse.Namespace) -> int:
     written = write_report(Path(args.folder), out)
     pages = f"{written['experiments']} experiment(s), {written['pages']} page(s) of records"
     print(f"report: {out / 'index.html'} ({pages})")
+    return 0
+
+
+def _figures(args: argparse.Namespace) -> int:
+    from ..figures import paper_figures, paper_tables
+
+    out = Path(args.out)
+    figures, tables = paper_figures(Path(args.folder), out), paper_tables(Path(args.folder), out)
+    for written in [*((f.pdf, f.png) for f in figures), *((t.csv, t.markdown, t.latex) for t in tables)]:
+        print(*written, sep="\n")
+    if not figures and not tables:
+        print(f"introspect: no figure has data in {args.folder}", file=sys.stderr)
     return 0
 
 

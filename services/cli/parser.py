@@ -177,6 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("folder", nargs="?", default="results", help="folder of <experiment id>.json and .parquet")
     report.add_argument("--out", required=True, help="the folder to write index.html and its data into")
 
+    figures = commands.add_parser("figures", help="the paper's figures (PDF, PNG) and compute table, from results")
+    figures.add_argument("folder", nargs="?", default="results", help="folder of <experiment id>.json")
+    figures.add_argument("--out", default="figures", help="folder to write the figures and tables to")
+
     dead = commands.add_parser("dead-letters", help="list or replay messages the services could not process")
     dead.add_argument("action", choices=("list", "replay"))
     dead.add_argument("--service", choices=SERVICE_NAMES, default=None)
