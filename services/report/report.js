@@ -8,6 +8,8 @@
   const BASE = location.pathname.replace(/\/?$/, "/"); // /report -> /report/data, behind any prefix too
   const FILTER_NAMES = { all: "all", correct: "correct", incorrect: "incorrect", faithful: "faithful",
     unfaithful: "unfaithful", missmatch: "missmatch", error: "error" };
+  // Rows per page, live only (`/report?rows=100`; the server allows 1 to 200): static pages are cut when written.
+  const ROWS = Number(new URLSearchParams(location.search).get("rows")) || 0;
   const state = { data: null, experiment: null, filter: "all", q: "", offset: 0, position: null };
   const $ = (id) => document.getElementById(id);
 
@@ -34,14 +36,14 @@
   const getData = () => (LIVE ? fetchJSON("data") : loadScript("data"));
   function recordsPage(experiment, filter, q, offset) {
     if (LIVE) {
-      const query = new URLSearchParams({ experiment: experiment.name, filter, q, offset,
-        limit: state.data.page_size });
+      const query = new URLSearchParams({ experiment: experiment.name, filter, q, offset, limit: pageSize() });
       return fetchJSON("records?" + query);
     }
     const page = Math.floor(offset / state.data.page_size);
     return loadScript(`records/${experiment.number}/${filter}/page-${page}`).then((loaded) =>
       q ? searchStaticPage(experiment, loaded, q) : loaded);
   }
+  const pageSize = () => (LIVE && ROWS >= 1 && ROWS <= 200 ? ROWS : state.data.page_size);
   async function fullRow(experiment, position) {
     if (LIVE) return fetchJSON("record?" + new URLSearchParams({ experiment: experiment.name, position }));
     const chunk = Math.floor(position / state.data.chunk);
@@ -267,7 +269,7 @@
     state.offset = 0;
     loadPage();
   });
-  $("prev").addEventListener("click", () => { state.offset = Math.max(0, state.offset - state.data.page_size); loadPage(); });
-  $("next").addEventListener("click", () => { state.offset += state.data.page_size; loadPage(); });
+  $("prev").addEventListener("click", () => { state.offset = Math.max(0, state.offset - pageSize()); loadPage(); });
+  $("next").addEventListener("click", () => { state.offset += pageSize(); loadPage(); });
   refresh();
 })();

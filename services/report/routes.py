@@ -89,7 +89,7 @@ class ReportRoutes:
         given = str((await request.post()).get("token", ""))
         if self.token is None or not hmac.compare_digest(given.encode(), self.token.encode()):
             return web.Response(status=401, text=_LOGIN, content_type="text/html")
-        response = web.HTTPSeeOther("/report")
+        response = web.Response(status=303, headers={"Location": "/report"})
         response.set_cookie(COOKIE, self.token, path="/report", httponly=True, samesite="Strict")
         return response
 
