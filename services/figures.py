@@ -521,6 +521,7 @@ def _paper_theme(p9: Any, legend_columns: int, aesthetic: str, **more: Any) -> A
             text=p9.element_text(size=9, family=_serif()),
             legend_box_margin=0,
             legend_position="bottom",
+            legend_title_position="top",  # the legend's title above its keys: 3.4 in holds three keys
             legend_background=p9.element_rect(fill="#F2F2F2"),
             **more,
         ),
