@@ -18,7 +18,17 @@
   window.introspectReport = {
     receive(key, value) { if (waiting[key]) { waiting[key].resolve(value); delete waiting[key]; } },
   };
+  // One load per file, however many ask for it at once (the rows of a page share a chunk).
+  const loaded = new Map();
   function loadScript(key) {
+    if (!loaded.has(key)) {
+      const promise = loadScriptOnce(key);
+      promise.catch(() => loaded.delete(key)); // asked again later, it is loaded again
+      loaded.set(key, promise);
+    }
+    return loaded.get(key);
+  }
+  function loadScriptOnce(key) {
     return new Promise((resolve, reject) => {
       waiting[key] = { resolve };
       const script = document.createElement("script");
@@ -122,9 +132,11 @@
         "No figures" + (state.data.figures_note ? ": " + state.data.figures_note : ".")));
       return;
     }
-    box.replaceChildren(...figures.map((figure) => element("figure", {},
-      element("img", { src: (LIVE ? BASE : "") + figure.src, alt: figure.title, loading: "lazy" }),
-      element("figcaption", {}, figure.title))));
+    box.replaceChildren(...figures.map((figure) => {
+      const src = (LIVE ? BASE : "") + figure.src; // a thumbnail; the full size opens on its own
+      return element("figure", { "data-figure": figure.name }, element("a", { href: src, target: "_blank" },
+        element("img", { src, alt: figure.title, loading: "lazy" })), element("figcaption", {}, figure.title));
+    }));
   }
 
   function drawExperimentChoice() {
@@ -176,6 +188,7 @@
     $("search-scope").textContent = page.matchedOnPage
       ? `${page.rows.length} row(s) of this page hold "${state.q}" (the static report searches the page shown).`
       : state.q ? `Searching every record for "${state.q}".` : "";
+    list.dataset.experiment = experiment.name; // what the list shows now
     $("prev").disabled = page.offset === 0;
     $("next").disabled = last >= page.total;
     delete list.dataset.loading;
