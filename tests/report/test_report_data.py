@@ -218,3 +218,24 @@ def test_the_static_report_writes_pages_of_every_filter_and_rows_in_chunks(resul
     _, chunk = _receive(folder / "rows" / f"chunk-{12_345 // CHUNK}.js")
     assert {"position": 12_345, "status": "faithful", **_synthetic(12_345)} in chunk
     assert len(list(folder.glob("rows/chunk-*.js"))) == ROWS // CHUNK
+
+
+async def test_the_data_route_has_each_jobs_progress(tmp_path: Path) -> None:
+    from services.runtime.memory import MemoryBus
+    from tests.aggregator.test_handlers import _manifest, _result
+
+    aggregator, bus = Aggregator(tmp_path), MemoryBus()
+    await aggregator.start(bus)
+    app = web.Application()
+    app.add_routes(aggregator.routes())
+    try:
+        async with TestClient(TestServer(app)) as client:
+            await bus.deliver(aggregator, _manifest("j1", 2))
+            await bus.deliver(aggregator, _result("j1", 0))
+            (job,) = (await (await client.get("/report/data")).json())["jobs"]
+            assert (job["job_id"], job["received"], job["expected"], job["complete"]) == ("j1", 1, 2, False)
+            await bus.deliver(aggregator, _result("j1", 1))
+            data = await (await client.get("/report/data")).json()
+            assert data["jobs"][0]["complete"] and [row["n"] for row in data["experiments"]] == [2]
+    finally:
+        await aggregator.close()
