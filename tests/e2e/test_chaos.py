@@ -96,7 +96,10 @@ def test_sigkill_of_scorer_gateway_and_aggregator_mid_job(tmp_path, request) -> 
 
 def test_a_nats_server_restart_then_a_sigkill_mid_job(tmp_path, request) -> None:
     files = write_synthetic(tmp_path / "data", rows=ROWS)
-    pipeline = LocalPipeline(tmp_path / "run", standin_args=("--latency", "0.02"), ack_wait=2.0)
+    # At most 4 answers at a time, 0.02 s each: at most 200 generations/s, so the job (about
+    # 1,500 of them) lasts 7 s or more on any machine, and both faults land while it runs.
+    pipeline = LocalPipeline(tmp_path / "run", standin_args=("--latency", "0.02", "--max-concurrent", "4"),
+                             ack_wait=2.0)  # fmt: skip
     with pipeline:
         job = Job(job_id="", model="llama2-7b", dataset=str(files["entailment"]), category="entailment",
                   task="redacted")  # fmt: skip
@@ -118,7 +121,8 @@ def test_a_nats_server_restart_then_a_sigkill_mid_job(tmp_path, request) -> None
         record_fault(request, "nats-server SIGKILLed once, restarted at once (same job, next)", expected=expected,
                      seen=records["idx"], recovery_s=killed_recovery, done_s=done, dead_letters=dead,
                      scaled="ack wait 2 s (15 s)")  # fmt: skip
-        _check_against_in_process(pipeline, job, records, tmp_path)
+        with standin_process("--latency", "0.02") as reference:  # same answers and durations, no limit
+            assert_as_in_process(pipeline, job, records, reference, tmp_path)
 
 
 def test_sigterm_finishes_or_hands_back_in_flight_work(tmp_path, request) -> None:
