@@ -20,6 +20,7 @@ import pytest
 from services.local import LocalPipeline, free_port, wait_for_port
 from services.runtime.lock import FolderInUse, FolderLock
 from tests.conftest import DATASET_MIRROR
+from tests.support.pipeline import standin_process
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -64,15 +65,8 @@ def _until(condition, seconds: float, what: str) -> None:
 @pytest.fixture
 def slow_standin() -> Iterator[str]:
     """A stand-in that takes 5 s per answer: a run against it is still going when signalled."""
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "services.cli", "standin", "--port", str(port), "--latency", "5"],
-                              stdout=subprocess.DEVNULL)  # fmt: skip
-    try:
-        wait_for_port(port, "the stand-in", server, timeout=60)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.terminate()
-        server.wait()
+    with standin_process("--latency", "5") as url:
+        yield url
 
 
 def _start_run(tmp_path: Path, endpoint: str) -> subprocess.Popen[str]:

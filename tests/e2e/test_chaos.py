@@ -22,9 +22,8 @@ from tests.support.faults import (
     expected_idx,
     record_fault,
     seconds_to_next_record,
-    standin_process,
 )
-from tests.support.pipeline import get_json, records_frame, scrape, submit_jobs, wait_complete
+from tests.support.pipeline import get_json, records_frame, scrape, standin_process, submit_jobs, wait_complete
 from tests.support.synthetic import write_synthetic
 
 pytestmark = [pytest.mark.slow, pytest.mark.chaos]

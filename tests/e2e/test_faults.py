@@ -42,10 +42,9 @@ from tests.support.faults import (
     received,
     record_fault,
     seconds_to_next_record,
-    standin_process,
     wait_received,
 )
-from tests.support.pipeline import records_frame, submit_jobs, wait_complete
+from tests.support.pipeline import records_frame, standin_process, submit_jobs, wait_complete
 from tests.support.synthetic import write_sentiment_lines, write_synthetic
 
 pytestmark = [pytest.mark.slow, pytest.mark.chaos]

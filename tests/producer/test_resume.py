@@ -115,6 +115,16 @@ async def _restarted_and_done(
     return producer, recovery, time.monotonic() - started
 
 
+async def _producer_under_way(bus: Bus, nats: NatsServer, data: Path, job: Job) -> tuple[subprocess.Popen[bytes], int]:
+    """`job` submitted to a producer process of its own, once its first chunks are stored:
+    the moment to interrupt it. The process and its metrics port."""
+    await bus.publish([Outgoing(sub.JOBS, job, job.job_id)])
+    port = free_port()
+    producer = _start_producer(nats, port, data)
+    await _until(lambda: _at_least(bus, 2 * CHUNK), 120, "the first chunks stored")
+    return producer, port
+
+
 async def _healthy(port: int) -> bool:
     try:
         await asyncio.to_thread(get_bytes, f"http://127.0.0.1:{port}/healthz")
@@ -133,10 +143,7 @@ async def test_a_producer_killed_mid_job_is_gone_on_from_and_publishes_each_obse
     bus = await Bus.open(Settings(nats_url=nats_server.url), "test")
     producer: subprocess.Popen[bytes] | None = None
     try:
-        await bus.publish([Outgoing(sub.JOBS, job, job.job_id)])
-        port = free_port()
-        producer = _start_producer(nats_server, port, tmp_path)
-        await _until(lambda: _at_least(bus, 2 * CHUNK), 120, "the first chunks stored")
+        producer, port = await _producer_under_way(bus, nats_server, tmp_path, job)
         producer.send_signal(signal.SIGKILL)
         producer.wait()
         assert await _stored(bus, "INTROSPECT_SCORE") < ROWS, "the job finished before it could be killed"
@@ -177,10 +184,7 @@ async def test_sigterm_ends_a_producer_s_publication_at_once_and_the_job_goes_on
     bus = await Bus.open(Settings(nats_url=nats_server.url), "test")
     producer: subprocess.Popen[bytes] | None = None
     try:
-        await bus.publish([Outgoing(sub.JOBS, job, job.job_id)])
-        port = free_port()
-        producer = _start_producer(nats_server, port, tmp_path)
-        await _until(lambda: _at_least(bus, 2 * CHUNK), 120, "the first chunks stored")
+        producer, port = await _producer_under_way(bus, nats_server, tmp_path, job)
         producer.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(producer.wait, 15) == 0  # it stopped itself; not the grace's end
         progress = await bus.last(sub.progress_subject(job.job_id), JobProgress)

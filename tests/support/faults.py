@@ -20,7 +20,6 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -35,7 +34,7 @@ import pytest
 from proto import Job
 from services.client import dead_letters
 from services.jobs import prepare_job
-from services.local import LocalPipeline, free_port, wait_for_port
+from services.local import LocalPipeline
 from services.runtime.settings import Settings
 from tests.support.pipeline import get_json, in_process, result_json
 
@@ -219,21 +218,6 @@ def paused(pipeline: LocalPipeline, name: str) -> Iterator[None]:
 def _state(pid: int) -> str:
     with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
         return stat.read().rpartition(")")[2].split()[0]
-
-
-@contextlib.contextmanager
-def standin_process(*args: str) -> Iterator[str]:
-    """A stand-in of its own (its URL) for the in-process reference, where the pipeline's
-    stand-in is set to misbehave: the same deterministic answers and reported durations."""
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "services.cli", "standin", "--port", str(port), *args],
-                              stdout=subprocess.DEVNULL)  # fmt: skip
-    try:
-        wait_for_port(port, "the stand-in", server, timeout=60)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.terminate()
-        server.wait()
 
 
 COLUMNS = (

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
+import subprocess
+import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +24,7 @@ from services.client import submit
 from services.core.tasks import kind_spec
 from services.generation import ChatModel
 from services.jobs import prepare_job
-from services.local import LocalPipeline
+from services.local import LocalPipeline, free_port, wait_for_port
 from services.result_files import RecordsFile
 from services.runner import evaluate
 from services.runtime.settings import Settings
@@ -104,3 +108,20 @@ def metric_total(pipeline: LocalPipeline, prefix: str, name: str) -> float:
 
 def standin_stats(pipeline: LocalPipeline) -> dict[str, int]:
     return get_json(f"{pipeline.standin_url}/stand-in/stats")
+
+
+@contextlib.contextmanager
+def standin_process(*args: str) -> Iterator[str]:
+    """A stand-in server process of its own (its URL), started with `args` (`--latency 5`,
+    say): a reference for the in-process run where the pipeline's stand-in is set to
+    misbehave (the same deterministic answers and durations), or a slow server to signal a
+    run against."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "services.cli", "standin", "--port", str(port), *args],
+                              stdout=subprocess.DEVNULL)  # fmt: skip
+    try:
+        wait_for_port(port, "the stand-in", server, timeout=60)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait()
