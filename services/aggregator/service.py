@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,6 +36,7 @@ from ..core.tasks import kind_spec
 from ..provenance import MAX_JOB_SOURCES, merge_sources
 from ..provenance import build as build_provenance
 from ..result_files import BATCH, PLACING, RecordsFile, beside_token, place_result, write_result_json
+from ..runtime.access import bearer_token_required
 from ..runtime.handlers import Outgoing, Publisher, Reject
 from ..runtime.lock import FolderLock
 from ..runtime.service import ServiceBase, import_in_background
@@ -369,7 +369,7 @@ class Aggregator(ServiceBase):
         the probes and Prometheus."""
         from ..report.routes import report_routes  # the report page, behind the same token
 
-        guarded = _bearer_token_required(self.api_token)
+        guarded = bearer_token_required(self.api_token)
         return [
             web.get("/jobs", guarded(self._list)),
             web.get("/jobs/{job_id}", guarded(self._status)),
@@ -395,32 +395,6 @@ class Aggregator(ServiceBase):
 
     async def _records_file(self, request: web.Request) -> web.StreamResponse:
         return _file_response(self._job(request).records_file)
-
-
-Route = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def _bearer_token_required(token: str | None) -> Callable[[Route], Route]:
-    """A route wrapper answering 401 unless the request carries `Authorization: Bearer
-    <token>` (compared in constant time); with no token set, routes are left as they are."""
-
-    def guard(route: Route) -> Route:
-        if token is None:
-            return route
-        expected = f"Bearer {token}".encode()
-
-        async def guarded(request: web.Request) -> web.StreamResponse:
-            given = request.headers.get("Authorization", "").encode()
-            if not hmac.compare_digest(given, expected):
-                raise web.HTTPUnauthorized(
-                    text="this API needs its bearer token: set INTROSPECT_API_TOKEN\n",
-                    headers={"WWW-Authenticate": 'Bearer realm="introspect"'},
-                )
-            return await route(request)
-
-        return guarded
-
-    return guard
 
 
 def _check_manifest(manifest: JobManifest) -> None:

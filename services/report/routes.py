@@ -20,6 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from ..compare import Experiment
+from ..runtime.access import bearer_token_required
 from .data import (
     FILTERS,
     PAGE_SIZE,
@@ -64,26 +65,10 @@ class ReportRoutes:
 
     # -- the token --
 
-    def _allowed(self, request: web.Request) -> bool:
-        if self.token is None:
-            return True
-        given = [request.headers.get("Authorization", ""), f"Bearer {request.cookies.get(COOKIE, '')}"]
-        expected = f"Bearer {self.token}".encode()
-        return any(hmac.compare_digest(value.encode(), expected) for value in given)
-
     def _guarded(self, route: Callable[[web.Request], Any], page: bool = False) -> Callable[[web.Request], Any]:
-        async def guarded(request: web.Request) -> web.StreamResponse:
-            if not self._allowed(request):
-                if page:  # a person at a browser: ask for the token
-                    return web.Response(status=401, text=_LOGIN, content_type="text/html")
-                raise web.HTTPUnauthorized(
-                    text="this API needs its bearer token: set INTROSPECT_API_TOKEN\n",
-                    headers={"WWW-Authenticate": 'Bearer realm="introspect"'},
-                )
-            response: web.StreamResponse = await route(request)
-            return response
-
-        return guarded
+        # A person at a browser opening the page is asked for the token.
+        login = (lambda: web.Response(status=401, text=_LOGIN, content_type="text/html")) if page else None
+        return bearer_token_required(self.token, cookie=COOKIE, refusal=login)(route)
 
     async def _login(self, request: web.Request) -> web.StreamResponse:
         given = str((await request.post()).get("token", ""))
