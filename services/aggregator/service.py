@@ -132,6 +132,7 @@ class Aggregator(ServiceBase):
                 state.result_note = completion.get("result_note")
                 state.final_results = results = completion["results"]
                 metrics.JOB_PROGRESS.labels(job_id, "received").set(state.received)
+                metrics.JOB_COMPLETE.labels(job_id).set(1)
                 metrics.JOB_CORRECT.labels(job_id).set(results["correct"])
                 both = results.get("faithful_and_correct", results.get("introspect_and_correct", 0))
                 metrics.JOB_FAITHFUL.labels(job_id).set(both)
@@ -234,6 +235,7 @@ class Aggregator(ServiceBase):
         state = JobState(manifest, Aggregate(manifest.job.task))
         self.jobs[manifest.job.job_id] = state
         metrics.JOB_PROGRESS.labels(state.job_id, "expected").set(manifest.expected)
+        metrics.JOB_COMPLETE.labels(state.job_id).set(0)
         return state
 
     def _count(self, state: JobState, record: ResultRecord) -> None:
@@ -345,6 +347,7 @@ class Aggregator(ServiceBase):
         await self._stored(lambda: store.mark_complete(state.job_id, completion))
         state.complete = True
         metrics.JOBS_COMPLETED.inc()
+        metrics.JOB_COMPLETE.labels(state.job_id).set(1)
         return _completed(state)
 
     def _provenance(self, state: JobState) -> dict[str, Any]:

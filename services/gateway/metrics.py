@@ -29,6 +29,20 @@ BACKEND_LIMIT = Gauge(
     "Calls a backend takes at once (its /info max_concurrent_requests, or the configured limit)",
     ["backend"],
 )
+# Read when scraped, from the pool (`model`: the model the gateway serves, `all-models` for a
+# gateway that takes every model's requests): what the alerts need to say that a model has
+# no server, and that its servers are full with requests queuing for long.
+BACKENDS_READY = Gauge(
+    "introspect_backends_ready", "Model servers in the gateway's pool that answer and take requests", ["model"]
+)
+BACKEND_WAITING = Gauge(
+    "introspect_backend_waiting", "Generation requests waiting for room at a model server", ["model"]
+)
+BACKEND_WAIT_OLDEST = Gauge(
+    "introspect_backend_wait_oldest_seconds",
+    "Seconds the longest-waiting generation request has waited for room at a model server (0: none waits)",
+    ["model"],
+)
 BACKEND_SECONDS = Histogram(
     "introspect_backend_seconds",
     "Seconds a backend call took, retries included",

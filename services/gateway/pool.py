@@ -59,6 +59,7 @@ class BackendPool:
         limit: int = 0,
         make_backend: Callable[[str], CompletionBackend] | None = None,
         health: Health | None = None,
+        model: str = "all-models",
     ) -> None:
         if not backends and make_backend is None:
             raise PoolMisconfigured("no backend configured")
@@ -68,12 +69,16 @@ class BackendPool:
         self.health = health
         self.members: list[Member] = []
         self.model_id = ""
-        # Requests waiting for room, first come first served. A freed slot wakes one of them,
-        # not all: with hundreds waiting, waking all on every completion costs more CPU than
-        # the requests themselves.
-        self._waiting: deque[asyncio.Future[None]] = deque()
+        # Requests waiting for room (since when, woken by), first come first served. A freed
+        # slot wakes one of them, not all: with hundreds waiting, waking all on every
+        # completion costs more CPU than the requests themselves.
+        self._waiting: deque[tuple[float, asyncio.Future[None]]] = deque()
         self._has_members = asyncio.Event()
         self._updating = asyncio.Lock()  # one update at a time: each describes new pods (awaits)
+        # Read when scraped: nothing on the path of a request.
+        metrics.BACKENDS_READY.labels(model).set_function(lambda: sum(m.answers for m in self.members))
+        metrics.BACKEND_WAITING.labels(model).set_function(lambda: len(self._still_waiting()))
+        metrics.BACKEND_WAIT_OLDEST.labels(model).set_function(self._oldest_wait)
 
     async def start(self, patience: float = 30.0) -> None:
         """Describe the configured backends; they must all serve one model.
@@ -146,7 +151,7 @@ class BackendPool:
                 member.in_flight += 1
                 return member
             waiter = asyncio.get_running_loop().create_future()
-            self._waiting.append(waiter)
+            self._waiting.append((time.monotonic(), waiter))
             try:
                 await waiter
             except asyncio.CancelledError:
@@ -157,10 +162,18 @@ class BackendPool:
     def _wake(self, count: int) -> None:
         """Wake up to `count` waiting requests, oldest first."""
         while count > 0 and self._waiting:
-            waiter = self._waiting.popleft()
+            _, waiter = self._waiting.popleft()
             if not waiter.done():
                 waiter.set_result(None)
                 count -= 1
+
+    def _still_waiting(self) -> list[float]:
+        """Since when each request still waiting has waited (cancelled ones are left out)."""
+        return [since for since, waiter in self._waiting if not waiter.done()]
+
+    def _oldest_wait(self) -> float:
+        waiting = self._still_waiting()
+        return time.monotonic() - waiting[0] if waiting else 0.0
 
     async def complete(self, prompt: str, parameters: GenerationParameters) -> Completion:
         """The completion, from the least loaded server that answers.

@@ -124,6 +124,7 @@ class Gateway(ServiceBase):
                 limit=self.backend_limit,
                 make_backend=lambda url: TGIBackend(url, session, timeout=timeout),
                 health=self.health,
+                model=self.model or "all-models",
             )
             from .discovery import ServiceRef
 
@@ -131,7 +132,7 @@ class Gateway(ServiceBase):
             log.info("waiting for a ready pod of %s", self.tgi_service)
         else:
             backends = [make_backend(spec, session, self.generation_timeout) for spec in self.backend_specs]
-            self.pool = BackendPool(backends, self.backend_limit, health=self.health)
+            self.pool = BackendPool(backends, self.backend_limit, health=self.health, model=self.model or "all-models")
             await self.pool.start()
         model_id = await self.pool.wait_ready()
         (self.cache_dir / "served-model").write_text(model_id + "\n", encoding="utf-8")

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 from proto import (
     JobEvent,
@@ -39,6 +40,13 @@ def _manifest(job_id: str, expected: int) -> JobManifest:
                        expected=expected)  # fmt: skip
 
 
+def _job_gauges(job_id: str) -> dict[str, float | None]:
+    """A job's progress and completion as /metrics says them."""
+    gauges = {state: REGISTRY.get_sample_value("introspect_job_observations", {"job_id": job_id, "state": state})
+              for state in ("expected", "received")}  # fmt: skip
+    return gauges | {"complete": REGISTRY.get_sample_value("introspect_job_complete", {"job_id": job_id})}
+
+
 async def test_the_aggregator_counts_each_record_once_and_finishes_the_job(tmp_path: Path) -> None:
     aggregator, bus = Aggregator(tmp_path), MemoryBus()
     await aggregator.start(bus)
@@ -59,6 +67,7 @@ async def test_the_aggregator_counts_each_record_once_and_finishes_the_job(tmp_p
     await restarted.start(bus)
     try:
         assert restarted.jobs["j1"].complete and restarted.jobs["j1"].received == 2
+        assert _job_gauges("j1") == {"expected": 2, "received": 2, "complete": 1}
     finally:
         await restarted.close()
     assert len(bus.of(JobEvent)) == 1
@@ -204,6 +213,8 @@ async def test_a_finish_that_fails_is_retried_until_the_job_completes(tmp_path: 
         await bus.deliver(aggregator, _manifest("j1", 1))
         assert await bus.deliver(aggregator, _result("j1", 0)) == []  # stored and acknowledged, not finished
         assert not aggregator.jobs["j1"].complete
+        # What the alert on a job whose records are all in but that does not complete reads.
+        assert _job_gauges("j1") == {"expected": 1, "received": 1, "complete": 0}
         for _ in range(500):  # until the background retry has written the files
             if aggregator.jobs["j1"].complete:
                 break
@@ -211,6 +222,7 @@ async def test_a_finish_that_fails_is_retried_until_the_job_completes(tmp_path: 
     finally:
         await aggregator.close()
     assert aggregator.jobs["j1"].complete and len(failures) == 2
+    assert _job_gauges("j1") == {"expected": 1, "received": 1, "complete": 1}
     (event,) = bus.of(JobEvent)
     assert event.event == "completed"
     assert sorted(p.name for p in (tmp_path / "results").iterdir()) == [

@@ -437,6 +437,66 @@ async def test_while_no_server_answers_requests_wait_and_the_gateway_takes_no_wo
     await pool.close()
 
 
+class HeldBackend(SwitchableBackend):
+    """A server whose calls wait until `release` is set (its limit, 4, from /info)."""
+
+    url = "http://held"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def complete(self, prompt: str, parameters: GenerationParameters) -> Completion:
+        await self.release.wait()
+        return await super().complete(prompt, parameters)
+
+
+def _pool_gauges(model: str) -> tuple[float | None, float | None, float | None]:
+    """(ready servers, requests waiting, oldest wait in seconds) as /metrics says them."""
+    labels = {"model": model}
+    return (
+        REGISTRY.get_sample_value("introspect_backends_ready", labels),
+        REGISTRY.get_sample_value("introspect_backend_waiting", labels),
+        REGISTRY.get_sample_value("introspect_backend_wait_oldest_seconds", labels),
+    )
+
+
+async def test_the_pool_says_its_ready_servers_and_the_requests_waiting_for_room(quick_probes) -> None:
+    """What the alerts read: how many servers of a model answer, how many requests wait for
+    room at them and for how long; counted when scraped, from the pool itself."""
+    backend = HeldBackend()
+    pool = BackendPool([backend], model="gauged-model")
+    assert _pool_gauges("gauged-model") == (0, 0, 0)  # no server yet
+    await pool.start()
+    calls = [asyncio.ensure_future(pool.complete(prompt, PARAMETERS)) for prompt in PROMPTS[:7]]
+    async with asyncio.timeout(30):
+        while pool.members[0].in_flight < 4:
+            await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    ready, waiting, oldest = _pool_gauges("gauged-model")
+    assert ready == 1 and waiting == 3  # at its limit of 4; three wait for room
+    assert oldest is not None and oldest >= 0.05
+    assert REGISTRY.get_sample_value("introspect_backend_in_flight", {"backend": backend.url}) == 4
+    assert REGISTRY.get_sample_value("introspect_backend_limit", {"backend": backend.url}) == 4
+    calls[-1].cancel()  # a request given up while waiting no longer counts
+    await asyncio.sleep(0)
+    assert _pool_gauges("gauged-model")[1] == 2
+    backend.release.set()
+    await asyncio.wait_for(asyncio.gather(*calls[:-1]), 30)
+    assert _pool_gauges("gauged-model") == (1, 0, 0)
+
+    backend.up = False  # gone: out of the rotation once a call finds it so
+    failing = asyncio.ensure_future(pool.complete(PROMPTS[0], PARAMETERS))
+    async with asyncio.timeout(30):
+        while pool.members[0].answers:
+            await asyncio.sleep(0.01)
+    assert _pool_gauges("gauged-model")[0] == 0
+    backend.up = True
+    await asyncio.wait_for(failing, 30)
+    assert _pool_gauges("gauged-model")[0] == 1
+    await pool.close()
+
+
 async def test_a_server_that_answers_but_refuses_a_call_hands_it_back(quick_probes) -> None:
     """A 429 storm or a hung call: the server is there, so the request is handed back (to
     be tried again later) and the gateway stays ready."""
