@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 from proto import MAX_SOURCES, AnswerSource, Chat, Job
 
-from .backends import OPENAI_PREFIX
+from .backends import split_spec
 from .core.chat import FALCON_DEFAULT_SYSTEM, FORMATS, LLAMA2_DEFAULT_SYSTEM
 from .standin.answers import STANDIN_MODEL_ID
 
@@ -55,7 +55,7 @@ _DEFAULT_SYSTEM_TEXT: dict[str, str | None] = {"Llama2": LLAMA2_DEFAULT_SYSTEM, 
 def endpoint_of(url: str) -> str:
     """`host:port` of a server URL (with its scheme's port when it names none): never its
     user, password, path or query."""
-    parts = urlsplit(url.removeprefix(OPENAI_PREFIX))
+    parts = urlsplit(split_spec(url)[1])
     try:
         port = parts.port
     except ValueError:  # not a number: say nothing of it
@@ -67,14 +67,18 @@ def endpoint_of(url: str) -> str:
     return host if port is None else f"{host}:{port}"
 
 
-def answer_source(backends: Sequence[str], model_id: str, *, tgi_service: str | None = None) -> AnswerSource:
-    """The source of a gateway's (or `introspect evaluate`'s) answers: its backend URLs (or
-    the Kubernetes Service its TGI pods are found through), serving `model_id`. A server
-    reporting the stand-in's model id is the stand-in, whatever protocol it speaks."""
-    if tgi_service is not None:
-        kind, endpoint = "tgi", tgi_service
+def answer_source(
+    backends: Sequence[str], model_id: str, *, service: str | None = None, engine: str = "tgi"
+) -> AnswerSource:
+    """The source of a gateway's (or `introspect evaluate`'s) answers: its backend specs (or
+    the Kubernetes Service its `engine` pods are found through), serving `model_id`. vLLM,
+    SGLang and other OpenAI-compatible servers are all `openai-compatible` (the wire contract's
+    kinds). A server reporting the stand-in's model id is the stand-in, whatever it speaks."""
+    if service is not None:
+        kind, endpoint = ("tgi" if engine == "tgi" else "openai-compatible"), service
     else:
-        kind = "openai-compatible" if backends and all(b.startswith(OPENAI_PREFIX) for b in backends) else "tgi"
+        openai = backends and all(split_spec(b)[0] != "tgi" for b in backends)
+        kind = "openai-compatible" if openai else "tgi"
         endpoint = ",".join(sorted({endpoint_of(url) for url in backends}))
     if model_id == STANDIN_MODEL_ID:
         kind = "stand-in"

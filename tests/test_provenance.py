@@ -132,8 +132,13 @@ def test_where_answers_come_from_never_includes_credentials() -> None:
     assert pool == AnswerSource("tgi", "tgi-0:80,tgi-1:80", "meta-llama/Llama-2-7b-chat-hf")
     assert "secret" not in repr(pool)
     assert answer_source(["openai+http://vllm:8000"], "m").backend == "openai-compatible"
+    for spec in ("vllm+http://vllm:8000", "sglang+http://sglang:30000"):
+        assert answer_source([spec], "m") == AnswerSource("openai-compatible", endpoint_of(spec), "m")
+    assert endpoint_of("vllm+http://user:secret@vllm:8000") == "vllm:8000"
     assert answer_source(["http://127.0.0.1:5"], "introspect-stand-in").backend == "stand-in"
-    assert answer_source([], "m", tgi_service="research/tgi:80") == AnswerSource("tgi", "research/tgi:80", "m")
+    assert answer_source([], "m", service="research/tgi:80") == AnswerSource("tgi", "research/tgi:80", "m")
+    vllm = answer_source([], "m", service="research/vllm:http", engine="vllm")
+    assert vllm == AnswerSource("openai-compatible", "research/vllm:http", "m")
 
 
 # -- no silent overwrite --

@@ -1,11 +1,15 @@
 """Completion backends: model servers reached over HTTP. `make_backend` picks one from its
-spec; `probe` asks a server what it serves before anything is started against it."""
+spec; `probe` asks a server what it serves before anything is started against it.
+
+A spec is a URL, prefixed with the engine that serves there where it is not TGI:
+`http://tgi:80` (or `tgi+http://...`), `vllm+http://vllm:8000`, `sglang+http://sglang:30000`,
+`openai+http://llama:8090` (llama.cpp, or any other OpenAI-compatible server)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .contract import GENERATION_TIMEOUT, BackendInfo, BackendUnavailable, CompletionBackend
+from .contract import ENGINES, GENERATION_TIMEOUT, BackendInfo, BackendUnavailable, CompletionBackend, Engine
 
 if TYPE_CHECKING:
     import aiohttp
@@ -13,17 +17,31 @@ if TYPE_CHECKING:
 OPENAI_PREFIX = "openai+"
 
 
+def split_spec(spec: str) -> tuple[Engine, str]:
+    """A spec's engine and URL: `vllm+http://h:8000` -> ("vllm", "http://h:8000"); no known
+    engine before a `+`: a TGI server at the whole spec."""
+    engine, plus, url = spec.partition("+")
+    if plus and engine in ENGINES and "://" in url:
+        return engine, url
+    return "tgi", spec
+
+
+def engine_spec(engine: Engine, url: str) -> str:
+    """The spec of `engine` serving at `url` (TGI's is the plain URL)."""
+    return url if engine == "tgi" else f"{engine}+{url}"
+
+
 def make_backend(spec: str, session: aiohttp.ClientSession, timeout: float = GENERATION_TIMEOUT) -> CompletionBackend:
-    """`http://host:port` is a TGI server; `openai+http://host:port` an OpenAI-compatible one;
-    `timeout`: seconds for one generation call."""
+    """The backend a spec names; `timeout`: seconds for one generation call."""
     # Imported here: the command line reaches `contract` through this package, and needs
     # no HTTP client until it talks to a server.
     from .openai import OpenAICompletionsBackend
     from .tgi import TGIBackend
 
-    if spec.startswith(OPENAI_PREFIX):
-        return OpenAICompletionsBackend(spec.removeprefix(OPENAI_PREFIX), session, timeout=timeout)
-    return TGIBackend(spec, session, timeout=timeout)
+    engine, url = split_spec(spec)
+    if engine == "tgi":
+        return TGIBackend(url, session, timeout=timeout)
+    return OpenAICompletionsBackend(url, session, timeout=timeout, engine=engine)
 
 
 async def probe(spec: str, timeout: float = 10.0) -> BackendInfo:
@@ -35,10 +53,11 @@ async def probe(spec: str, timeout: float = 10.0) -> BackendInfo:
         try:
             return await make_backend(spec, session).describe()
         except BackendUnavailable as error:
-            if not spec.startswith(OPENAI_PREFIX) and "404" in str(error):
+            engine, url = split_spec(spec)
+            if engine == "tgi" and "404" in str(error):
                 raise BackendUnavailable(
-                    f"{spec} is not a TGI server (GET /info: 404); for an OpenAI-compatible server "
-                    f"(vLLM, SGLang, llama.cpp) write --endpoint {OPENAI_PREFIX}{spec}"
+                    f"{spec} is not a TGI server (GET /info: 404); for an OpenAI-compatible server write "
+                    f"--endpoint vllm+{url} (vLLM), sglang+{url} (SGLang) or {OPENAI_PREFIX}{url} (llama.cpp, others)"
                 ) from None
             if "Cannot connect" in str(error) or "Connect call failed" in str(error):
                 raise BackendUnavailable(f"nothing answers at {spec} ({error})") from None

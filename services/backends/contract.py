@@ -5,11 +5,17 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 from ..core.chat import GenerationParameters
 
 GENERATION_TIMEOUT = 300.0  # seconds for one generation call: long answers of a large model under load
+
+# The model servers a backend speaks to, each in its own protocol: TGI's `/generate`; vLLM's
+# and SGLang's `/v1/completions` with their own sampling extensions; any other
+# OpenAI-compatible server (llama.cpp's names for the extensions).
+Engine = Literal["tgi", "vllm", "sglang", "openai"]
+ENGINES: tuple[Engine, ...] = ("tgi", "vllm", "sglang", "openai")
 
 
 @dataclass(frozen=True, slots=True)

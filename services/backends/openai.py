@@ -1,14 +1,17 @@
-"""Any OpenAI-compatible completions server (vLLM, SGLang, llama.cpp): `POST /v1/completions`.
+"""OpenAI-compatible completions servers (vLLM, SGLang, llama.cpp): `POST /v1/completions`.
 
 The gateway renders the chat template itself, so the plain completions endpoint (not chat
-completions) keeps the prompt exactly the protocol's. Servers differ in which sampling
-fields they accept; the common ones are sent, the rest (top_k, repetition_penalty) go as
-the extensions vLLM and llama.cpp both understand.
+completions) keeps the prompt exactly the protocol's. OpenAI's own fields carry the paper's
+seed, temperature, top_p, max tokens and stop sequences; top-k and the repetition penalty
+are each server's extensions, sent under the names that server reads (`openai_payload`):
+vLLM's and SGLang's extra sampling parameters (`top_k`, `repetition_penalty`), or
+llama.cpp's (`top_k`, `repeat_penalty`) for any other server. A field a server does not know
+is ignored by these servers, so the wrong name would silently sample without the penalty.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 
@@ -17,21 +20,29 @@ from ..runtime.settings import redact_url
 from .contract import GENERATION_TIMEOUT, BackendInfo, BackendUnavailable, Completion
 from .http import DEFAULT_RETRY, JsonEndpoint, RetryPolicy, get_json
 
+OpenAIEngine = Literal["vllm", "sglang", "openai"]
 
-def openai_payload(model: str, prompt: str, parameters: GenerationParameters) -> dict[str, Any]:
-    return {
+
+def openai_payload(
+    model: str, prompt: str, parameters: GenerationParameters, engine: OpenAIEngine = "openai"
+) -> dict[str, Any]:
+    """The `/v1/completions` body for the paper's sampling, as `engine` reads it."""
+    body: dict[str, Any] = {
         "model": model,
         "prompt": prompt,
         "max_tokens": parameters.max_new_tokens,
         "temperature": parameters.temperature,
         "top_p": parameters.top_p,
-        "top_k": parameters.top_k,
-        "repetition_penalty": parameters.repetition_penalty,  # vLLM, SGLang
-        "repeat_penalty": parameters.repetition_penalty,  # llama.cpp
         "seed": parameters.seed,
         "stop": list(parameters.stop),
         "n": 1,
+        "top_k": parameters.top_k,
     }
+    if engine in ("vllm", "sglang"):  # their completions request's extra sampling parameters
+        body["repetition_penalty"] = parameters.repetition_penalty
+    else:  # llama.cpp's server (and llama-cpp-python's)
+        body["repeat_penalty"] = parameters.repetition_penalty
+    return body
 
 
 class OpenAICompletionsBackend:
@@ -42,8 +53,10 @@ class OpenAICompletionsBackend:
         retry: RetryPolicy = DEFAULT_RETRY,
         timeout: float = GENERATION_TIMEOUT,
         model: str | None = None,
+        engine: OpenAIEngine = "openai",
     ) -> None:
         self.base_url = base_url.rstrip("/").removesuffix("/v1")
+        self.engine = engine
         # The name in metric labels, logs and errors: a password in the URL is masked.
         self.url = redact_url(self.base_url)
         self.session = session
@@ -65,7 +78,7 @@ class OpenAICompletionsBackend:
     async def complete(self, prompt: str, parameters: GenerationParameters) -> Completion:
         if self.model is None:
             await self.describe()
-        body, _ = await self.endpoint.post(openai_payload(str(self.model), prompt, parameters))
+        body, _ = await self.endpoint.post(openai_payload(str(self.model), prompt, parameters, self.engine))
         text = _choice_text(body)
         if text is None:  # never cached: the request is tried again later
             raise BackendUnavailable(f"{self.url}: an answer without choices[0].text: {str(body)[:200]}")

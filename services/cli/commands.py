@@ -181,7 +181,8 @@ def _serve(args: argparse.Namespace) -> int:
         backend_concurrency=args.backend_concurrency,
         generation_timeout=args.generation_timeout,
         offline=args.offline,
-        tgi_service=args.tgi_service,
+        model_service=args.model_service,
+        model_engine=args.model_engine,
         model=args.model,
         served_models=tuple(args.served_models) if args.served_models else None,
     )
@@ -206,7 +207,8 @@ def _serve(args: argparse.Namespace) -> int:
                 generation_timeout=settings.generation_timeout,
                 offline=settings.offline,
                 cache_on_damage=settings.cache_on_damage,
-                tgi_service=settings.tgi_service,
+                model_service=settings.model_service,
+                model_engine=settings.model_engine,
                 kubernetes_api=settings.kubernetes_api,
                 model=settings.model,
             )

@@ -10,6 +10,7 @@ from typing import Any, NoReturn
 
 from proto import Job
 
+from ..backends.contract import ENGINES
 from ..core.datasets import DATASETS, UnknownDataset
 from ..core.observations import DATASET_CATEGORIES, SPLIT_NAMES, InvalidObservation
 from ..core.tasks import TASK_KINDS
@@ -19,6 +20,7 @@ from ..jobs import LOCAL_FILE_SUFFIXES
 
 SERVICE_NAMES = ("producer", "scorer", "gateway", "aggregator")
 DEFAULT_AGGREGATOR = "http://127.0.0.1:9090"
+ENDPOINT_HELP = "a TGI URL, or vllm+URL, sglang+URL, openai+URL (llama.cpp and other OpenAI-compatible servers)"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -93,9 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Start NATS, the four services and the stand-in (or use --endpoint), run one job, print results.",
     )
     _job_arguments(run)
-    run.add_argument(
-        "--endpoint", default=None, help="TGI URL, or openai+URL for an OpenAI-compatible server (default: stand-in)"
-    )
+    run.add_argument("--endpoint", default=None, help=f"{ENDPOINT_HELP} (default: stand-in)")
     run.add_argument("--data-dir", default=".introspect", help="NATS store, caches and the aggregator's database")
     run.add_argument("--out", default="results", help="folder for the result JSON and the records Parquet")
     run.add_argument("--gateways", type=_count(1), default=1, help="gateway processes (cache partitions)")
@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--endpoint",
         default=None,
-        help="TGI URL, or openai+URL for an OpenAI-compatible server (default: the stand-in, in this process)",
+        help=f"{ENDPOINT_HELP} (default: the stand-in, in this process)",
     )
     evaluate.add_argument(
         "--data-dir",
@@ -131,12 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--partitions", type=_count(1), default=None, help="gateway partitions in the deployment")
     serve.add_argument("--partition", type=_count(0), default=None, help="the partition this gateway serves")
     serve.add_argument("--backend", action="append", default=None, metavar="URL",
-                       help="gateway: a TGI URL, or openai+URL (repeatable)")  # fmt: skip
+                       help=f"gateway: {ENDPOINT_HELP} (repeatable)")  # fmt: skip
     serve.add_argument("--backend-concurrency", type=_count(1), default=None, help="gateway: per-backend limit")
     serve.add_argument("--generation-timeout", type=float, default=None,
                        help="gateway: seconds for one call to a model server (default 300)")  # fmt: skip
-    serve.add_argument("--tgi-service", default=None, metavar="NAMESPACE/NAME[:PORT]",
-                       help="gateway: find TGI pods through the Kubernetes API (EndpointSlices)")  # fmt: skip
+    serve.add_argument("--model-service", "--tgi-service", dest="model_service", default=None,
+                       metavar="NAMESPACE/NAME[:PORT]",
+                       help="gateway: find its model server pods through the Kubernetes API")  # fmt: skip
+    serve.add_argument("--model-engine", choices=ENGINES, default=None,
+                       help="gateway: what the --model-service pods run (default: tgi)")  # fmt: skip
     serve.add_argument("--offline", action="store_true", default=None, help="gateway: answer from the cache alone")
     serve.add_argument("--model", default=None,
                        help="gateway: the model its servers run, as jobs name it (default: every model)")  # fmt: skip

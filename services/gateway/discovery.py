@@ -1,4 +1,4 @@
-"""Finding TGI pods in a cluster: the EndpointSlices of their Service, listed then watched.
+"""Finding model server pods (TGI, vLLM, SGLang) in a cluster: the EndpointSlices of their Service, listed then watched.
 
 The Kubernetes API tells which pods back a Service, and which of them are ready, through
 EndpointSlices (label `kubernetes.io/service-name`). The watcher lists them, then follows
@@ -24,7 +24,7 @@ SERVICE_LABEL = "kubernetes.io/service-name"
 
 @dataclass(frozen=True, slots=True)
 class ServiceRef:
-    """A TGI Service: `namespace/name`, and the name of its HTTP port (any port if None)."""
+    """A model server Service: `namespace/name`, and the name of its HTTP port (any port if None)."""
 
     namespace: str
     name: str
@@ -36,7 +36,7 @@ class ServiceRef:
         where, _, port = text.partition(":")
         namespace, sep, name = where.partition("/")
         if not sep or not namespace or not name:
-            raise ValueError(f"a TGI service is namespace/name[:port-name], got {text!r}")
+            raise ValueError(f"a model server Service is namespace/name[:port-name], got {text!r}")
         return cls(namespace, name, port or None)
 
 

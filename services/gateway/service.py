@@ -30,9 +30,8 @@ from proto import subjects as sub
 from proto.messages import encode_part
 from proto.subjects import ConsumerSpec
 
-from ..backends import make_backend
-from ..backends.contract import GENERATION_TIMEOUT
-from ..backends.tgi import TGIBackend
+from ..backends import engine_spec, make_backend
+from ..backends.contract import ENGINES, GENERATION_TIMEOUT, Engine
 from ..core.chat import SystemMessageNotSupported, UnknownModel
 from ..generation import ChatModel
 from ..models import model_name
@@ -67,7 +66,8 @@ class Gateway(ServiceBase):
         generation_timeout: float = GENERATION_TIMEOUT,
         offline: bool = False,
         cache_on_damage: str = "refuse",
-        tgi_service: str | None = None,
+        model_service: str | None = None,
+        model_engine: str = "tgi",
         kubernetes_api: str | None = None,
         model: str | None = None,
     ) -> None:
@@ -77,14 +77,19 @@ class Gateway(ServiceBase):
         self.backend_limit = backend_limit
         self.generation_timeout = generation_timeout
         self.cache_on_damage = cache_on_damage
-        self.tgi_service = tgi_service  # namespace/name[:port]: find its pods through the Kubernetes API
+        # namespace/name[:port]: find its model server pods through the Kubernetes API; they
+        # speak `model_engine`'s protocol
+        self.model_service = model_service
+        if model_engine not in ENGINES:
+            raise InvalidSettings(f"the model engine is one of {', '.join(ENGINES)}, got {model_engine!r}")
+        self.model_engine: Engine = model_engine
         self.kubernetes_api = kubernetes_api  # None: the in-cluster API server
-        if not (offline or backends or tgi_service):
+        if not (offline or backends or model_service):
             raise InvalidSettings(
-                "the gateway has no model server: give --backend URL (INTROSPECT_BACKENDS) or --tgi-service "
-                "(INTROSPECT_TGI_SERVICE); --offline answers from its cache alone"
+                "the gateway has no model server: give --backend URL (INTROSPECT_BACKENDS) or --model-service "
+                "(INTROSPECT_MODEL_SERVICE); --offline answers from its cache alone"
             )
-        self.offline = offline or not (backends or tgi_service)
+        self.offline = offline or not (backends or model_service)
         # The model this gateway's servers run, as messages name it; None takes every model's
         # requests, which is right only where one model is served.
         self.model = None if model is None else model_name(model)
@@ -118,18 +123,18 @@ class Gateway(ServiceBase):
             self.source = cache_only(self.completions.model_id)
             return
         session = self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-        if self.tgi_service is not None:
-            timeout = self.generation_timeout
+        if self.model_service is not None:
+            timeout, engine = self.generation_timeout, self.model_engine
             self.pool = BackendPool(
                 limit=self.backend_limit,
-                make_backend=lambda url: TGIBackend(url, session, timeout=timeout),
+                make_backend=lambda url: make_backend(engine_spec(engine, url), session, timeout),
                 health=self.health,
                 model=self.model or "all-models",
             )
             from .discovery import ServiceRef
 
-            self._watch(ServiceRef.parse(self.tgi_service))
-            log.info("waiting for a ready pod of %s", self.tgi_service)
+            self._watch(ServiceRef.parse(self.model_service))
+            log.info("waiting for a ready %s pod of %s", engine, self.model_service)
         else:
             backends = [make_backend(spec, session, self.generation_timeout) for spec in self.backend_specs]
             self.pool = BackendPool(backends, self.backend_limit, health=self.health, model=self.model or "all-models")
@@ -137,10 +142,10 @@ class Gateway(ServiceBase):
         model_id = await self.pool.wait_ready()
         (self.cache_dir / "served-model").write_text(model_id + "\n", encoding="utf-8")
         self.completions = CachedCompletions(self.cache, model_id, self.pool.complete, self.health)
-        self.source = answer_source(self.backend_specs, model_id, tgi_service=self.tgi_service)
+        self.source = answer_source(self.backend_specs, model_id, service=self.model_service, engine=self.model_engine)
 
     def _watch(self, service: ServiceRef) -> None:
-        """Follow the TGI pods of `service`; each change of the ready set updates the pool."""
+        """Follow the model server pods of `service`; each change of the ready set updates the pool."""
         loop, pool = asyncio.get_running_loop(), self.pool
         assert pool is not None
 

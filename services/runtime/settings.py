@@ -13,7 +13,11 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from ..backends.contract import ENGINES
+
 ENV_PREFIX = "INTROSPECT_"
+# Settings under an earlier name, still read: old name -> setting.
+RENAMED = {"tgi_service": "model_service"}
 
 
 class InvalidSettings(ValueError):
@@ -56,10 +60,14 @@ class Settings:
     # aggregator: the bearer token its API (/jobs...) asks for; clients send it. None: open
     # (loopback by default; the chart sets one from a Secret).
     api_token: str | None = None
-    backends: tuple[str, ...] = field(default=())  # gateway: URLs; "openai+" prefix for OpenAI-compatible
-    backend_concurrency: int = 0  # gateway: per-backend limit; 0 asks TGI's /info
+    # gateway: backend specs, URLs with the engine as prefix where it is not TGI (vllm+, sglang+, openai+)
+    backends: tuple[str, ...] = field(default=())
+    backend_concurrency: int = 0  # gateway: per-backend limit; 0 asks TGI's /info (others say none: 16)
     generation_timeout: float = 300.0  # gateway: seconds for one call to a model server (two such, then handed back)
-    tgi_service: str | None = None  # gateway: namespace/name[:port] of TGI pods to discover
+    # gateway: namespace/name[:port] of a Service whose model server pods it finds through the
+    # Kubernetes API (formerly INTROSPECT_TGI_SERVICE, still read), and the engine they run
+    model_service: str | None = None
+    model_engine: str = "tgi"  # tgi, vllm, sglang, or openai (any other OpenAI-compatible server)
     kubernetes_api: str | None = None  # gateway: API server URL (default: in-cluster)
     offline: bool = False  # gateway: answer from the cache alone
     cache_on_damage: str = "refuse"  # gateway: a cache RocksDB cannot open: refuse, or set-aside and start empty
@@ -75,6 +83,9 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
+        for old, new in RENAMED.items():
+            if env.get(ENV_PREFIX + old.upper()):
+                values[new] = env[ENV_PREFIX + old.upper()]
         for spec in fields(cls):
             raw = env.get(ENV_PREFIX + spec.name.upper())
             if raw is not None and raw != "":
@@ -89,8 +100,10 @@ class Settings:
             raise InvalidSettings(f"partitions must be at least 1, got {self.partitions}")
         if not 0 <= self.partition < self.partitions:
             raise InvalidSettings(f"partition {self.partition} is outside 0..{self.partitions - 1}")
-        if self.tgi_service is not None and not re.fullmatch(r"[^/:\s]+/[^/:\s]+(:[^/:\s]+)?", self.tgi_service):
-            raise InvalidSettings(f"tgi_service is namespace/name[:port-name], got {self.tgi_service!r}")
+        if self.model_service is not None and not re.fullmatch(r"[^/:\s]+/[^/:\s]+(:[^/:\s]+)?", self.model_service):
+            raise InvalidSettings(f"model_service is namespace/name[:port-name], got {self.model_service!r}")
+        if self.model_engine not in ENGINES:
+            raise InvalidSettings(f"model_engine is one of {', '.join(ENGINES)}, got {self.model_engine!r}")
         if self.cache_on_damage not in ("refuse", "set-aside"):
             raise InvalidSettings(f"cache_on_damage is refuse or set-aside, got {self.cache_on_damage!r}")
         if self.generation_timeout <= 0:

@@ -13,6 +13,8 @@ import pandas as pd
 import pytest
 
 from proto import Job
+from services.backends import engine_spec
+from services.backends.contract import ENGINES
 from services.cli import main
 from services.client import dead_letters
 from services.local import LocalPipeline, free_port, wait_for_port
@@ -192,7 +194,8 @@ def test_a_tgi_endpoint_that_is_not_tgi_is_refused_with_the_fix(refusing_server:
         err = capsys.readouterr().err.splitlines()[-1]
         assert err == (
             f"introspect: error: {refusing_server} is not a TGI server (GET /info: 404); for an OpenAI-compatible "
-            f"server (vLLM, SGLang, llama.cpp) write --endpoint openai+{refusing_server}"
+            f"server write --endpoint vllm+{refusing_server} (vLLM), sglang+{refusing_server} (SGLang) or "
+            f"openai+{refusing_server} (llama.cpp, others)"
         )
     assert not (tmp_path / "d" / "logs").exists()  # nothing was started
 
@@ -203,14 +206,15 @@ def test_evaluate_through_an_openai_compatible_server_equals_tgi(tmp_path, capsy
                               stdout=subprocess.DEVNULL)  # fmt: skip
     try:
         wait_for_port(port, "the stand-in", server, timeout=60)
-        for name, endpoint in (("tgi", f"http://127.0.0.1:{port}"), ("openai", f"openai+http://127.0.0.1:{port}")):
+        for name in ENGINES:
+            endpoint = engine_spec(name, f"http://127.0.0.1:{port}")
             assert main(["evaluate", *COMMON, "--endpoint", endpoint, "--out", str(tmp_path / name)]) == 0
             assert f"{endpoint} serves " in capsys.readouterr().err
     finally:
         server.terminate()
         server.wait()
-    tgi, openai = (json.loads((tmp_path / name / f"{EXPERIMENT}.json").read_text()) for name in ("tgi", "openai"))
-    assert tgi["results"] == openai["results"]
+    tgi, *others = (json.loads((tmp_path / name / f"{EXPERIMENT}.json").read_text()) for name in ENGINES)
+    assert all(other["results"] == tgi["results"] for other in others)  # the OpenAI route of vLLM, SGLang, llama.cpp
 
 
 def test_evaluate_with_a_data_dir_answers_from_the_cache_a_run_filled(tmp_path, capsys) -> None:

@@ -1,4 +1,4 @@
-"""TGI discovery against a local server that answers like the Kubernetes API for EndpointSlices."""
+"""Model server discovery against a local server that answers like the Kubernetes API for EndpointSlices."""
 
 from __future__ import annotations
 
@@ -8,15 +8,20 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 from prometheus_client import REGISTRY
 
+from proto import GenerationReply, GenerationRequest
 from services.backends.tgi import TGIBackend
 from services.core.chat import LLAMA2, ChatTurn, generation_defaults
 from services.gateway.discovery import EndpointSliceWatcher, ServiceRef, discovery_api, ready_urls
 from services.gateway.pool import BackendPool
+from services.gateway.service import Gateway
+from services.runtime.memory import MemoryBus
 from services.standin.server import StandInSettings, create_app
 from tests.support.kubernetes_fake import FakeKubernetes, endpoint_slice, serve_fake_kubernetes
+from tests.support.messages import work
 
 
 @pytest.fixture
@@ -95,3 +100,36 @@ async def test_pods_that_come_and_go_change_the_pool(kubernetes) -> None:
             watcher.close()
             for pod in pods:
                 await pod.close()
+
+
+@pytest.mark.parametrize("engine", ["vllm", "sglang"])
+async def test_a_gateway_finds_its_engine_s_pods_and_speaks_their_protocol(kubernetes, tmp_path, engine) -> None:
+    """The pods of a vLLM or SGLang model are found as TGI's are, asked at /v1/completions with
+    that engine's body, and kept at the limit the chart gives (they report none)."""
+    fake, host = kubernetes
+    paths: list[str] = []
+
+    @web.middleware
+    async def seen(request: web.Request, handler):  # type: ignore[no-untyped-def]
+        paths.append(request.path)
+        return await handler(request)
+
+    app = create_app(StandInSettings(max_concurrent=64))
+    app.middlewares.append(seen)
+    pod = TestServer(app, host="127.0.0.1")
+    await pod.start_server()
+    fake.slices["a"] = endpoint_slice("a", pod.port, {"127.0.0.1": True}, service=f"{engine}-llama")
+    gateway = Gateway(tmp_path, (), backend_limit=12, model_service=f"gpu/{engine}-llama:http",
+                      model_engine=engine, kubernetes_api=host, model="llama2-7b")  # fmt: skip
+    bus = MemoryBus()
+    try:
+        await asyncio.wait_for(gateway.start(bus), 10)
+        assert gateway.pool is not None and [m.limit for m in gateway.pool.members] == [12]
+        request = GenerationRequest("What is the sentiment? Paragraph: A warm, funny film.", work())
+        (reply,) = await bus.deliver(gateway, request)
+        assert isinstance(reply.message, GenerationReply) and reply.message.answer.error is None
+        assert paths == ["/v1/models", "/v1/completions"]  # never TGI's /info or /generate
+        assert gateway.source is not None and gateway.source.endpoint == f"gpu/{engine}-llama:http"
+    finally:
+        await gateway.close()
+        await pod.close()

@@ -170,6 +170,16 @@ def test_settings_from_the_environment_with_flags_on_top() -> None:
     assert settings.metrics_host == "127.0.0.1"  # loopback unless told otherwise: the API serves records
 
 
+def test_the_model_service_setting_keeps_its_former_name() -> None:
+    """INTROSPECT_TGI_SERVICE (before vLLM and SGLang) still names the Service, of TGI pods."""
+    settings = Settings.from_env({"INTROSPECT_TGI_SERVICE": "research/tgi:http"})
+    assert (settings.model_service, settings.model_engine) == ("research/tgi:http", "tgi")
+    renamed = {"INTROSPECT_TGI_SERVICE": "research/old", "INTROSPECT_MODEL_SERVICE": "research/vllm",
+               "INTROSPECT_MODEL_ENGINE": "vllm"}  # fmt: skip
+    settings = Settings.from_env(renamed)
+    assert (settings.model_service, settings.model_engine) == ("research/vllm", "vllm")  # the new name wins
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [
@@ -179,7 +189,9 @@ def test_settings_from_the_environment_with_flags_on_top() -> None:
         ({"INTROSPECT_ACK_WAIT": "0"}, "ack_wait must be positive"),
         ({"INTROSPECT_PARTITIONS": "0"}, "partitions must be at least 1"),
         ({"INTROSPECT_PARTITION": "1"}, "partition 1 is outside 0..0"),
-        ({"INTROSPECT_TGI_SERVICE": "tgi-llama"}, "tgi_service is namespace/name"),
+        ({"INTROSPECT_MODEL_SERVICE": "tgi-llama"}, "model_service is namespace/name"),
+        ({"INTROSPECT_TGI_SERVICE": "tgi-llama"}, "model_service is namespace/name"),  # its former name
+        ({"INTROSPECT_MODEL_ENGINE": "ollama"}, "model_engine is one of tgi, vllm, sglang, openai, got 'ollama'"),
         ({"INTROSPECT_CACHE_ON_DAMAGE": "delete"}, "cache_on_damage is refuse or set-aside, got 'delete'"),
     ],
 )
