@@ -70,7 +70,8 @@ chart-lint:
     .cache/helm/helm lint --strict charts/introspect
     .cache/helm/helm lint --strict charts/introspect -f $two_models
     .cache/helm/helm template introspect charts/introspect | {{python}} -m kubernetes_validate --strict --quiet -k 1.33.0 -
-    # the ServiceMonitor is a custom resource: Kubernetes has no schema for it (tests/chart/test_chart.py checks it)
+    # the ServiceMonitor and the PrometheusRule (the alerts) are custom resources: Kubernetes has no schema
+    # for them (tests/chart/test_chart.py checks them; tests/chart/test_alerts.py runs the rules in promtool)
     .cache/helm/helm template introspect charts/introspect -f $two_models \
         | {{python}} -m kubernetes_validate --strict --quiet --no-warn -k 1.33.0 -
     echo "chart: lint and Kubernetes 1.33 schemas clean"

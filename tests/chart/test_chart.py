@@ -39,7 +39,10 @@ pytestmark = pytest.mark.chart
 
 KUBERNETES = "1.33.0"
 # Custom resources of the Prometheus Operator: no schema ships with Kubernetes.
-CUSTOM_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+CUSTOM_KINDS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
+}
 VALUES = {"default": (), "two-models": ("-f", str(TWO_MODELS))}
 
 
@@ -324,6 +327,21 @@ def test_monitoring_network_policy_and_dashboard_objects() -> None:
     shipped = (CHART / "files" / "introspect-dashboard.json").read_text(encoding="utf-8")
     assert dashboard["data"]["introspect.json"] == shipped.rstrip("\n")
 
+
+def test_the_alerting_rules_are_a_prometheus_rule_the_operator_picks_up_when_enabled() -> None:
+    """Optional, as the ServiceMonitor: a PrometheusRule with the labels the Operator's
+    ruleSelector matches; tests/chart/test_alerts.py runs the rules themselves in promtool."""
+    assert of_kind(render(), "PrometheusRule") == []
+    (rule,) = of_kind(render("-f", str(TWO_MODELS)), "PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1" and rule["metadata"]["name"] == "introspect"
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert rule["metadata"]["labels"]["app.kubernetes.io/instance"] == "introspect"
+    (group,) = rule["spec"]["groups"]
+    assert group["name"] == "introspect" and len(group["rules"]) == 7
+    for alert in group["rules"]:
+        assert set(alert) <= {"alert", "expr", "for", "labels", "annotations"}, alert["alert"]
+        assert alert["alert"].startswith("Introspect") and alert["expr"].strip()
+        assert alert["labels"]["team"] == "ml-platform" and alert["labels"]["severity"] in {"critical", "warning"}
 
 def _pods(objects: list[dict[str, Any]]) -> dict[str, Endpoint]:
     """Every workload's pod, as its template labels it, in the release's namespace."""

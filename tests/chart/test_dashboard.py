@@ -13,6 +13,7 @@ import pytest
 import services.aggregator.metrics
 import services.gateway.metrics
 import services.producer.metrics
+import services.runtime.health
 import services.runtime.metrics
 import services.scorer.metrics
 from tests.support.chart import CHART
@@ -21,6 +22,7 @@ pytestmark = pytest.mark.chart
 
 SERVICE_METRICS = (
     services.runtime.metrics,
+    services.runtime.health,  # introspect_problem{stage, problem}
     services.producer.metrics,
     services.scorer.metrics,
     services.gateway.metrics,
@@ -85,11 +87,16 @@ def expressions() -> Iterator[tuple[str, str]]:
             yield panel["title"], target["expr"]
 
 
-def _parse(expr: str) -> Any:
+def substituted(expr: str) -> str:
+    """`expr` as Grafana sends it to Prometheus: its variables replaced by their values."""
     for variable, value in GRAFANA_VARIABLES.items():
         expr = expr.replace(variable, value)
     assert "$" not in expr, f"an unknown Grafana variable in {expr}"
-    return promql_parser.parse(expr)
+    return expr
+
+
+def _parse(expr: str) -> Any:
+    return promql_parser.parse(substituted(expr))
 
 
 def _selectors(ast: Any) -> list[Any]:
