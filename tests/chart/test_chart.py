@@ -20,6 +20,7 @@ from services.runtime.bus import Bus
 from services.runtime.settings import ENV_PREFIX, Settings
 from tests.support.chart import (
     CHART,
+    KEDA,
     TWO_MODELS,
     Endpoint,
     env_of,
@@ -38,10 +39,11 @@ from tests.support.pipeline import get_bytes
 pytestmark = pytest.mark.chart
 
 KUBERNETES = "1.33.0"
-# Custom resources of the Prometheus Operator: no schema ships with Kubernetes.
+# Custom resources of the Prometheus Operator and KEDA: no schema ships with Kubernetes.
 CUSTOM_KINDS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
     ("monitoring.coreos.com/v1", "PrometheusRule"),
+    ("keda.sh/v1alpha1", "ScaledObject"),
 }
 VALUES = {"default": (), "two-models": ("-f", str(TWO_MODELS))}
 
@@ -157,7 +159,7 @@ def test_nats_keeps_its_streams_on_a_persistent_volume() -> None:
     nats = named(objects, "StatefulSet", "introspect-nats")
     (claim,) = nats["spec"]["volumeClaimTemplates"]
     assert claim["spec"]["resources"]["requests"]["storage"] == "20Gi"
-    (container,) = nats["spec"]["template"]["spec"]["containers"]
+    container, _exporter = nats["spec"]["template"]["spec"]["containers"]
     assert {"name": claim["metadata"]["name"], "mountPath": "/data"} in container["volumeMounts"]
     assert "store_dir: /data" in named(objects, "ConfigMap", "introspect-nats-config")["data"]["nats.conf"]
     assert container["command"] == ["nats-server", "--config", "/etc/nats/nats.conf"]
@@ -305,7 +307,7 @@ def test_monitoring_network_policy_and_dashboard_objects() -> None:
     objects = render("-f", str(TWO_MODELS))
     services = of_kind(objects, "Service")
     monitors = {m["metadata"]["name"]: m for m in of_kind(objects, "ServiceMonitor")}
-    assert set(monitors) == {"introspect", "introspect-tgi"}
+    assert set(monitors) == {"introspect", "introspect-tgi", "introspect-nats"}
     for monitor in monitors.values():
         assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
         wanted = monitor["spec"]["selector"]["matchLabels"]
@@ -382,10 +384,12 @@ def test_network_policies_admit_each_role_only_what_it_needs() -> None:
         assert allows(client, nats, 4222)
     for other in (tgi, pods["tgi-mistral-v2-7b"], STRANGER, PROMETHEUS):
         assert not allows(other, nats, 4222)  # a model server reaches no NATS
-    # NATS's monitoring port: Prometheus and KEDA only, not the services nor TGI.
-    assert allows(PROMETHEUS, nats, 8222) and allows(KEDA_TWO_MODELS, nats, 8222)
-    for other in (*services, tgi, NOTEBOOK, STRANGER, KEDA_DEFAULT):
+    # NATS's monitoring port (JSON): KEDA only; its exporter's metrics: Prometheus only.
+    assert allows(KEDA_TWO_MODELS, nats, 8222) and allows(PROMETHEUS, nats, 7777)
+    for other in (*services, tgi, NOTEBOOK, STRANGER, KEDA_DEFAULT, PROMETHEUS):
         assert not allows(other, nats, 8222)
+    for other in (*services, tgi, NOTEBOOK, STRANGER, KEDA_TWO_MODELS):
+        assert not allows(other, nats, 7777)
     # The NATS cluster's routes: its servers only.
     assert allows(nats, nats, 6222) and not any(allows(s, nats, 6222) for s in services)
     # Generation: the gateways reach TGI, nothing else of the release does; Prometheus scrapes it.
@@ -440,6 +444,7 @@ def test_no_policy_rule_admits_everyone_by_an_empty_peer_list() -> None:
     policies = of_kind(render(*empty), "NetworkPolicy")
     pods = _pods(render(*empty))
     assert not network_allows(policies, PROMETHEUS, pods["nats"], 8222)
+    assert not network_allows(policies, PROMETHEUS, pods["nats"], 7777)
     assert not network_allows(policies, PROMETHEUS, pods["scorer"], 9090)
     assert network_allows(policies, pods["scorer"], pods["nats"], 4222)
 
@@ -522,14 +527,16 @@ def test_images_are_pinned_by_digest_where_one_is_given() -> None:
         "introspect:0.1.0",
         "ghcr.io/huggingface/text-generation-inference:3.3.5",
         "nats:2.15.1-alpine",
+        "natsio/prometheus-nats-exporter:0.20.1",
     }
-    pinned = ("image.digest", "tgi.image.digest", "nats.image.digest")
+    pinned = ("image.digest", "tgi.image.digest", "nats.image.digest", "nats.exporter.image.digest")
     objects = render(*(arg for key in pinned for arg in ("--set", f"{key}={digest}")))
     images = {c["image"] for _, pod in pod_specs(objects) for c in pod["containers"]}
     assert images == {
         f"introspect@{digest}",
         f"ghcr.io/huggingface/text-generation-inference@{digest}",
         f"nats@{digest}",
+        f"natsio/prometheus-nats-exporter@{digest}",
     }
     images = {c["image"] for _, pod in pod_specs(render("-f", str(TWO_MODELS))) for c in pod["containers"]}
     assert "nats@sha256:" + "0123456789abcdef" * 4 in images  # the two-model values pin NATS alone
@@ -544,7 +551,7 @@ def test_three_nats_replicas_make_a_cluster_with_authenticated_routes() -> None:
     assert nats["spec"]["serviceName"] == "introspect-nats-headless"
     assert headless["spec"]["clusterIP"] == "None" and headless["spec"]["publishNotReadyAddresses"] is True
     assert {p["port"] for p in headless["spec"]["ports"]} == {4222, 6222, 8222}
-    (container,) = nats["spec"]["template"]["spec"]["containers"]
+    container, _exporter = nats["spec"]["template"]["spec"]["containers"]
     env = env_of(container)
     secret = {"name": "introspect-nats-credentials", "key": "cluster-password"}
     assert env["CLUSTER_PASSWORD"] == {"secretKeyRef": secret}
@@ -670,3 +677,224 @@ def test_no_secret_is_in_any_process_argument_or_plain_value() -> None:
         + of_kind(objects, "ConfigMap")
     )
     assert not [secret for secret in secrets if secret in shown]
+
+
+# -- NATS's metrics (its exporter) and scaling on the work waiting (KEDA) --
+
+# KEDA's nats-jetstream trigger metadata, as its scaler reads it (kedacore/keda,
+# pkg/scalers/nats_jetstream_scaler.go, natsJetStreamMetadata): the values are strings.
+KEDA_TRIGGER_KEYS = {"natsServerMonitoringEndpoint", "account", "stream", "consumer", "lagThreshold",
+                     "activationLagThreshold"}  # fmt: skip
+
+
+def test_nats_runs_the_prometheus_exporter_beside_it_with_jetstream_metrics() -> None:
+    objects = render()
+    nats = named(objects, "StatefulSet", "introspect-nats")
+    server, exporter = nats["spec"]["template"]["spec"]["containers"]
+    assert server["name"] == "nats" and exporter["name"] == "exporter"
+    assert exporter["image"] == "natsio/prometheus-nats-exporter:0.20.1"
+    # Its flags (main.go of nats-io/prometheus-nats-exporter): JetStream down to each
+    # consumer, the server and its connection counts, never one series per connection; the
+    # URL of the server's monitoring port over the pod's loopback comes last.
+    assert exporter["args"][-1] == "http://localhost:8222"
+    assert {"-jsz=all", "-varz", "-connz", "-port=7777", "-use_internal_server_name"} <= set(exporter["args"])
+    assert not any(arg.startswith("-connz_detailed") for arg in exporter["args"])
+    assert exporter["ports"] == [{"name": "metrics", "containerPort": 7777}]
+    assert {"name": "monitor", "containerPort": 8222} in server["ports"]
+    assert "readinessProbe" not in exporter  # NATS's readiness does not hang on its exporter
+    assert exporter["resources"]["limits"]["memory"] == "128Mi"
+    service = named(objects, "Service", "introspect-nats")
+    assert {"name": "metrics", "port": 7777, "targetPort": "metrics"} in service["spec"]["ports"]
+    assert service["metadata"]["labels"]["introspect.dev/nats-metrics"] == "true"
+
+    # The ServiceMonitor scrapes the exporter (not the JSON port), on the Service whose pods are NATS's.
+    objects = render("-f", str(TWO_MODELS))
+    monitor = named(objects, "ServiceMonitor", "introspect-nats")
+    assert monitor["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "30s"}]
+    wanted = monitor["spec"]["selector"]["matchLabels"]
+    (scraped,) = [s for s in of_kind(objects, "Service") if wanted.items() <= s["metadata"]["labels"].items()]
+    assert scraped["metadata"]["name"] == "introspect-nats"
+    pod_labels = named(objects, "StatefulSet", "introspect-nats")["spec"]["template"]["metadata"]["labels"]
+    assert scraped["spec"]["selector"].items() <= pod_labels.items()
+
+    # Without the exporter: no sidecar, no port, no ServiceMonitor for it, no rule for 7777.
+    objects = render("--set", "nats.exporter.enabled=false", "--set", "metrics.serviceMonitor.enabled=true")
+    (server,) = named(objects, "StatefulSet", "introspect-nats")["spec"]["template"]["spec"]["containers"]
+    assert server["name"] == "nats"
+    assert 7777 not in {p["port"] for p in named(objects, "Service", "introspect-nats")["spec"]["ports"]}
+    assert {m["metadata"]["name"] for m in of_kind(objects, "ServiceMonitor")} == {"introspect", "introspect-tgi"}
+    policies, pods = of_kind(objects, "NetworkPolicy"), _pods(objects)
+    assert not network_allows(policies, PROMETHEUS, pods["nats"], 7777)
+    assert network_allows(policies, KEDA_DEFAULT, pods["nats"], 8222)
+
+
+def test_keda_values_lint_and_render_strictly_valid_objects() -> None:
+    result = helm("lint", "--strict", str(CHART), "-f", str(KEDA))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 chart(s) failed" in result.stdout and "[WARNING]" not in result.stdout
+    objects = render("-f", str(KEDA))
+    for o in objects:
+        if (o["apiVersion"], o["kind"]) not in CUSTOM_KINDS:
+            try:
+                kubernetes_validate.validate(o, KUBERNETES, strict=True)
+            except kubernetes_validate.ValidationError as error:
+                raise AssertionError(f"keda: {o['kind']}/{o['metadata']['name']}: {error.message}") from None
+    assert {o["metadata"]["name"] for o in of_kind(objects, "ScaledObject")} == {
+        "introspect-scorer",
+        "introspect-producer",
+    }
+
+
+def _trigger(scaled: dict[str, Any]) -> dict[str, str]:
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["type"] == "nats-jetstream"
+    metadata: dict[str, str] = trigger["metadata"]
+    assert set(metadata) == KEDA_TRIGGER_KEYS and all(isinstance(v, str) for v in metadata.values())
+    return metadata
+
+
+def test_with_keda_the_scorer_and_producer_scale_on_their_consumer_s_lag_and_no_hpa() -> None:
+    objects = render("-f", str(KEDA), namespace="lab")
+    assert of_kind(objects, "HorizontalPodAutoscaler") == []  # KEDA makes its own: never two
+    scaled = {o["metadata"]["name"]: o for o in of_kind(objects, "ScaledObject")}
+    headless = named(objects, "Service", "introspect-nats-headless")
+    for service, (minimum, maximum, lag, activation) in {"scorer": (0, 16, "500", "5"),
+                                                         "producer": (1, 2, "1", "0")}.items():  # fmt: skip
+        scaledobject = scaled[f"introspect-{service}"]
+        assert scaledobject["apiVersion"] == "keda.sh/v1alpha1"
+        spec = scaledobject["spec"]
+        target = spec["scaleTargetRef"]
+        assert (target["apiVersion"], target["kind"]) == ("apps/v1", "Deployment")
+        deployment = named(objects, "Deployment", target["name"])
+        assert "replicas" not in deployment["spec"]  # KEDA owns the count
+        assert deployment["spec"]["template"]["spec"]["containers"][0]["args"] == ["serve", service]
+        assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (minimum, maximum)
+        assert (spec["pollingInterval"], spec["cooldownPeriod"]) == (10, 600)
+        trigger = _trigger(scaledobject)
+        # The service's own durable consumer, as proto/subjects.py names it.
+        consumer = sub.consumer_for(service)
+        assert (trigger["stream"], trigger["consumer"]) == (consumer.stream, consumer.durable)
+        assert (trigger["lagThreshold"], trigger["activationLagThreshold"]) == (lag, activation)
+        assert trigger["account"] == "$G"  # nats.conf defines no accounts: every user is in the global one
+        # host:port, no scheme (KEDA adds it): the headless Service, whose per-pod names
+        # let KEDA find the leader of a consumer among the 3 servers, on its monitoring port.
+        host, port = trigger["natsServerMonitoringEndpoint"].split(":")
+        assert host == "introspect-nats-headless.lab.svc" and "://" not in host
+        assert int(port) in {p["port"] for p in headless["spec"]["ports"] if p["name"] == "monitor"}
+    # The gateways (a cache partition each) and the aggregator (the one writer) keep their count.
+    assert named(objects, "StatefulSet", "introspect-aggregator")["spec"]["replicas"] == 1
+    assert named(objects, "StatefulSet", "introspect-gateway-llama2-7b")["spec"]["replicas"] == 2
+    # KEDA's operator reaches NATS's monitoring port, on every server of the cluster.
+    keda = Endpoint(KEDA_DEFAULT.labels, "keda", KEDA_DEFAULT.namespace_labels)
+    assert network_allows(of_kind(objects, "NetworkPolicy"), keda, _pods(objects)["nats"], 8222, namespace="lab")
+
+
+def test_without_keda_the_scorer_scales_on_cpu_when_autoscaling_is_enabled() -> None:
+    objects = render("--set", "scorer.autoscaling.enabled=true")
+    (hpa,) = of_kind(objects, "HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "introspect-scorer"
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 8)
+    assert hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
+    assert of_kind(objects, "ScaledObject") == []
+    assert "replicas" not in named(objects, "Deployment", "introspect-scorer")["spec"]
+    # Neither without autoscaling; KEDA on alone scales nothing that is not asked to.
+    for values in ((), ("--set", "keda.enabled=true")):
+        objects = render(*values)
+        assert of_kind(objects, "HorizontalPodAutoscaler") == [] and of_kind(objects, "ScaledObject") == []
+        assert named(objects, "Deployment", "introspect-scorer")["spec"]["replicas"] == 2
+        assert named(objects, "Deployment", "introspect-producer")["spec"]["replicas"] == 1
+    # KEDA on for the scorer alone: its ScaledObject, with the defaults of values.yaml.
+    objects = render("--set", "keda.enabled=true", "--set", "scorer.autoscaling.enabled=true")
+    assert of_kind(objects, "HorizontalPodAutoscaler") == []
+    (scaledobject,) = of_kind(objects, "ScaledObject")
+    assert scaledobject["spec"]["scaleTargetRef"]["name"] == "introspect-scorer"
+    assert (scaledobject["spec"]["minReplicaCount"], scaledobject["spec"]["maxReplicaCount"]) == (2, 8)
+    assert (scaledobject["spec"]["pollingInterval"], scaledobject["spec"]["cooldownPeriod"]) == (15, 300)
+    assert _trigger(scaledobject)["lagThreshold"] == "1000"
+    assert named(objects, "Deployment", "introspect-producer")["spec"]["replicas"] == 1
+
+
+def test_a_nats_server_of_your_own_is_scaled_on_from_the_endpoint_and_account_you_give() -> None:
+    settings = ("--set", "nats.enabled=false", "--set", "nats.url=nats://nats.shared:4222",
+                "--set", "nats.auth.existingSecret=nats-passwords", "--set", "keda.enabled=true",
+                "--set", "scorer.autoscaling.enabled=true")  # fmt: skip
+    result = helm("template", "introspect", str(CHART), *settings)
+    assert result.returncode != 0 and "keda.natsMonitoringEndpoint" in result.stderr
+    objects = render(*settings, "--set", "keda.natsMonitoringEndpoint=nats-0.nats.shared.svc:8222",
+                     "--set", "keda.natsAccount=INTROSPECT")  # fmt: skip
+    trigger = _trigger(named(objects, "ScaledObject", "introspect-scorer"))
+    assert trigger["natsServerMonitoringEndpoint"] == "nats-0.nats.shared.svc:8222"
+    assert trigger["account"] == "INTROSPECT"
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (("producer.autoscaling.enabled=true",), "needs keda.enabled"),  # only KEDA sees jobs waiting
+        (("scorer.autoscaling.enabled=true", "scorer.autoscaling.minReplicas=0"), "0 needs keda.enabled"),
+        (("keda.enabled=true", "scorer.autoscaling.enabled=true", "scorer.autoscaling.minReplicas=9"), "above"),
+        (("producer.autoscaling.maxReplicas=5",), "maxReplicas"),  # its consumer hands out 4 jobs at once
+        (("keda.natsMonitoringEndpoint=http://nats:8222",), "natsMonitoringEndpoint"),  # host:port, no scheme
+        (("keda.pollingInterval=0",), "pollingInterval"),
+    ],
+)
+def test_autoscaling_values_the_chart_cannot_use_are_refused(settings: tuple[str, ...], message: str) -> None:
+    result = helm("template", "introspect", str(CHART), *(arg for s in settings for arg in ("--set", s)))
+    assert result.returncode != 0 and message in result.stderr, result.stderr
+
+
+def _keda_lag(jsz: dict[str, Any], account: str, stream: str, consumer: str) -> int:
+    """The lag KEDA's nats-jetstream scaler reads from /jsz (getMaxMsgLag, with IsAccount
+    matching the account by name or id): the consumer's num_pending + num_ack_pending."""
+    for details in jsz["account_details"]:
+        if account in (details["name"], details["id"]):
+            for found in details.get("stream_detail", []):
+                if found["name"] == stream:
+                    for info in found.get("consumer_detail", []):
+                        if info["name"] == consumer:
+                            return int(info["num_pending"]) + int(info["num_ack_pending"])
+    raise AssertionError(f"no consumer {stream}/{consumer} in account {account}")
+
+
+async def test_the_scaled_objects_name_an_account_stream_and_consumer_the_running_nats_reports(
+    tmp_path: Path,
+) -> None:
+    """The chart's nats.conf run by the real nats-server, its consumers made by the services'
+    own users: the URL KEDA's scaler asks (/jsz?acc=<account>&consumers=true&config=true)
+    reports each ScaledObject's account, stream and consumer, with the work waiting and in
+    hand as its lag."""
+    objects = render("--set", "keda.enabled=true", "--set", "scorer.autoscaling.enabled=true",
+                     "--set", "producer.autoscaling.enabled=true")  # fmt: skip
+    secret = secret_data(objects, "introspect-nats-auth")
+
+    def settings(role: str) -> Settings:
+        return Settings(nats_url=nats.url, nats_user=role, nats_password=secret[f"{role}-password"],
+                        nats_inbox_prefix=f"_INBOX_{role}")  # fmt: skip
+
+    with run_chart_nats(objects, tmp_path, secret) as (nats,):
+        for service in ("scorer", "producer"):
+            bus = await Bus.open(settings(service), "chart-test")
+            await bus.ensure_consumer(sub.consumer_for(service))
+            await bus.close()
+        # Work waiting: 3 observations for the scorer (one of them taken, not yet acknowledged),
+        # 2 jobs for the producer.
+        producer, submitter = await Bus.open(settings("producer"), "p"), await Bus.open(settings("submitter"), "s")
+        for n in range(3):
+            await producer.client.request(sub.OBSERVATIONS, b"observation %d" % n, timeout=5)
+        for n in range(2):
+            await submitter.client.request(sub.JOBS, b"job %d" % n, timeout=5)
+        await producer.close()
+        await submitter.close()
+        scorer = await Bus.open(settings("scorer"), "chart-test")
+        inbox = scorer.client.new_inbox()  # a pull request, as the scorer's worker sends them
+        pulled = await scorer.client.subscribe(inbox)
+        await scorer.client.publish(f"$JS.API.CONSUMER.MSG.NEXT.{sub.STREAM_OF['scorer']}.scorer", b'{"batch": 1}',
+                                    reply=inbox)  # fmt: skip
+        assert (await pulled.next_msg(timeout=5)).data == b"observation 0"
+        for scaledobject in of_kind(objects, "ScaledObject"):
+            trigger = _trigger(scaledobject)
+            query = f"acc={trigger['account']}&consumers=true&config=true"
+            jsz = json.loads(get_bytes(f"{nats.monitor_url}/jsz?{query}"))
+            lag = _keda_lag(jsz, trigger["account"], trigger["stream"], trigger["consumer"])
+            assert lag == {"introspect-scorer": 3, "introspect-producer": 2}[scaledobject["metadata"]["name"]]
+        await scorer.close()

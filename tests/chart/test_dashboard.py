@@ -1,5 +1,5 @@
 """The Grafana dashboard: every PromQL expression parses, and names only metrics (and labels)
-that an Introspect service or TGI exports."""
+that an Introspect service, TGI or NATS's exporter exports."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import services.producer.metrics
 import services.runtime.health
 import services.runtime.metrics
 import services.scorer.metrics
+from proto import subjects as sub
 from tests.support.chart import CHART
 
 pytestmark = pytest.mark.chart
@@ -47,6 +48,25 @@ TGI_METRICS = {
     "tgi_request_queue_duration": "histogram",
     "tgi_request_success": "counter",
 }
+# NATS's JetStream metrics, as the official prometheus-nats-exporter (0.20.1, the chart's
+# nats.exporter) serves them with -jsz=all: nats-io/prometheus-nats-exporter,
+# collector/jsz.go (newJszCollector: prefix "jetstream", every one a gauge; the labels of
+# each level add to those of the one above). name -> label names.
+_JSZ_SERVER = {"server_id", "server_name", "cluster", "domain", "meta_leader", "is_meta_leader"}
+_JSZ_ACCOUNT = _JSZ_SERVER | {"account", "account_name", "account_id"}
+_JSZ_STREAM = _JSZ_ACCOUNT | {"stream_name", "stream_leader", "is_stream_leader", "stream_raft_group"}
+_JSZ_CONSUMER = _JSZ_STREAM | {"consumer_name", "consumer_leader", "is_consumer_leader", "consumer_desc"}
+_JSZ_METRICS = (
+    (_JSZ_SERVER, "jetstream_server_", ("jetstream_disabled", "total_streams", "total_consumers", "total_messages",
+                                        "total_message_bytes", "max_memory", "max_storage")),
+    (_JSZ_ACCOUNT, "jetstream_account_", ("max_memory", "max_storage", "storage_used", "memory_used")),
+    (_JSZ_STREAM, "jetstream_stream_", ("total_messages", "total_bytes", "first_seq", "last_seq", "consumer_count",
+                                        "subject_count", "limit_bytes", "limit_messages")),
+    (_JSZ_CONSUMER, "jetstream_consumer_", ("delivered_consumer_seq", "delivered_stream_seq", "last_delivery_seconds",
+                                            "last_ack_seconds", "num_ack_pending", "num_redelivered", "num_waiting",
+                                            "num_pending", "ack_floor_stream_seq", "ack_floor_consumer_seq")),
+)  # fmt: skip
+NATS_EXPORTER_METRICS = {prefix + name: labels for labels, prefix, names in _JSZ_METRICS for name in names}
 # Labels Prometheus adds to every series it scrapes (target labels of Kubernetes discovery).
 TARGET_LABELS = {"job", "instance", "namespace", "pod", "service", "container", "endpoint"}
 # Grafana's variables, replaced by what Grafana would put there before the query runs.
@@ -78,6 +98,8 @@ def exported() -> dict[str, set[str]]:
     for name, kind in TGI_METRICS.items():
         for sample in _sample_names(name, kind):
             series[sample] = {"le"} if kind == "histogram" else set()
+    for name, labels in NATS_EXPORTER_METRICS.items():
+        series[name] = labels
     return series
 
 
@@ -127,6 +149,11 @@ def test_the_dashboard_has_the_panels_researchers_watch() -> None:
         "TGI queue size",
         "TGI batch size",
         "TGI request duration",
+        "NATS JetStream: jobs",
+        "NATS JetStream: score",
+        "NATS JetStream: generate",
+        "NATS JetStream: results",
+        "NATS JetStream: dead letters",
     } <= titles
     assert DASHBOARD["uid"] == "introspect"
     datasources = {json.dumps(t["datasource"]) for p in DASHBOARD["panels"] for t in p.get("targets", [])}
@@ -141,7 +168,7 @@ def problems(expr: str) -> list[str]:
     found = [] if selectors else ["reads no metric"]
     for selector in selectors:
         if selector.name not in series:
-            found.append(f"{selector.name} is exported by no service and not by TGI")
+            found.append(f"{selector.name} is exported by no service, not by TGI nor NATS's exporter")
             continue
         labels = series[selector.name] | TARGET_LABELS
         found += [f"{selector.name} has no label {m.name}" for m in selector.matchers.matchers if m.name not in labels]
@@ -165,7 +192,10 @@ def test_every_expression_parses_and_names_exported_metrics_and_labels(title: st
 def test_a_wrong_metric_or_label_would_be_caught() -> None:
     """The check above is not vacuous: a typo in a name or a label fails it."""
     assert problems("sum(rate(introspect_generation_total[$__rate_interval]))") == [
-        "introspect_generation_total is exported by no service and not by TGI"
+        "introspect_generation_total is exported by no service, not by TGI nor NATS's exporter"
+    ]
+    assert problems('jetstream_consumer_num_pending{stream="INTROSPECT_SCORE"}') == [
+        "jetstream_consumer_num_pending has no label stream"  # it is stream_name
     ]
     assert problems('sum by (stage) (introspect_consumer_pending{kind="job"})') == [
         "introspect_consumer_pending has no label kind"
@@ -188,3 +218,30 @@ def test_every_series_is_filtered_by_the_namespace_variable() -> None:
         for selector in _selectors(_parse(expr)):
             names = {(m.name, m.value) for m in selector.matchers.matchers}
             assert ("namespace", ".*") in names, f"{title}: {selector.name} is not filtered by namespace"
+
+
+def test_the_jetstream_panels_show_each_stage_s_work_from_its_leader() -> None:
+    """One panel per stage (jobs, score, generate, results, dead letters), on the streams of
+    proto/subjects.py: messages waiting, in hand and redelivered for each consumer, each
+    counted once (by its leader, where 3 NATS servers each report the copy they keep)."""
+    panels = {p["title"]: p for p in DASHBOARD["panels"] if p["title"].startswith("NATS JetStream: ")}
+    streams = {spec.name for spec in sub.STREAMS}
+    for stage, service in (("jobs", "producer"), ("score", "scorer"), ("generate", "gateway"),
+                           ("results", "aggregator")):  # fmt: skip
+        read: dict[str, str] = {}
+        for target in panels[f"NATS JetStream: {stage}"]["targets"]:
+            (selector,) = _selectors(_parse(target["expr"]))
+            matchers = {m.name: m.value for m in selector.matchers.matchers}
+            assert matchers["is_consumer_leader"] == "true", target["expr"]
+            read[selector.name] = matchers["stream_name"]
+        wanted = ("num_pending", "num_ack_pending", "num_redelivered")  # waiting, in hand, redelivered
+        assert read == {f"jetstream_consumer_{name}": sub.STREAM_OF[service] for name in wanted}
+    dead = [_selectors(_parse(t["expr"])) for t in panels["NATS JetStream: dead letters"]["targets"]]
+    for (selector,) in dead:
+        matchers = {m.name: m.value for m in selector.matchers.matchers}
+        assert matchers["stream_name"] == "INTROSPECT_DEAD" and matchers["is_stream_leader"] == "true"
+    for panel in panels.values():
+        for target in panel.get("targets", []):  # the row has none
+            for selector in _selectors(_parse(target["expr"])):
+                named_streams = {m.value for m in selector.matchers.matchers if m.name == "stream_name"}
+                assert named_streams <= streams, named_streams

@@ -22,6 +22,7 @@ from tests.support.nats import NatsServer
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "introspect"
 TWO_MODELS = CHART / "ci" / "two-models-values.yaml"
+KEDA = CHART / "ci" / "keda-values.yaml"
 
 
 @cache
@@ -98,7 +99,7 @@ def run_chart_nats(
     that server's local cluster port instead, credentials and all."""
     config = named(objects, "ConfigMap", "introspect-nats-config")["data"]["nats.conf"]
     statefulset = named(objects, "StatefulSet", "introspect-nats")
-    (container,) = statefulset["spec"]["template"]["spec"]["containers"]
+    (container,) = [c for c in statefulset["spec"]["template"]["spec"]["containers"] if c["name"] == "nats"]
     replicas = statefulset["spec"]["replicas"]
     cluster_ports = [free_port() for _ in range(replicas)]
     servers = []
