@@ -61,16 +61,18 @@ helm *ARGS:
     {{python}} charts/tools/fetch_helm.py --dest .cache/helm > /dev/null
     .cache/helm/helm {{ARGS}}
 
-# the chart, checked offline: helm lint --strict, then helm template (defaults, two models, KEDA on) validated against Kubernetes 1.33
+# the chart, checked offline: helm lint --strict, then helm template (defaults, two models, KEDA on, each model server engine) validated against Kubernetes 1.33
 chart-lint:
     #!/usr/bin/env bash
     set -euo pipefail
     {{python}} charts/tools/fetch_helm.py --dest .cache/helm > /dev/null
     two_models=charts/introspect/ci/two-models-values.yaml
     keda=charts/introspect/ci/keda-values.yaml
+    engines=charts/introspect/ci/engines-values.yaml  # a TGI, a vLLM and an SGLang model
     .cache/helm/helm lint --strict charts/introspect
     .cache/helm/helm lint --strict charts/introspect -f $two_models
     .cache/helm/helm lint --strict charts/introspect -f $keda
+    .cache/helm/helm lint --strict charts/introspect -f $engines
     .cache/helm/helm template introspect charts/introspect | {{python}} -m kubernetes_validate --strict --quiet -k 1.33.0 -
     # the ServiceMonitor and the PrometheusRule (the alerts) are custom resources: Kubernetes has no schema
     # for them (tests/chart/test_chart.py checks them; tests/chart/test_alerts.py runs the rules in promtool)
@@ -78,6 +80,8 @@ chart-lint:
         | {{python}} -m kubernetes_validate --strict --quiet --no-warn -k 1.33.0 -
     # so is KEDA's ScaledObject (checked there too); everything else is Kubernetes' own
     .cache/helm/helm template introspect charts/introspect -f $keda \
+        | {{python}} -m kubernetes_validate --strict --quiet --no-warn -k 1.33.0 -
+    .cache/helm/helm template introspect charts/introspect -f $engines \
         | {{python}} -m kubernetes_validate --strict --quiet --no-warn -k 1.33.0 -
     echo "chart: lint and Kubernetes 1.33 schemas clean"
 

@@ -20,6 +20,7 @@ from services.runtime.bus import Bus
 from services.runtime.settings import ENV_PREFIX, Settings
 from tests.support.chart import (
     CHART,
+    ENGINES,
     KEDA,
     TWO_MODELS,
     Endpoint,
@@ -45,7 +46,7 @@ CUSTOM_KINDS = {
     ("monitoring.coreos.com/v1", "PrometheusRule"),
     ("keda.sh/v1alpha1", "ScaledObject"),
 }
-VALUES = {"default": (), "two-models": ("-f", str(TWO_MODELS))}
+VALUES = {"default": (), "two-models": ("-f", str(TWO_MODELS)), "engines": ("-f", str(ENGINES))}
 
 
 @pytest.fixture(scope="module", params=list(VALUES))
@@ -118,7 +119,7 @@ def test_gateways_per_model_own_a_volume_per_partition_and_find_their_model_s_po
         }
         assert env["INTROSPECT_MODEL"] == model
         # Discovery names a Service that exists, in the release's namespace, with that port.
-        namespace, name_port = env["INTROSPECT_TGI_SERVICE"].split("/")
+        namespace, name_port = env["INTROSPECT_MODEL_SERVICE"].split("/")
         name, port = name_port.split(":")
         assert namespace == "lab" and port in {p["name"] for p in services[name]["spec"]["ports"]}
         assert gateway["spec"]["template"]["spec"]["serviceAccountName"] == "introspect-gateway"
@@ -182,7 +183,7 @@ def test_every_container_is_non_root_with_a_read_only_root_filesystem(values: st
 
 def test_no_secret_value_is_in_any_configmap_and_every_secret_reference_resolves() -> None:
     token = "hf_not_a_real_token_1234"
-    objects = render("--set", f"tgi.hfToken.value={token}")
+    objects = render("--set", f"hfToken.value={token}")
     secrets = {s["metadata"]["name"]: s for s in of_kind(objects, "Secret")}
     passwords = set(secret_data(objects, "introspect-nats-auth").values())
     assert token in {base64.b64decode(v).decode() for s in secrets.values() for v in s["data"].values()}
@@ -243,7 +244,8 @@ def test_each_pod_gets_only_its_own_role_s_nats_password(values: str) -> None:
                 assert env["INTROSPECT_NATS_USER"] == container["args"][1]  # its role's NATS user
                 assert env["INTROSPECT_NATS_INBOX_PREFIX"] == f"_INBOX_{container['args'][1]}"  # and replies
                 assert env["INTROSPECT_STREAM_REPLICAS"] == ("3" if values == "two-models" else "1")  # = NATS's
-    assert len(references) == (6 if values == "default" else 7)  # 3 services and a gateway per model, helm test, NATS
+    models = {"default": 1, "two-models": 2, "engines": 3}[values]
+    assert len(references) == 3 + models + 2  # 3 services and a gateway per model, helm test, NATS
 
 
 def test_an_existing_secret_replaces_the_generated_one_everywhere() -> None:
@@ -307,7 +309,7 @@ def test_monitoring_network_policy_and_dashboard_objects() -> None:
     objects = render("-f", str(TWO_MODELS))
     services = of_kind(objects, "Service")
     monitors = {m["metadata"]["name"]: m for m in of_kind(objects, "ServiceMonitor")}
-    assert set(monitors) == {"introspect", "introspect-tgi", "introspect-nats"}
+    assert set(monitors) == {"introspect", "introspect-model-servers", "introspect-nats"}
     for monitor in monitors.values():
         assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
         wanted = monitor["spec"]["selector"]["matchLabels"]
@@ -344,6 +346,7 @@ def test_the_alerting_rules_are_a_prometheus_rule_the_operator_picks_up_when_ena
         assert set(alert) <= {"alert", "expr", "for", "labels", "annotations"}, alert["alert"]
         assert alert["alert"].startswith("Introspect") and alert["expr"].strip()
         assert alert["labels"]["team"] == "ml-platform" and alert["labels"]["severity"] in {"critical", "warning"}
+
 
 def _pods(objects: list[dict[str, Any]]) -> dict[str, Endpoint]:
     """Every workload's pod, as its template labels it, in the release's namespace."""
@@ -455,13 +458,16 @@ def test_no_policy_rule_admits_everyone_by_an_empty_peer_list() -> None:
         ("models=null", "models"),
         ("models[0].gpus=0", "gpus"),
         ("gateway.partitions=0", "partitions"),
-        ("tgi.port=80", "port"),
+        ("modelServers.port=80", "port"),
+        ("models[0].engine=ollama", "engine"),
+        ("models[0].gpuMemoryShare=1.5", "gpuMemoryShare"),
+        ("modelServers.modelCache.accessMode=ReadOnlyMany", "accessMode"),
         ("nats.jetstream.storage=lots", "storage"),
         ("scorer.unknownKey=1", "unknownKey"),
         ("nats.replicas=2", "replicas"),  # a JetStream cluster needs a majority: 3
         ("nats.jetstream.syncInterval=sometimes", "syncInterval"),
         ("image.digest=sha256:abc", "digest"),
-        ("tgi.image.digest=latest", "digest"),
+        ("modelServers.vllm.image.digest=latest", "digest"),
         ("nats.auth.password=secret", "password"),  # one password for all is gone: a Secret's keys
         ("networkPolicy.natsClientsFrom=null", "natsClientsFrom"),  # now submittersFrom
     ],
@@ -529,7 +535,7 @@ def test_images_are_pinned_by_digest_where_one_is_given() -> None:
         "nats:2.15.1-alpine",
         "natsio/prometheus-nats-exporter:0.20.1",
     }
-    pinned = ("image.digest", "tgi.image.digest", "nats.image.digest", "nats.exporter.image.digest")
+    pinned = ("image.digest", "modelServers.tgi.image.digest", "nats.image.digest", "nats.exporter.image.digest")
     objects = render(*(arg for key in pinned for arg in ("--set", f"{key}={digest}")))
     images = {c["image"] for _, pod in pod_specs(objects) for c in pod["containers"]}
     assert images == {
@@ -635,11 +641,11 @@ def test_the_services_accept_the_settings_the_chart_gives_them(values: str) -> N
             assert settings.nats_user == container["args"][1] and settings.nats_password == "from-a-secret"
             assert settings.metrics_port == 9090 and settings.partitions >= 1
             if container["args"][1] == "gateway":
-                assert settings.partition == settings.partitions - 1 and settings.model and settings.tgi_service
+                assert settings.partition == settings.partitions - 1 and settings.model and settings.model_service
             if container["args"][1] == "producer":
                 assert settings.served_models
             checked += 1
-    assert checked == (4 if values == "default" else 5)
+    assert checked == 3 + {"default": 1, "two-models": 2, "engines": 3}[values]  # a gateway per model
 
 
 def test_helm_test_checks_the_aggregator_api_and_nats_with_a_submitter_s_credentials() -> None:
@@ -722,7 +728,10 @@ def test_nats_runs_the_prometheus_exporter_beside_it_with_jetstream_metrics() ->
     (server,) = named(objects, "StatefulSet", "introspect-nats")["spec"]["template"]["spec"]["containers"]
     assert server["name"] == "nats"
     assert 7777 not in {p["port"] for p in named(objects, "Service", "introspect-nats")["spec"]["ports"]}
-    assert {m["metadata"]["name"] for m in of_kind(objects, "ServiceMonitor")} == {"introspect", "introspect-tgi"}
+    assert {m["metadata"]["name"] for m in of_kind(objects, "ServiceMonitor")} == {
+        "introspect",
+        "introspect-model-servers",
+    }
     policies, pods = of_kind(objects, "NetworkPolicy"), _pods(objects)
     assert not network_allows(policies, PROMETHEUS, pods["nats"], 7777)
     assert network_allows(policies, KEDA_DEFAULT, pods["nats"], 8222)
@@ -898,3 +907,136 @@ async def test_the_scaled_objects_name_an_account_stream_and_consumer_the_runnin
             lag = _keda_lag(jsz, trigger["account"], trigger["stream"], trigger["consumer"])
             assert lag == {"introspect-scorer": 3, "introspect-producer": 2}[scaledobject["metadata"]["name"]]
         await scorer.close()
+
+
+# -- model servers: TGI, vLLM, SGLang --
+
+
+def _server(objects: list[dict[str, Any]], name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A model server Deployment's pod spec and its one container."""
+    pod = named(objects, "Deployment", name)["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    return pod, container
+
+
+def test_each_engine_runs_with_its_image_arguments_shared_memory_token_and_probes() -> None:
+    objects = render("-f", str(ENGINES))
+    pod, tgi = _server(objects, "introspect-tgi-llama2-13b")
+    assert tgi["image"] == "ghcr.io/huggingface/text-generation-inference:3.3.5" and "command" not in tgi
+    assert tgi["args"] == ["--model-id=meta-llama/Llama-2-13b-chat-hf", "--hostname=0.0.0.0", "--port=8080",
+                           "--max-concurrent-requests=96", "--num-shard=2", "--max-total-tokens=4096",
+                           "--cuda-memory-fraction=0.95", "--quantize=eetq"]  # fmt: skip
+    assert {v["name"]: v for v in pod["volumes"]}["shm"]["emptyDir"]["sizeLimit"] == "1Gi"  # TGI's default
+
+    pod, vllm = _server(objects, "introspect-vllm-llama2-70b")
+    assert vllm["image"].startswith("vllm/vllm-openai@sha256:fedcba98")  # the digest pins it
+    assert vllm["command"] == ["vllm", "serve"]
+    assert vllm["args"] == ["meta-llama/Llama-2-70b-chat-hf", "--host=0.0.0.0", "--port=8080",
+                            "--tensor-parallel-size=4", "--max-num-seqs=256", "--max-model-len=4096",
+                            "--gpu-memory-utilization=0.92", "--quantization=fp8",
+                            "--enable-prefix-caching"]  # fmt: skip
+    assert env_of(vllm)["VLLM_NO_USAGE_STATS"] == "1"
+    assert vllm["resources"]["limits"]["nvidia.com/gpu"] == vllm["resources"]["requests"]["nvidia.com/gpu"] == 4
+    assert {v["name"]: v for v in pod["volumes"]}["shm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "32Gi"}
+
+    pod, sglang = _server(objects, "introspect-sglang-mistral-v2-7b")
+    assert sglang["image"] == "lmsysorg/sglang:v0.5.20"
+    assert sglang["command"] == ["python3", "-m", "sglang.launch_server"]
+    assert sglang["args"] == ["--model-path=mistralai/Mistral-7B-Instruct-v0.2", "--host=0.0.0.0", "--port=8080",
+                              "--tp-size=1", "--max-running-requests=64", "--enable-metrics",
+                              "--context-length=8192", "--mem-fraction-static=0.85", "--quantization=awq"]  # fmt: skip
+    assert {v["name"]: v for v in pod["volumes"]}["shm"]["emptyDir"]["sizeLimit"] == "16Gi"  # SGLang's default
+
+    for name in ("introspect-tgi-llama2-13b", "introspect-vllm-llama2-70b", "introspect-sglang-mistral-v2-7b"):
+        pod, server = _server(objects, name)
+        env = env_of(server)
+        assert env["HF_TOKEN"] == {"secretKeyRef": {"name": "introspect-hf-token", "key": "token"}}
+        assert env["HF_HOME"] == "/data" and {"name": "model-cache", "mountPath": "/data"} in server["volumeMounts"]
+        assert [p["containerPort"] for p in server["ports"]] == [8080]
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert server[probe]["httpGet"] == {"path": "/health", "port": "http"}, (name, probe)
+        startup = server["startupProbe"]
+        assert startup["periodSeconds"] * startup["failureThreshold"] >= 5400  # a 70B download and load
+        assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+
+
+def test_the_weights_stay_on_a_volume_of_the_model_across_restarts() -> None:
+    objects = render("-f", str(ENGINES))
+    claims = {c["metadata"]["name"]: c["spec"] for c in of_kind(objects, "PersistentVolumeClaim")}
+    assert set(claims) == {f"introspect-weights-{m}" for m in ("llama2-13b", "llama2-70b", "mistral-v2-7b")}
+    assert claims["introspect-weights-llama2-70b"] == {
+        "accessModes": ["ReadWriteMany"],  # two vLLM replicas share it
+        "storageClassName": "shared-nfs",
+        "resources": {"requests": {"storage": "500Gi"}},
+    }
+    for model, engine in (("llama2-13b", "tgi"), ("llama2-70b", "vllm"), ("mistral-v2-7b", "sglang")):
+        pod, _ = _server(objects, f"introspect-{engine}-{model}")
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert volumes["model-cache"]["persistentVolumeClaim"] == {"claimName": f"introspect-weights-{model}"}
+    # The default: a claim per model, of one replica.
+    (claim,) = of_kind(render(), "PersistentVolumeClaim")
+    assert claim["metadata"]["name"] == "introspect-weights-llama2-7b"
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"] and "storageClassName" not in claim["spec"]
+    # Not persistent: an emptyDir per pod; an existing claim: no claim of the chart's.
+    pod, _ = _server(render("--set", "modelServers.modelCache.persistent=false"), "introspect-tgi-llama2-7b")
+    assert {v["name"]: v for v in pod["volumes"]}["model-cache"]["emptyDir"] == {"sizeLimit": "200Gi"}
+    assert of_kind(render("-f", str(TWO_MODELS)), "PersistentVolumeClaim") == []
+    # Two replicas cannot share a ReadWriteOnce claim: said before anything is deployed.
+    refused = helm("template", "introspect", str(CHART), "--set", "models[0].name=llama2-7b",
+                   "--set", "models[0].modelId=meta-llama/Llama-2-7b-chat-hf",
+                   "--set", "models[0].replicas=2")  # fmt: skip
+    assert refused.returncode != 0 and "llama2-7b has 2 replicas" in refused.stderr
+    assert "modelServers.modelCache.accessMode ReadWriteMany" in refused.stderr
+
+
+def test_each_model_s_gateways_speak_its_engine_and_keep_its_pods_at_their_limit() -> None:
+    objects = render("-f", str(ENGINES), namespace="lab")
+    services = {s["metadata"]["name"]: s for s in of_kind(objects, "Service")}
+    expected = {"llama2-13b": ("tgi", "0"), "llama2-70b": ("vllm", "256"), "mistral-v2-7b": ("sglang", "64")}
+    for model, (engine, concurrency) in expected.items():
+        gateway = named(objects, "StatefulSet", f"introspect-gateway-{model}")
+        env = env_of(gateway["spec"]["template"]["spec"]["containers"][0])
+        assert env["INTROSPECT_MODEL_ENGINE"] == engine and env["INTROSPECT_MODEL"] == model
+        # TGI says its limit in /info (0: ask it); vLLM and SGLang are told theirs, and so is the gateway.
+        assert env["INTROSPECT_BACKEND_CONCURRENCY"] == concurrency
+        namespace, name_port = env["INTROSPECT_MODEL_SERVICE"].split("/")
+        name, port = name_port.split(":")
+        assert namespace == "lab" and name == f"introspect-{engine}-{model}"
+        assert [p["name"] for p in services[name]["spec"]["ports"]] == [port]
+        assert services[name]["metadata"]["labels"]["introspect.dev/engine"] == engine
+        settings = Settings.from_env({k: v for k, v in env.items() if isinstance(v, str)})
+        assert (settings.model_engine, settings.model_service) == (engine, env["INTROSPECT_MODEL_SERVICE"])
+    # A limit given for every gateway wins over the model's.
+    objects = render("-f", str(ENGINES), "--set", "gateway.backendConcurrency=10")
+    for model in expected:
+        gateway = named(objects, "StatefulSet", f"introspect-gateway-{model}")
+        assert env_of(gateway["spec"]["template"]["spec"]["containers"][0])["INTROSPECT_BACKEND_CONCURRENCY"] == "10"
+
+
+def test_every_engine_s_pods_are_reached_by_gateways_and_scraped_only() -> None:
+    objects = render("-f", str(ENGINES))
+    policies, pods = of_kind(objects, "NetworkPolicy"), _pods(objects)
+    servers = [pods["tgi-llama2-13b"], pods["vllm-llama2-70b"], pods["sglang-mistral-v2-7b"]]
+    gateway, scorer, nats = pods["gateway-llama2-70b"], pods["scorer"], pods["nats"]
+    for server in servers:
+        assert network_allows(policies, gateway, server, 8080) and network_allows(policies, PROMETHEUS, server, 8080)
+        assert network_allows(policies, server, HUB, 443)  # its weights
+        for other in (scorer, STRANGER):
+            assert not network_allows(policies, other, server, 8080)
+        for destination, port in ((nats, 4222), (pods["aggregator"], 9090), (gateway, 9090)):
+            assert not network_allows(policies, server, destination, port)
+    # Prometheus scrapes every engine's /metrics on its HTTP port, through one ServiceMonitor.
+    (monitor,) = [m for m in of_kind(objects, "ServiceMonitor") if m["metadata"]["name"] == "introspect-model-servers"]
+    wanted = monitor["spec"]["selector"]["matchLabels"]
+    scraped = [s for s in of_kind(objects, "Service") if wanted.items() <= s["metadata"]["labels"].items()]
+    assert {s["metadata"]["labels"]["introspect.dev/engine"] for s in scraped} == {"tgi", "vllm", "sglang"}
+    assert monitor["spec"]["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "30s"}]
+
+
+def test_values_of_chart_0_2_0_s_tgi_block_are_refused_with_the_new_names() -> None:
+    refused = helm("template", "introspect", str(CHART), "--set", "tgi.startupSeconds=5400")
+    assert refused.returncode != 0
+    assert "`tgi` became `modelServers`" in refused.stderr and "`hfToken`" in refused.stderr
+    unknown = helm("template", "introspect", str(CHART), "--set", "models[0].engine=ollama",
+                   "--set", "models[0].name=x", "--set", "models[0].modelId=y")  # fmt: skip
+    assert unknown.returncode != 0 and "engine" in unknown.stderr

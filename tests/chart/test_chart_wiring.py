@@ -1,14 +1,16 @@
 """The chart's wiring, run for real: every service started with the environment the chart
 renders for it (its own role's NATS user and password, partitions, model, served models,
-TGI discovery), against a nats-server running the chart's nats.conf, whose permissions let
-each role use only its own subjects, and a local stand-in for the Kubernetes API whose
-EndpointSlices point at the stand-in model server. The job is submitted, and `helm test`
-run, with the submitter's credentials. What the cluster would supply is put in by the
+model server discovery), against a nats-server running the chart's nats.conf, whose
+permissions let each role use only its own subjects, and a local stand-in for the
+Kubernetes API whose EndpointSlices point at the stand-in model server: its TGI routes for
+a TGI model, its OpenAI-compatible route for a vLLM model. The job is submitted, and `helm
+test` run, with the submitter's credentials. What the cluster would supply is put in by the
 test: the rendered Secret's values, the pod index, free ports and local folders."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -17,6 +19,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from proto import Job
@@ -66,23 +69,42 @@ def _environment(container: dict[str, Any], index: int, nats_url: str, data: Pat
     return {**os.environ, **env, **local}
 
 
-async def test_the_services_as_the_chart_configures_them_run_a_job(tmp_path: Path) -> None:
+# The routes a model server of each engine is asked at: TGI's own, or the OpenAI-compatible one.
+ROUTES = {"tgi": {"/info", "/generate"}, "vllm": {"/v1/models", "/v1/completions"}}
+
+
+@pytest.mark.parametrize("engine", list(ROUTES))
+async def test_the_services_as_the_chart_configures_them_run_a_job(tmp_path: Path, engine: str) -> None:
     # A claim holding the dataset mirror (this machine reaches no Hugging Face Hub), mounted
     # as the producer's one data root.
-    objects = render("--set", "producer.data.claimName=datasets", namespace=NAMESPACE)
+    model = {"name": "llama2-7b", "modelId": "meta-llama/Llama-2-7b-chat-hf", "engine": engine}
+    objects = render("--set", "producer.data.claimName=datasets", "--set-json", f"models=[{json.dumps(model)}]",
+                     namespace=NAMESPACE)  # fmt: skip
     secret = secret_data(objects, "introspect-nats-auth")
     with run_chart_nats(objects, tmp_path, secret) as (nats,):
-        await _run_a_job(objects, tmp_path, nats.url, {**secret, **secret_data(objects, "introspect-api-token")})
+        token = secret_data(objects, "introspect-api-token")
+        routes = await _run_a_job(objects, tmp_path, nats.url, {**secret, **token})
+    assert routes == ROUTES[engine]  # the gateways spoke the model's engine, and only it
 
 
-async def _run_a_job(objects: list[dict[str, Any]], tmp_path: Path, nats_url: str, secret: dict[str, str]) -> None:
+async def _run_a_job(objects: list[dict[str, Any]], tmp_path: Path, nats_url: str, secret: dict[str, str]) -> set[str]:
+    """Run the rendered services through a job; the routes the model server was asked at."""
     containers = _containers(objects)
     assert set(containers) == {"producer", "scorer", "gateway", "aggregator"}
     gateway_env = env_of(containers["gateway"])
-    namespace, service_and_port = gateway_env["INTROSPECT_TGI_SERVICE"].split("/")
+    namespace, service_and_port = gateway_env["INTROSPECT_MODEL_SERVICE"].split("/")
     service, port_name = service_and_port.split(":")
     partitions = int(gateway_env["INTROSPECT_PARTITIONS"])
-    model_server = TestServer(create_app(StandInSettings()), host="127.0.0.1")
+    routes: set[str] = set()
+
+    @web.middleware
+    async def record(request: web.Request, handler):  # type: ignore[no-untyped-def]
+        routes.add(request.path)
+        return await handler(request)
+
+    app = create_app(StandInSettings())
+    app.middlewares.append(record)
+    model_server = TestServer(app, host="127.0.0.1")
     await model_server.start_server()
     running: dict[str, tuple[dict[str, str], subprocess.Popen[bytes]]] = {}
     async with serve_fake_kubernetes() as (fake, kubernetes):
@@ -103,7 +125,7 @@ async def _run_a_job(objects: list[dict[str, Any]], tmp_path: Path, nats_url: st
                 )
             for name, (env, process) in running.items():
                 await _healthy(name, int(env["INTROSPECT_METRICS_PORT"]), process, tmp_path / f"{name}.log")
-            assert f"kubernetes.io/service-name={service}" in fake.selectors  # the gateways found TGI through the API
+            assert f"kubernetes.io/service-name={service}" in fake.selectors  # the gateways found it through the API
 
             submitter = secret["submitter-password"]
             settings = Settings(nats_url=nats_url, nats_user="submitter", nats_password=submitter,
@@ -144,6 +166,7 @@ async def _run_a_job(objects: list[dict[str, Any]], tmp_path: Path, nats_url: st
             for _, process in running.values():
                 process.wait(timeout=30)
             await model_server.close()
+    return routes
 
 
 async def _healthy(name: str, port: int, process: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:

@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "introspect"
 TWO_MODELS = CHART / "ci" / "two-models-values.yaml"
 KEDA = CHART / "ci" / "keda-values.yaml"
+ENGINES = CHART / "ci" / "engines-values.yaml"  # one model per engine: TGI, vLLM, SGLang
 
 
 @cache

@@ -69,11 +69,11 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
 {{- define "introspect.hfTokenSecret" -}}
-{{- .Values.tgi.hfToken.existingSecret | default (printf "%s-hf-token" (include "introspect.fullname" .)) -}}
+{{- .Values.hfToken.existingSecret | default (printf "%s-hf-token" (include "introspect.fullname" .)) -}}
 {{- end -}}
 
 {{- define "introspect.hasHfToken" -}}
-{{- if or .Values.tgi.hfToken.existingSecret .Values.tgi.hfToken.value -}}true{{- end -}}
+{{- if or .Values.hfToken.existingSecret .Values.hfToken.value -}}true{{- end -}}
 {{- end -}}
 
 {{/* Settings every service reads (services/runtime/settings.py): NATS and the metrics port.
