@@ -1,5 +1,5 @@
 """The Grafana dashboard: every PromQL expression parses, and names only metrics (and labels)
-that an Introspect service, TGI or NATS's exporter exports."""
+that an Introspect service, a model server (TGI, vLLM, SGLang) or NATS's exporter exports."""
 
 from __future__ import annotations
 
@@ -48,6 +48,30 @@ TGI_METRICS = {
     "tgi_request_queue_duration": "histogram",
     "tgi_request_success": "counter",
 }
+# vLLM's and SGLang's own metrics on /metrics (SGLang with --enable-metrics, which the chart
+# sets): name -> (type, label names). As their sources define them: vLLM's
+# vllm/v1/metrics/loggers.py (PrometheusStatLogger: every metric labelled model_name and
+# engine; prometheus-client exposes a counter with `_total`), docs.vllm.ai "Production
+# Metrics"; SGLang's python/sglang/srt/metrics/collector.py (the scheduler's gauges and the
+# tokenizer's counters and histograms, labelled model_name and more), docs.sglang.io
+# "Production Metrics", where the counters are named with their `_total` already.
+_VLLM = {"model_name", "engine"}
+_SGLANG = {"model_name", "engine_type", "tp_rank", "pp_rank"}
+ENGINE_METRICS = {
+    "vllm:num_requests_running": ("gauge", _VLLM),
+    "vllm:num_requests_waiting": ("gauge", _VLLM),
+    "vllm:kv_cache_usage_perc": ("gauge", _VLLM),
+    "vllm:e2e_request_latency_seconds": ("histogram", _VLLM),
+    "vllm:prompt_tokens": ("counter", _VLLM),
+    "vllm:generation_tokens": ("counter", _VLLM),
+    "sglang:num_running_reqs": ("gauge", _SGLANG),
+    "sglang:num_queue_reqs": ("gauge", _SGLANG),
+    "sglang:token_usage": ("gauge", _SGLANG),
+    "sglang:e2e_request_latency_seconds": ("histogram", {"model_name"}),
+    # prometheus-client takes a counter's name without `_total` and adds it back.
+    "sglang:prompt_tokens": ("counter", {"model_name"}),
+    "sglang:generation_tokens": ("counter", {"model_name"}),
+}
 # NATS's JetStream metrics, as the official prometheus-nats-exporter (0.20.1, the chart's
 # nats.exporter) serves them with -jsz=all: nats-io/prometheus-nats-exporter,
 # collector/jsz.go (newJszCollector: prefix "jetstream", every one a gauge; the labels of
@@ -85,7 +109,7 @@ def _sample_names(name: str, kind: str) -> set[str]:
 
 
 def exported() -> dict[str, set[str]]:
-    """Series name -> label names, for every metric the services and TGI export."""
+    """Series name -> label names, for every metric the services, the model servers and NATS's exporter export."""
     series: dict[str, set[str]] = {}
     for module in SERVICE_METRICS:
         for metric in vars(module).values():
@@ -98,6 +122,9 @@ def exported() -> dict[str, set[str]]:
     for name, kind in TGI_METRICS.items():
         for sample in _sample_names(name, kind):
             series[sample] = {"le"} if kind == "histogram" else set()
+    for name, (kind, labels) in ENGINE_METRICS.items():
+        for sample in _sample_names(name, kind):
+            series[sample] = labels | ({"le"} if kind == "histogram" else set())
     for name, labels in NATS_EXPORTER_METRICS.items():
         series[name] = labels
     return series
@@ -149,6 +176,14 @@ def test_the_dashboard_has_the_panels_researchers_watch() -> None:
         "TGI queue size",
         "TGI batch size",
         "TGI request duration",
+        "vLLM requests running and waiting",
+        "vLLM KV cache usage",
+        "vLLM request duration",
+        "vLLM tokens / s",
+        "SGLang requests running and queued",
+        "SGLang token usage",
+        "SGLang request duration",
+        "SGLang tokens / s",
         "NATS JetStream: jobs",
         "NATS JetStream: score",
         "NATS JetStream: generate",
@@ -168,7 +203,7 @@ def problems(expr: str) -> list[str]:
     found = [] if selectors else ["reads no metric"]
     for selector in selectors:
         if selector.name not in series:
-            found.append(f"{selector.name} is exported by no service, not by TGI nor NATS's exporter")
+            found.append(f"{selector.name} is exported by no service, no model server nor NATS's exporter")
             continue
         labels = series[selector.name] | TARGET_LABELS
         found += [f"{selector.name} has no label {m.name}" for m in selector.matchers.matchers if m.name not in labels]
@@ -192,7 +227,7 @@ def test_every_expression_parses_and_names_exported_metrics_and_labels(title: st
 def test_a_wrong_metric_or_label_would_be_caught() -> None:
     """The check above is not vacuous: a typo in a name or a label fails it."""
     assert problems("sum(rate(introspect_generation_total[$__rate_interval]))") == [
-        "introspect_generation_total is exported by no service, not by TGI nor NATS's exporter"
+        "introspect_generation_total is exported by no service, no model server nor NATS's exporter"
     ]
     assert problems('jetstream_consumer_num_pending{stream="INTROSPECT_SCORE"}') == [
         "jetstream_consumer_num_pending has no label stream"  # it is stream_name
@@ -245,3 +280,25 @@ def test_the_jetstream_panels_show_each_stage_s_work_from_its_leader() -> None:
             for selector in _selectors(_parse(target["expr"])):
                 named_streams = {m.value for m in selector.matchers.matchers if m.name == "stream_name"}
                 assert named_streams <= streams, named_streams
+
+
+def test_each_engine_s_panels_read_the_metrics_operators_watch_it_by() -> None:
+    """vLLM's and SGLang's own panels: its running and waiting requests, KV cache, request
+    latency and tokens, by the names (and `_total` of the counters) each engine exports."""
+    read = {selector.name for _, expr in expressions() for selector in _selectors(_parse(expr))}
+    assert {
+        "vllm:num_requests_running",
+        "vllm:num_requests_waiting",
+        "vllm:kv_cache_usage_perc",
+        "vllm:e2e_request_latency_seconds_bucket",
+        "vllm:prompt_tokens_total",
+        "vllm:generation_tokens_total",
+        "sglang:num_running_reqs",
+        "sglang:num_queue_reqs",
+        "sglang:token_usage",
+        "sglang:e2e_request_latency_seconds_bucket",
+    } <= read
+    assert problems("sum(rate(vllm:prompt_tokens[$__rate_interval]))") == [  # a counter's series ends in _total
+        "vllm:prompt_tokens is exported by no service, no model server nor NATS's exporter"
+    ]
+    assert problems("sum by (tp_rank) (vllm:num_requests_running)") == ["grouping by tp_rank, a label it does not have"]
