@@ -26,12 +26,20 @@ def _instructions() -> list[tuple[str, str]]:
 
 
 def _stages() -> list[list[tuple[str, str]]]:
+    """The instructions of each stage (the global ARGs before the first FROM are not in one)."""
     stages: list[list[tuple[str, str]]] = []
     for instruction in _instructions():
         if instruction[0] == "FROM":
             stages.append([])
-        stages[-1].append(instruction)
+        if stages:
+            stages[-1].append(instruction)
     return stages
+
+
+def _global_args() -> dict[str, str]:
+    preamble = _instructions()[: [kind for kind, _ in _instructions()].index("FROM")]
+    assert {kind for kind, _ in preamble} <= {"ARG"}, preamble
+    return dict(args.split("=", 1) for _, args in preamble)
 
 
 def _ignored(path: str) -> bool:
@@ -41,7 +49,9 @@ def _ignored(path: str) -> bool:
 
 def test_the_final_stage_holds_only_the_built_environment_and_runs_as_non_root() -> None:
     build, final = _stages()
-    assert build[0] == ("FROM", "python:3.11-slim AS build") and final[0] == ("FROM", "python:3.11-slim")
+    # one base for both stages, a build argument (tests/image builds on a Debian base made locally)
+    assert _global_args() == {"BASE": "python:3.11-slim"}
+    assert build[0] == ("FROM", "${BASE} AS build") and final[0] == ("FROM", "${BASE}")
     copies = [args for kind, args in final if kind in ("COPY", "ADD")]
     assert copies == ["--from=build /opt/introspect /opt/introspect"]  # no sources, no build context
     runs = " ".join(args for kind, args in final if kind == "RUN")
@@ -50,7 +60,9 @@ def test_the_final_stage_holds_only_the_built_environment_and_runs_as_non_root()
     assert user == "10001:10001"
     assert ("ENTRYPOINT", '["introspect"]') in final
     install = " ".join(args for kind, args in build if kind == "RUN")
-    assert "--no-cache-dir" in install and "uninstall --yes pip" in install
+    assert "--no-cache-dir" in install and "uninstall --yes pip setuptools" in install
+    assert install.startswith("python3 -m venv")  # `python3`: the Python image's and Debian's both have it
+    assert "-type d -name tests -exec rm -rf {} +" in install  # the libraries' own test suites, not in the image
 
 
 def test_the_build_context_leaves_out_environments_caches_and_results() -> None:
