@@ -9,9 +9,9 @@ setup:
     {{python}} -m pip install --quiet --upgrade pip
     {{python}} -m pip install --quiet -e '.[dev]'
 
-# run every test, with line coverage of the protocol core
+# run every test but the image's (`just test-image`), with line coverage of the protocol core
 test *ARGS:
-    {{python}} -m pytest --cov=services.core --cov-report=term-missing:skip-covered --cov-fail-under=90 {{ARGS}}
+    {{python}} -m pytest -m "not image" --cov=services.core --cov-report=term-missing:skip-covered --cov-fail-under=90 {{ARGS}}
 
 # the fast tests only: everything but the end-to-end and chaos tests (those run in `just test` and CI)
 test-fast *ARGS:
@@ -85,6 +85,10 @@ chart-lint:
         | {{python}} -m kubernetes_validate --strict --quiet --no-warn -k 1.33.0 -
     echo "chart: lint and Kubernetes 1.33 schemas clean"
 
-# the one image of every service (needs a Docker engine; none runs on the development machines)
-image tag="introspect:0.1.0":
-    docker build -t {{tag}} .
+# the one image of every service: docker build if a Docker engine answers, else podman build (base=local: a Debian base made here)
+image tag="introspect:0.1.0" base="":
+    {{python}} -m tests.support.image build --tag {{tag}} {{ if base == "local" { "--local-base" } else if base != "" { "--base " + base } else { "" } }}
+
+# the image built with Podman on a Debian base made here, then a whole `introspect run` in it, read-only root (~5 min)
+test-image *ARGS:
+    {{python}} -m pytest -m image {{ARGS}}
