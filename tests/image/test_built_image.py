@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -29,10 +28,10 @@ USER = 10001
 
 
 @pytest.fixture(scope="module")
-def built() -> Iterator[str]:
+def built() -> str:
     """The Dockerfile, built on the local Debian base (its BASE argument), as TAG."""
     try:
-        yield image.build(TAG, image.local_base())
+        return image.build(TAG, image.local_base())
     except ImageError as error:  # podman or debootstrap missing, not root, a failed build: one clear line
         pytest.fail(f"image: {error}", pytrace=False)
 

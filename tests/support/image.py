@@ -7,7 +7,7 @@ system the way a container runtime with a read-only root would: as the image's u
 read-only bind mount, with proc, dev and a tmpfs /tmp, in a mount namespace of its own.
 
     python -m tests.support.image build [--tag T] [--base IMAGE | --local-base]
-    python -m tests.support.image run [--tag T] [--bind HOST:PATH[:ro]] -- introspect ARGS...
+    python -m tests.support.image run [--tag T] [--bind HOST:/tmp/PATH[:ro]] -- ARGS (of introspect)
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 TAG = "introspect:0.1.0"
@@ -197,9 +198,10 @@ class Bind:
     read_only: bool = True
 
 
-def image_config(tag: str) -> dict[str, object]:
+def image_config(tag: str) -> dict[str, Any]:
+    """The image's User, Env, WorkingDir, Entrypoint, ..."""
     (inspected,) = json.loads(_run(["podman", "image", "inspect", tag]).stdout)
-    config: dict[str, object] = inspected["Config"]
+    config: dict[str, Any] = inspected["Config"]
     return config
 
 
@@ -217,8 +219,8 @@ def run(
     config = image_config(tag)
     user = str(config.get("User") or "0:0")
     if entrypoint is None:
-        entrypoint = [str(word) for word in config.get("Entrypoint") or []]  # type: ignore[attr-defined]
-    env = [str(pair) for pair in config.get("Env") or []]  # type: ignore[attr-defined]
+        entrypoint = [str(word) for word in config.get("Entrypoint") or []]
+    env = [str(pair) for pair in config.get("Env") or []]
     workdir = str(config.get("WorkingDir") or "/")
     for bind in binds:
         if not bind.path.startswith("/tmp/"):
@@ -228,11 +230,11 @@ def run(
         home = _home(Path(mounted), user)
         if not any(pair.startswith("HOME=") for pair in env):
             env.append(f"HOME={home}")
-        # In a mount namespace of its own: every mount below goes away with the process.
+        # In a mount namespace of its own: every mount below is private, and goes away with the process.
         lines = [
             "set -eu",
-            "root=$(mktemp -d)",
-            f'mount --bind {shlex.quote(mounted)} "$root"',
+            f"root={shlex.quote(mounted)}",
+            'mount --bind "$root" "$root"',
             'mount -o remount,bind,ro "$root"',
             'mount -t proc proc "$root/proc"',
             'mount --rbind /dev "$root/dev"',
