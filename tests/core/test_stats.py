@@ -9,6 +9,7 @@ import random
 import pytest
 from scipy.stats import binomtest
 from statsmodels.stats.contingency_tables import mcnemar
+from statsmodels.stats.proportion import proportion_confint
 
 from services.core.results import summary
 from services.core.stats import (
@@ -25,11 +26,13 @@ from services.core.stats import (
     ("successes", "n"), [(0, 1), (1, 1), (0, 10), (2, 6), (6, 18), (7, 20), (50, 100), (997, 1000)]
 )
 def test_wilson_interval_equals_scipys_own_wilson_interval(successes: int, n: int) -> None:
-    # statsmodels computes ours; scipy's binomtest has an implementation of its own.
+    # ours is the closed form; scipy's binomtest and statsmodels each have an implementation of their own.
     scipy_interval = binomtest(successes, n).proportion_ci(confidence_level=0.95, method="wilson")
     ours = proportion(successes, n)
     assert ours.low == pytest.approx(max(0.0, scipy_interval.low), abs=1e-12)
     assert ours.high == pytest.approx(min(1.0, scipy_interval.high), abs=1e-12)
+    low, high = proportion_confint(successes, n, alpha=0.05, method="wilson")
+    assert (ours.low, ours.high) == (pytest.approx(max(0.0, low), abs=1e-12), pytest.approx(min(1.0, high), abs=1e-12))
 
 
 @pytest.mark.parametrize(
