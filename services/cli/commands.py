@@ -203,6 +203,7 @@ def _serve(args: argparse.Namespace) -> int:
                 settings.data_path / "cache",
                 settings.backends,
                 partition=settings.partition,
+                partitions=settings.partitions,
                 backend_limit=settings.backend_concurrency,
                 generation_timeout=settings.generation_timeout,
                 offline=settings.offline,

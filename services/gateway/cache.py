@@ -137,6 +137,12 @@ class CachedCompletions:
         finally:
             del self._in_flight[key]
 
+    async def from_cache(self, prompt: str, parameters: GenerationParameters) -> Completion:
+        """The cached completion, asking no server; CacheMiss when this partition has none."""
+        if (completion := self.cache.get(cache_key(self.model_id, prompt, parameters))) is not None:
+            return completion
+        raise CacheMiss("this generation is not in the cache")
+
     async def _complete_and_store(self, key: bytes, prompt: str, parameters: GenerationParameters) -> Completion:
         assert self.complete is not None
         try:

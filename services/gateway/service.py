@@ -8,8 +8,12 @@ What happens to a generation request (`Gateway.handle`):
    this partition's RocksDB; on a miss the backend pool, `pool.py`, joined if the same key
    is already in flight; what the server said is stored, rejections included), clean the
    answer. Offline, a miss goes to the dead letters instead, to be replayed later.
-3. Reply to the scorer with the answer, the work item the request carried, and where this
-   gateway's answers come from (`AnswerSource`, built once at start: for result provenance).
+3. Take the observation's next step (`steps.next_message`, as the scorer takes its first):
+   the work item with the answer added (and where this gateway's answers come from,
+   `AnswerSource`, for result provenance) replays the task to its next question or its end.
+   While the next question is this partition's and its cache holds the answer, that step is
+   taken here too (`CachedCompletions.from_cache`, no server asked). What is published is
+   the next question, for the partition that owns it, or the scored result, for the aggregator.
 A server that is gone is waited for (the pool asks it until it answers; the gateway takes
 no new work meanwhile); one that answers but not this request raises, and the worker hands
 the request back for redelivery: an outage delays a job, it never records wrong results.
@@ -18,6 +22,7 @@ the request back for redelivery: an outage delays a job, it never records wrong 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,7 +30,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 from jinja2 import TemplateError
 
-from proto import AnswerSource, Chat, GenerationReply, GenerationRequest
+from proto import AnswerSource, GenerationRequest, WorkItem
 from proto import subjects as sub
 from proto.messages import encode_part
 from proto.subjects import ConsumerSpec
@@ -33,6 +38,7 @@ from proto.subjects import ConsumerSpec
 from ..backends import engine_spec, make_backend
 from ..backends.contract import ENGINES, GENERATION_TIMEOUT, Engine
 from ..core.chat import SystemMessageNotSupported, UnknownModel
+from ..core.replay import Generation
 from ..generation import ChatModel
 from ..models import model_name
 from ..provenance import answer_source, cache_only
@@ -41,6 +47,7 @@ from ..runtime.lock import FolderLock
 from ..runtime.ownership import Claim, folder_owner
 from ..runtime.service import ServiceBase
 from ..runtime.settings import InvalidSettings
+from ..steps import answered, next_message
 from ..wire import answer_of, chat_model_of
 from . import metrics
 from .cache import CachedCompletions, CacheMiss, GenerationCache
@@ -62,6 +69,7 @@ class Gateway(ServiceBase):
         backends: tuple[str, ...],
         *,
         partition: int = 0,
+        partitions: int = 1,
         backend_limit: int = 0,
         generation_timeout: float = GENERATION_TIMEOUT,
         offline: bool = False,
@@ -74,6 +82,7 @@ class Gateway(ServiceBase):
         self.cache_dir = cache_dir
         self.backend_specs = backends
         self.partition = partition
+        self.partitions = partitions  # the model's partitions: where the next question of an observation goes
         self.backend_limit = backend_limit
         self.generation_timeout = generation_timeout
         self.cache_on_damage = cache_on_damage
@@ -99,7 +108,8 @@ class Gateway(ServiceBase):
         self.session: aiohttp.ClientSession | None = None
         self.completions: CachedCompletions | None = None
         self.lock: FolderLock | None = None
-        self._models: dict[bytes, ChatModel] = {}  # by the encoded Chat: jobs share a handful
+        # By the encoded Chat (jobs share a handful): asking the cache then the servers, and the cache alone.
+        self._models: dict[bytes, tuple[ChatModel, ChatModel]] = {}
         self.source: AnswerSource | None = None  # where its answers come from; set by start
 
     def consumer(self) -> ConsumerSpec:
@@ -180,28 +190,51 @@ class Gateway(ServiceBase):
                 f"job {work.job_id}: a request for {work.chat.model!r} reached the gateway of {self.model!r}",
                 "wrong-model",
             )
-        assert self.completions is not None
+        asking, from_cache = self._chat_models(work)
         try:
-            generation = await self._chat_model(work.chat, self.completions).generate(request.message)
-        except (UnknownModel, SystemMessageNotSupported, TemplateError) as error:
-            raise Reject(f"job {work.job_id}, observation {work.idx}: {error}", "bad-request") from None
+            generation = await self._generate(asking, request.message, work)
         except CacheMiss as miss:
             metrics.CACHE_MISSES.inc()
             raise Reject(str(miss), "offline-miss") from None
         (metrics.CACHE_HITS if generation.cached else metrics.CACHE_MISSES).inc()
-        step = len(work.answers)
-        reply = GenerationReply(answer=answer_of(generation), work=work, cached=generation.cached, source=self.source)
-        return [Outgoing(sub.REPLIES, reply, sub.reply_id(work.job_id, work.idx, step))]
+        work = answered(work, answer_of(generation), self.source)
+        # The next step is taken here (services/steps.py), and so is every step after it whose
+        # question this partition's cache already answers: a re-run of a finished experiment
+        # sends one request per observation instead of two messages per generation.
+        mine = sub.generation_subject(work.chat.model, self.partition)
+        onward = next_message(work, self.partitions)
+        while isinstance(onward.message, GenerationRequest) and onward.subject == mine:
+            try:
+                generation = await self._generate(from_cache, onward.message.message, work)
+            except CacheMiss:
+                break  # the model is needed: the question goes through the stream, to this gateway
+            metrics.CACHE_HITS.inc()
+            work = answered(work, answer_of(generation), self.source)
+            onward = next_message(work, self.partitions)
+        return [onward]
 
-    def _chat_model(self, chat: Chat, completions: CachedCompletions) -> ChatModel:
-        """The model a request names, built once per distinct chat settings."""
-        key = encode_part(chat)
-        model = self._models.get(key)
-        if model is None:
+    @staticmethod
+    async def _generate(model: ChatModel, message: str, work: WorkItem) -> Generation:
+        try:
+            return await model.generate(message)
+        except (SystemMessageNotSupported, TemplateError) as error:
+            raise Reject(f"job {work.job_id}, observation {work.idx}: {error}", "bad-request") from None
+
+    def _chat_models(self, work: WorkItem) -> tuple[ChatModel, ChatModel]:
+        """The model a request names, built once per distinct chat settings: asking the cache
+        and then the servers, and asking the cache alone."""
+        key = encode_part(work.chat)
+        models = self._models.get(key)
+        if models is None:
             if len(self._models) >= 256:  # many custom system messages: start afresh
                 self._models.clear()
-            model = self._models[key] = chat_model_of(chat, completions)
-        return model
+            assert self.completions is not None
+            try:
+                asking = chat_model_of(work.chat, self.completions)
+            except UnknownModel as error:
+                raise Reject(f"job {work.job_id}, observation {work.idx}: {error}", "bad-request") from None
+            models = self._models[key] = (asking, dataclasses.replace(asking, complete=self.completions.from_cache))
+        return models
 
 
 def _offline_model_id(cache_dir: Path) -> str:

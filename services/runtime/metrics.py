@@ -34,6 +34,10 @@ DEAD_LETTERS = Counter(
 REDELIVERIES = Counter(
     "introspect_messages_released_total", "Messages handed back for redelivery after a failure", ["stage"]
 )
+# The steps of observations (services/steps.py): taken by the scorer (an observation's first
+# question) and by the gateway that answered the one before (every later question, and the end).
+QUESTIONS = Counter("introspect_questions_total", "Generation requests asked, by task kind", ["task"])
+SCORED = Counter("introspect_observations_scored_total", "Observations finished and scored, by task kind", ["task"])
 IN_FLIGHT = Gauge("introspect_messages_in_flight", "Messages being processed now", ["stage"])
 CONSUMER_PENDING = Gauge(
     "introspect_consumer_pending", "Messages waiting in the service's JetStream consumer", ["stage"]

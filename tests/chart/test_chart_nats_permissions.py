@@ -85,6 +85,7 @@ CASES = [
     ("submitter", "publish", f"$JS.ACK.{GATEWAY_0.stream}.{GATEWAY_0.durable}.1.1.1.1.0", False),  # nor ack it away
     ("submitter", "subscribe", "introspect.generate.>", False),  # nor listen to generation requests
     ("submitter", "publish", "introspect.score.reply", False),  # nor forge a model's answer
+    ("gateway", "publish", "introspect.score.reply", False),  # replies were an earlier version's
     ("submitter", "publish", "introspect.results.record", False),  # nor a scored result
     ("submitter", "publish", "$JS.API.STREAM.DELETE.INTROSPECT_JOBS", False),
     ("submitter", "publish", "$JS.API.STREAM.PURGE.INTROSPECT_RESULTS", False),
@@ -94,7 +95,11 @@ CASES = [
     ("operator", "publish", "$JS.API.STREAM.MSG.DELETE.INTROSPECT_DEAD", True),
     ("operator", "publish", "$JS.API.STREAM.DELETE.INTROSPECT_DEAD", False),
     ("operator", "publish", NEXT, False),
-    ("gateway", "publish", "introspect.results.record", False),  # a gateway answers, it never scores
+    # a gateway takes an observation's next step (services/steps.py): its next question or its result
+    ("gateway", "publish", "introspect.results.record", True),
+    ("gateway", "publish", "introspect.generate.llama2-7b.1", True),
+    ("gateway", "publish", "introspect.score.observation", False),  # it never makes up an observation
+    ("gateway", "publish", "introspect.jobs", False),
     ("gateway", "publish", "$JS.API.CONSUMER.MSG.NEXT.INTROSPECT_SCORE.scorer", False),
     ("gateway", "publish", NEXT, True),
     ("producer", "publish", "introspect.generate.llama2-7b.0", False),

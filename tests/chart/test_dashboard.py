@@ -15,7 +15,6 @@ import services.gateway.metrics
 import services.producer.metrics
 import services.runtime.health
 import services.runtime.metrics
-import services.scorer.metrics
 from proto import subjects as sub
 from tests.support.chart import CHART
 
@@ -25,7 +24,6 @@ SERVICE_METRICS = (
     services.runtime.metrics,
     services.runtime.health,  # introspect_problem{stage, problem}
     services.producer.metrics,
-    services.scorer.metrics,
     services.gateway.metrics,
     services.aggregator.metrics,
 )

@@ -12,7 +12,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from prometheus_client import REGISTRY
 
-from proto import GenerationReply, GenerationRequest
+from proto import GenerationRequest, ScoredResult
 from services.backends.tgi import TGIBackend
 from services.core.chat import LLAMA2, ChatTurn, generation_defaults
 from services.gateway.discovery import EndpointSliceWatcher, ServiceRef, discovery_api, ready_urls
@@ -127,7 +127,7 @@ async def test_a_gateway_finds_its_engine_s_pods_and_speaks_their_protocol(kuber
         assert gateway.pool is not None and [m.limit for m in gateway.pool.members] == [12]
         request = GenerationRequest("What is the sentiment? Paragraph: A warm, funny film.", work())
         (reply,) = await bus.deliver(gateway, request)
-        assert isinstance(reply.message, GenerationReply) and reply.message.answer.error is None
+        assert isinstance(reply.message, ScoredResult) and reply.message.record["error"] is None
         assert paths == ["/v1/models", "/v1/completions"]  # never TGI's /info or /generate
         assert gateway.source is not None and gateway.source.endpoint == f"gpu/{engine}-llama:http"
     finally:

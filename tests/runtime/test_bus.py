@@ -19,7 +19,7 @@ from services.local import free_port
 from services.runtime.bus import Bus, connect
 from services.runtime.handlers import Outgoing
 from services.runtime.settings import Settings
-from services.scorer.service import next_message
+from services.steps import next_message
 from tests.support.nats import NatsServer
 
 

@@ -49,14 +49,15 @@
       "gateway" $gatewayConsumers
       "aggregator" (list (list "INTROSPECT_RESULTS" "aggregator")) -}}
 {{- /* What each service publishes: its output subjects and its dead letters. The producer
-       also keeps each job's progress, and reads the last one back to go on from there; a
-       gateway claims its partition in the INTROSPECT_OWNERS key-value bucket
+       also keeps each job's progress, and reads the last one back to go on from there. A
+       gateway takes an observation's next step (its next question, or its scored result),
+       and claims its partition in the INTROSPECT_OWNERS key-value bucket
        (services/runtime/ownership.py). */ -}}
 {{- $outputs := dict
       "producer" (list "introspect.score.observation" "introspect.results.manifest" "introspect.events" "introspect.dead.producer"
                        "introspect.progress.*" "$JS.API.STREAM.MSG.GET.INTROSPECT_PROGRESS")
       "scorer" (list "introspect.generate.*.*" "introspect.results.record" "introspect.dead.scorer")
-      "gateway" (list "introspect.score.reply" "introspect.dead.gateway"
+      "gateway" (list "introspect.generate.*.*" "introspect.results.record" "introspect.dead.gateway"
                       "$KV.INTROSPECT_OWNERS.>" "$JS.API.STREAM.INFO.KV_INTROSPECT_OWNERS"
                       "$JS.API.STREAM.CREATE.KV_INTROSPECT_OWNERS" "$JS.API.STREAM.MSG.GET.KV_INTROSPECT_OWNERS"
                       "$JS.API.DIRECT.GET.KV_INTROSPECT_OWNERS.>")
