@@ -34,15 +34,20 @@ def test_counters_equal_the_work_done_and_a_rerun_is_all_cache_hits(tmp_path, pi
     assert producer['introspect_jobs_total{outcome="accepted"}'] == 1
     assert producer['introspect_messages_consumed_total{kind="job",stage="producer"}'] == 1
 
-    scorer = _metrics(pipeline, "scorer-0")
-    questions = scorer['introspect_questions_total{task="counterfactual"}']
-    assert scorer['introspect_observations_scored_total{task="counterfactual"}'] == 12
+    # The scorer takes each observation's first step (a question); the gateway every later one.
+    scorer, gateway = _metrics(pipeline, "scorer-0"), _metrics(pipeline, "gateway-0")
+    task = 'task="counterfactual"'
+    assert scorer[f"introspect_questions_total{{{task}}}"] == 12
+    assert scorer.get(f"introspect_observations_scored_total{{{task}}}", 0) == 0
     assert scorer['introspect_messages_consumed_total{kind="observation",stage="scorer"}'] == 12
-    assert scorer['introspect_messages_consumed_total{kind="generation-reply",stage="scorer"}'] == questions
-    assert scorer['introspect_messages_published_total{kind="generation-request",stage="scorer"}'] == questions
-    assert scorer['introspect_messages_published_total{kind="scored-result",stage="scorer"}'] == 12
-
-    gateway = _metrics(pipeline, "gateway-0")
+    assert scorer['introspect_messages_published_total{kind="generation-request",stage="scorer"}'] == 12
+    assert gateway[f"introspect_observations_scored_total{{{task}}}"] == 12
+    assert gateway['introspect_messages_published_total{kind="scored-result",stage="gateway"}'] == 12
+    questions = 12 + gateway[f"introspect_questions_total{{{task}}}"]
+    asked_again = gateway['introspect_messages_published_total{kind="generation-request",stage="gateway"}']
+    assert gateway['introspect_messages_consumed_total{kind="generation-request",stage="gateway"}'] == 12 + asked_again
+    # Every question is answered once: from a request taken from the stream (a hit or a
+    # miss), or, for a later step whose answer this partition held, from its cache (a hit).
     hits, misses = gateway["introspect_cache_hits_total"], gateway["introspect_cache_misses_total"]
     assert hits + misses == questions
     backend = f'backend="{pipeline.standin_url}"'
@@ -68,5 +73,8 @@ def test_counters_equal_the_work_done_and_a_rerun_is_all_cache_hits(tmp_path, pi
     gateway = _metrics(pipeline, "gateway-0")
     assert gateway["introspect_cache_hits_total"] == hits + questions
     assert gateway["introspect_cache_misses_total"] == misses
+    # One request per observation (the scorer's): every later step was taken from the cache.
+    assert gateway['introspect_messages_published_total{kind="generation-request",stage="gateway"}'] == asked_again
+    assert gateway['introspect_messages_consumed_total{kind="generation-request",stage="gateway"}'] == 24 + asked_again
     assert gateway[f"introspect_prompt_tokens_total{{{backend}}}"] == stats["prompt_tokens"]  # hits cost none
     assert _metrics(pipeline, "aggregator")["introspect_jobs_completed_total"] == 2
