@@ -115,7 +115,8 @@ def standin_counts(pipeline: LocalPipeline) -> list[int]:
 
 
 def questions(pipeline: LocalPipeline) -> int:
-    return int(metric_total(pipeline, "scorer", "introspect_questions_total"))
+    """Generations asked so far: each observation's first question (the scorer's) and every later one (the gateways')."""
+    return int(sum(metric_total(pipeline, service, "introspect_questions_total") for service in ("scorer", "gateway")))
 
 
 # -- baselines without a message bus --
