@@ -8,9 +8,10 @@ Every throughput is of a whole job, from submit to result files: a pipeline job 
 job (loading its split) until it has written the same files. The throughput and
 saturation cases run three rounds (`--rounds`), each on a fresh pipeline, and print the
 median with the range: a single 3-second run on a shared 2-core machine moves by a
-fifth from one minute to the next.
+fifth from one minute to the next. Case 8 (`tests/bench/commands.py`) times whole commands
+as a user types them: `introspect run` against `introspect evaluate`, cold and warm.
 
-    python -m tests.bench.run [--quick]
+    python -m tests.bench.run [--quick] [--start-up] [--commands]
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ from services.runner import evaluate
 from services.runtime.bus import Bus
 from services.runtime.handlers import Outgoing
 from services.runtime.settings import Settings
+from tests.bench.commands import SIZES as WHOLE_COMMAND_SIZES
+from tests.bench.commands import table as whole_commands
 from tests.bench.memory import peak_rss_of
 from tests.support.pipeline import get_json, metric_total
 from tests.support.synthetic import write_synthetic
@@ -115,7 +118,7 @@ def standin_counts(pipeline: LocalPipeline) -> list[int]:
 
 
 def questions(pipeline: LocalPipeline) -> int:
-    """Generations asked so far: each observation's first question (the scorer's) and every later one (the gateways')."""
+    """Generations asked: each observation's first question (the scorer's), every later one (the gateways')."""
     return int(sum(metric_total(pipeline, service, "introspect_questions_total") for service in ("scorer", "gateway")))
 
 
@@ -355,6 +358,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, one round, to check the bench itself")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the throughput and saturation cases (median)")
     parser.add_argument("--start-up", action="store_true", help="case 7 alone: imports and a whole small run")
+    parser.add_argument("--commands", action="store_true", help="case 8 alone: whole commands, run against evaluate")
     args = parser.parse_args()
     big = 10_000
     sizes = {"overhead": 3000, "saturation": 6000, "memory": (1000, big), "scaling": 2000}
@@ -376,8 +380,11 @@ def main() -> None:
     print(f"machine: {machine()}; calibration loop {calibration_ms():.0f} ms")
     with tempfile.TemporaryDirectory(prefix="introspect-bench-") as folder:
         tmp = Path(folder)
-        if args.start_up:
-            start_up(tmp, show, max(rounds, 5))
+        if args.start_up or args.commands:
+            if args.start_up:
+                start_up(tmp, show, max(rounds, 5))
+            if args.commands:
+                whole_commands(WHOLE_COMMAND_SIZES if not args.quick else (20, 200), rounds)
             print(f"bench took {time.monotonic() - started:.0f} s; calibration loop {calibration_ms():.0f} ms")
             return
         files = write_synthetic(tmp / "data", rows=big)
@@ -387,6 +394,7 @@ def main() -> None:
         job_state_memory(show, state_sizes)
         scaling(tmp, files, show, sizes["scaling"])
         start_up(tmp, show, rounds)
+    whole_commands(WHOLE_COMMAND_SIZES if not args.quick else (20, 200), rounds)
     print(f"bench took {time.monotonic() - started:.0f} s; calibration loop {calibration_ms():.0f} ms")
 
 
