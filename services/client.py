@@ -19,7 +19,7 @@ from nats.js import api
 from proto import DeadLetter, InvalidMessage, Job, JobEvent, decode
 from proto import subjects as sub
 
-from .errors import AggregatorRefused
+from .errors import AggregatorRefused, JobRejected
 from .jobs import with_job_id
 from .runtime.bus import Bus
 from .runtime.handlers import Outgoing
@@ -139,10 +139,6 @@ async def _follow_dead_letters(bus: Bus, on_dead_letter: Callable[[DeadLetter], 
 
     # A plain subscription: JetStream stores them, and a listener hears each as it is published.
     await bus.client.subscribe(sub.dead_letter_subject("*"), cb=on_message)
-
-
-class JobRejected(RuntimeError):
-    """The producer refused the job; the message says why."""
 
 
 # -- dead letters --

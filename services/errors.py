@@ -16,5 +16,9 @@ class AggregatorRefused(RuntimeError):
     """The aggregator answered with an error (no such job, not complete yet): its words."""
 
 
+class JobRejected(RuntimeError):
+    """The producer refused the job; the message says why."""
+
+
 class OwnedElsewhere(RuntimeError):
     """What this service would own (a gateway partition) is held by another process."""

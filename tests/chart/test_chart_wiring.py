@@ -23,8 +23,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from proto import Job
-from services.client import JobRejected, list_jobs, wait_for_job
-from services.errors import AggregatorRefused
+from services.client import list_jobs, wait_for_job
+from services.errors import AggregatorRefused, JobRejected
 from services.jobs import with_job_id
 from services.local import free_port
 from services.runtime.settings import Settings
