@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from ..backends.contract import ENGINES
+from ..backends.contract import ENGINES, Engine
 
 ENV_PREFIX = "INTROSPECT_"
 # Settings under an earlier name, still read: old name -> setting.
@@ -67,7 +67,7 @@ class Settings:
     # gateway: namespace/name[:port] of a Service whose model server pods it finds through the
     # Kubernetes API (formerly INTROSPECT_TGI_SERVICE, still read), and the engine they run
     model_service: str | None = None
-    model_engine: str = "tgi"  # tgi, vllm, sglang, or openai (any other OpenAI-compatible server)
+    model_engine: Engine = "tgi"  # tgi, vllm, sglang, or openai (any other OpenAI-compatible server)
     kubernetes_api: str | None = None  # gateway: API server URL (default: in-cluster)
     offline: bool = False  # gateway: answer from the cache alone
     cache_on_damage: str = "refuse"  # gateway: a cache RocksDB cannot open: refuse, or set-aside and start empty
