@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.local import free_port, wait_for_port
+from tests.bench import spread
 from tests.support.pipeline import get_json
 from tests.support.synthetic import write_synthetic
 
@@ -98,12 +98,6 @@ def one_round(tmp: Path, data: Path, size: int, number: int) -> dict[tuple[str, 
     return done
 
 
-def spread(values: list[float], form: str = "{:.2f}") -> str:
-    return form.format(statistics.median(values)) + (
-        f" ({form.format(min(values))}-{form.format(max(values))})" if len(values) > 1 else ""
-    )
-
-
 GOALS = {("cold", 20): ">= 1.00", ("warm", 20): ">= 1.00", ("cold", 2_000): ">= 1.50",
          ("cold", 10_000): ">= 2.00"}  # fmt: skip
 
@@ -112,8 +106,8 @@ def table(sizes: tuple[int, ...], rounds: int) -> list[str]:
     lines = [
         f"whole commands: stand-in {LATENCY * 1000:.0f} ms, {SLOTS} slots; counterfactual, synthetic sentiment; "
         f"median (range) of {rounds} rounds",
-        f"  {'obs':>6} {'phase':5} {'run s':>18} {'evaluate s':>18} {'ratio':>18} {'goal':>8} "
-        f"{'saturation run':>18} {'saturation eval':>18}",
+        f"  {'obs':>6} {'phase':5} {'run s':>24} {'evaluate s':>24} {'ratio':>24} {'goal':>8} "
+        f"{'saturation run':>24} {'saturation eval':>24}",
     ]
     print("\n".join(lines), flush=True)
     with tempfile.TemporaryDirectory(prefix="introspect-commands-") as folder:
@@ -130,9 +124,9 @@ def table(sizes: tuple[int, ...], rounds: int) -> list[str]:
                 saturation_run = spread([100 * r.saturation for r in run], "{:.0f}%") if phase == "cold" else "-"
                 saturation_ev = spread([100 * e.saturation for e in ev], "{:.0f}%") if phase == "cold" else "-"
                 lines.append(
-                    f"  {size:>6} {phase:5} {spread([r.seconds for r in run]):>18} "
-                    f"{spread([e.seconds for e in ev]):>18} {spread(ratio):>18} {goal:>8} "
-                    f"{saturation_run:>18} {saturation_ev:>18}"
+                    f"  {size:>6} {phase:5} {spread([r.seconds for r in run]):>24} "
+                    f"{spread([e.seconds for e in ev]):>24} {spread(ratio):>24} {goal:>8} "
+                    f"{saturation_run:>24} {saturation_ev:>24}"
                 )
                 print(lines[-1], flush=True)
     return lines

@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -46,6 +45,7 @@ from services.runner import evaluate
 from services.runtime.bus import Bus
 from services.runtime.handlers import Outgoing
 from services.runtime.settings import Settings
+from tests.bench import spread
 from tests.bench.commands import SIZES as WHOLE_COMMAND_SIZES
 from tests.bench.commands import table as whole_commands
 from tests.bench.memory import peak_rss_of
@@ -184,13 +184,6 @@ def overhead_round(tmp: Path, job: Job) -> Round:
         baseline_again = uvloop.run(in_process(job, url, CONCURRENCY, tmp / "in-process"))
         research = asyncio.run(naive(job, url, CONCURRENCY, tmp / "naive"))  # plain asyncio, as research code runs
     return Round(cold, warm, baseline, baseline_again, research)
-
-
-def spread(values: list[float], form: str = "{:.2f}") -> str:
-    """The median of several runs, and their range."""
-    if len(values) == 1:
-        return form.format(values[0])
-    return f"{form.format(statistics.median(values))} ({form.format(min(values))} to {form.format(max(values))})"
 
 
 def overhead_and_throughput(
