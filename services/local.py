@@ -349,16 +349,8 @@ class Process(Protocol):
 
 # What the launcher imports once, so that a service forked from it starts without importing
 # anything: importing the libraries took a Python process about 0.7 s of CPU, five times
-# over on a two-core laptop. See `start_launcher`.
-PRELOADED = (
-    "services.cli.commands",
-    "services.runtime.service",
-    "services.producer.service",
-    "services.scorer.service",
-    "services.gateway.service",
-    "services.aggregator.service",
-    "services.standin.server",
-)
+# over on a two-core laptop. See `start_launcher` and `services/launcher.py`.
+PRELOADED = ("services.launcher",)
 
 
 def start_launcher() -> None:
