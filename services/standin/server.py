@@ -45,19 +45,44 @@ class StandInSettings:
     hang_every: int = 0  # every n-th generate request is never answered (0: never)
 
 
+@dataclass(slots=True)
+class Occupancy:
+    """How busy the server's slots were kept: slot-seconds of generation, counted as requests
+    start and end, and that count as of the end of the last stretch with every slot taken.
+    After that stretch the client had fewer questions than slots (a job's last observations):
+    nothing waited for a slot, so a benchmark's "busy while work waits" stops there."""
+
+    slots: int
+    in_flight: int = 0
+    busy: float = 0.0  # slot-seconds generating
+    changed_at: float = 0.0
+    last_full_at: float = 0.0  # unix seconds: when every slot was last taken (0: never)
+    busy_until_full: float = 0.0  # `busy` at that moment
+
+    def change(self, delta: int, now: float) -> None:
+        if self.changed_at:
+            self.busy += self.in_flight * (now - self.changed_at)
+        self.changed_at = now
+        if self.in_flight >= self.slots:
+            self.last_full_at, self.busy_until_full = now, self.busy
+        self.in_flight += delta
+
+    def stats(self) -> dict[str, float]:
+        return {"last_full_at": self.last_full_at, "busy_slot_seconds_until_full": self.busy_until_full}
+
+
 def create_app(settings: StandInSettings = StandInSettings()) -> web.Application:
     stats: Counter[str] = Counter()
     # When the first generation started and the last one ended (unix seconds): the window
     # over which a benchmark measures how busy the server was kept.
     window: dict[str, float] = {}
-    in_flight = 0
+    occupancy = Occupancy(settings.max_concurrent)
     # A 429 storm injected through /stand-in/faults/overload: until this monotonic time,
     # every generation request is answered "overloaded".
     storm = {"until": 0.0}
 
     async def generate_one(request: web.Request, openai: bool = False) -> Reply:
         """(HTTP status, body, seconds, tokens) for one request, in TGI's shape or, with `openai`, OpenAI's."""
-        nonlocal in_flight
         stats["requests"] += 1
         try:
             body = await request.json()
@@ -84,7 +109,7 @@ def create_app(settings: StandInSettings = StandInSettings()) -> web.Application
             stats["overloaded"] += 1
             stats["storm_429"] += 1
             return 429, _INJECTED_OVERLOAD, 0.0, (0, 0)
-        if in_flight >= settings.max_concurrent:
+        if occupancy.in_flight >= settings.max_concurrent:
             stats["overloaded"] += 1
             return 429, {"error": "Model is overloaded", "error_type": "overloaded"}, 0.0, (0, 0)
         if settings.error_every and (stats["requests"] % settings.error_every == 0):
@@ -95,14 +120,14 @@ def create_app(settings: StandInSettings = StandInSettings()) -> web.Application
             stats["hung"] += 1
             await asyncio.Event().wait()  # a server that took the request and went silent
 
-        in_flight += 1
-        window.setdefault("first_started_at", time.time())
-        stats["peak_in_flight"] = max(stats["peak_in_flight"], in_flight)
+        occupancy.change(+1, time.time())
+        window.setdefault("first_started_at", occupancy.changed_at)
+        stats["peak_in_flight"] = max(stats["peak_in_flight"], occupancy.in_flight)
         try:
             if settings.latency:
                 await asyncio.sleep(settings.latency)
         finally:
-            in_flight -= 1
+            occupancy.change(-1, time.time())
         stats["generated"] += 1
         window["last_finished_at"] = time.time()
         # The stand-in counts words as tokens.
@@ -151,7 +176,7 @@ def create_app(settings: StandInSettings = StandInSettings()) -> web.Application
         return web.Response(status=200, headers=_HEADER)
 
     async def stats_view(_: web.Request) -> web.Response:
-        return web.json_response({**stats, **window}, headers=_HEADER)
+        return web.json_response({**stats, **window, **occupancy.stats()}, headers=_HEADER)
 
     async def overload(request: web.Request) -> web.Response:
         """A test fault: answer 429 to every generation request for the next `seconds`."""

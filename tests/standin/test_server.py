@@ -20,7 +20,7 @@ from services.datasets import load_split
 from services.generation import ChatModel
 from services.runner import evaluate
 from services.standin import complete_in_process
-from services.standin.server import STANDIN_MODEL_ID, StandInSettings, create_app
+from services.standin.server import STANDIN_MODEL_ID, Occupancy, StandInSettings, create_app
 from tests.conftest import DATASET_MIRROR
 
 PARAMETERS = generation_defaults(LLAMA2, seed=0)
@@ -156,3 +156,32 @@ async def test_over_http_the_records_equal_those_of_the_in_process_stand_in(stan
     assert total.results() == expected_total.results()
     asked = sum(1 + (r.explain_prompt is not None) + (r.explain_predict_prompt is not None) for r in records)
     assert stats["generated"] == asked
+
+
+def test_occupancy_counts_busy_slot_seconds_up_to_the_end_of_the_last_full_stretch() -> None:
+    slots = Occupancy(slots=2)
+    slots.change(+1, 10.0)
+    slots.change(+1, 11.0)  # both slots taken from 11 s
+    slots.change(-1, 13.0)  # a full stretch ends: 1 x 1 s + 2 x 2 s busy so far
+    slots.change(+1, 14.0)  # full again
+    slots.change(-1, 15.0)  # the last full stretch ends here
+    slots.change(-1, 17.0)  # the tail, one slot busy for 2 s: after the last full stretch
+    assert slots.stats() == {"last_full_at": 15.0, "busy_slot_seconds_until_full": 1.0 + 4.0 + 1.0 + 2.0}
+    assert slots.busy == 1.0 + 4.0 + 1.0 + 2.0 + 2.0
+    assert slots.in_flight == 0
+
+
+async def test_the_stats_say_when_every_slot_was_last_taken() -> None:
+    server = await _serve(StandInSettings(latency=0.2, max_concurrent=2))
+    try:
+        async with aiohttp.ClientSession() as session:
+            body = {"inputs": "<s>[INST] a [/INST]", "parameters": {"max_new_tokens": 5}}
+            statuses = await asyncio.gather(
+                *(session.post(f"{_url(server)}/generate", json=body) for _ in range(2))
+            )
+            assert [response.status for response in statuses] == [200, 200]
+            stats = await _stats(session, server)
+        assert stats["last_full_at"] >= stats["first_started_at"] > 0
+        assert stats["busy_slot_seconds_until_full"] >= 0.2  # one slot for 0.2 s at least, before both ended
+    finally:
+        await server.close()
