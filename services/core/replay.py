@@ -4,6 +4,10 @@
 it stops at the first question not yet answered (`Pending`) or at the end (`Finished`).
 This is how the scorer stays stateless: the transcript travels in the messages. A task
 asks at most three questions, so replaying from the start costs next to nothing.
+
+`Replay` is the same program kept running: one who has replayed a transcript and then
+learns further answers (the gateway answering the next questions from its cache) gives
+them to it one at a time instead of replaying from the start for each.
 """
 
 from __future__ import annotations
@@ -43,27 +47,54 @@ class TranscriptTooLong(ValueError):
     """More answers were given than the task asked questions."""
 
 
+class Replay:
+    """A task's program over one observation, fed its answers one at a time (`give`); what
+    it needs next, or its end, is `outcome`. Lives for one handler call, never between
+    messages: the transcript in the message stays the state."""
+
+    def __init__(self, task: Task, observation: Observation) -> None:
+        self.task = task
+        self.observation = observation
+        self.answered = 0
+        self.duration = 0.0
+        self.ended_by_error = False
+        self._program = task.program(observation)
+        try:
+            self.outcome: Pending | Finished = Pending(step=0, prompt=next(self._program))
+        except StopIteration as done:
+            self.outcome = Finished(with_duration(done.value, 0.0))
+
+    def give(self, generation: Generation) -> Pending | Finished:
+        """The answer to the pending question; what the task needs next, or its record."""
+        if isinstance(self.outcome, Finished):
+            raise TranscriptTooLong(f"{self.task.kind} finished after {self.answered} answers, one more given")
+        self.answered += 1
+        self.duration += generation.duration
+        if generation.error is not None:
+            self._program.close()
+            self.ended_by_error = True
+            record = error_record(
+                KINDS[self.task.kind].record, self.observation.idx, self.observation.label, generation.error,
+                self.duration,
+            )  # fmt: skip
+            self.outcome = Finished(record)
+            return self.outcome
+        try:
+            self.outcome = Pending(step=self.answered, prompt=self._program.send(generation.text))
+        except StopIteration as done:
+            self.outcome = Finished(with_duration(done.value, self.duration))
+        return self.outcome
+
+
 def advance(task: Task, observation: Observation, answers: Sequence[Generation]) -> Pending | Finished:
-    program = task.program(observation)
-    duration = 0.0
-    step = -1
-    try:
-        prompt = next(program)
-        for step, generation in enumerate(answers):  # noqa: B007 (read after the loop)
-            duration += generation.duration
-            if generation.error is not None:
-                program.close()
-                return Finished(
-                    error_record(
-                        KINDS[task.kind].record, observation.idx, observation.label, generation.error, duration
-                    )
-                )
-            prompt = program.send(generation.text)
-    except StopIteration as done:
-        if step + 1 != len(answers):
-            raise TranscriptTooLong(f"{task.kind} finished after {step + 1} answers, {len(answers)} given") from None
-        return Finished(with_duration(done.value, duration))
-    return Pending(step=len(answers), prompt=prompt)
+    replay = Replay(task, observation)
+    for generation in answers:
+        if replay.ended_by_error:
+            break  # an error ends the observation: nothing after it was asked
+        if isinstance(replay.outcome, Finished):
+            raise TranscriptTooLong(f"{task.kind} finished after {replay.answered} answers, {len(answers)} given")
+        replay.give(generation)
+    return replay.outcome
 
 
 def run_transcript(task: Task, observation: Observation, answers: Sequence[str]) -> ResultRecord:

@@ -8,7 +8,7 @@ What happens to a generation request (`Gateway.handle`):
    this partition's RocksDB; on a miss the backend pool, `pool.py`, joined if the same key
    is already in flight; what the server said is stored, rejections included), clean the
    answer. Offline, a miss goes to the dead letters instead, to be replayed later.
-3. Take the observation's next step (`steps.next_message`, as the scorer takes its first):
+3. Take the observation's next step (`steps.ReplayedWork`, as the scorer takes its first):
    the work item with the answer added (and where this gateway's answers come from,
    `AnswerSource`, for result provenance) replays the task to its next question or its end.
    While the next question is this partition's and its cache holds the answer, that step is
@@ -47,7 +47,7 @@ from ..runtime.lock import FolderLock
 from ..runtime.ownership import Claim, folder_owner
 from ..runtime.service import ServiceBase
 from ..runtime.settings import InvalidSettings
-from ..steps import answered, next_message
+from ..steps import ReplayedWork
 from ..wire import answer_of, chat_model_of
 from . import metrics
 from .cache import CachedCompletions, CacheMiss, GenerationCache
@@ -189,26 +189,28 @@ class Gateway(ServiceBase):
                 "wrong-model",
             )
         asking, from_cache = self._chat_models(work)
+        replayed = ReplayedWork.asking(work)  # bad work is refused before the server is asked
         try:
             generation = await self._generate(asking, request.message, work)
         except CacheMiss as miss:
             metrics.CACHE_MISSES.inc()
             raise Reject(str(miss), "offline-miss") from None
         (metrics.CACHE_HITS if generation.cached else metrics.CACHE_MISSES).inc()
-        work = answered(work, answer_of(generation), self.source)
+        replayed.answer(answer_of(generation), self.source)
         # The next step is taken here (services/steps.py), and so is every step after it whose
         # question this partition's cache already answers: a re-run of a finished experiment
-        # sends one request per observation instead of two messages per generation.
+        # sends one request per observation instead of two messages per generation. The
+        # replay runs on from answer to answer; it is not started again for each.
         mine = sub.generation_subject(work.chat.model, self.partition)
-        onward = next_message(work, self.partitions)
+        onward = replayed.next_message(self.partitions)
         while isinstance(onward.message, GenerationRequest) and onward.subject == mine:
             try:
                 generation = await self._generate(from_cache, onward.message.message, work)
             except CacheMiss:
                 break  # the model is needed: the question goes through the stream, to this gateway
             metrics.CACHE_HITS.inc()
-            work = answered(work, answer_of(generation), self.source)
-            onward = next_message(work, self.partitions)
+            replayed.answer(answer_of(generation), self.source)
+            onward = replayed.next_message(self.partitions)
         return [onward]
 
     @staticmethod

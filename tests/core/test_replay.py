@@ -6,7 +6,7 @@ import pytest
 
 from services.core.config import InvalidTaskConfig, TaskConfig
 from services.core.observations import EntailmentObservation, MultiChoiceObservation, SentimentObservation
-from services.core.replay import Finished, Generation, Pending, TranscriptTooLong, advance, run_transcript
+from services.core.replay import Finished, Generation, Pending, Replay, TranscriptTooLong, advance, run_transcript
 from services.core.tasks import KINDS, TASK_KINDS, Task, UnknownTask, counterfactual_target, is_introspective
 
 REVIEW = SentimentObservation(idx=3, label="positive", text="A warm, funny film.")
@@ -39,6 +39,33 @@ def test_a_generation_error_makes_the_observation_an_error() -> None:
     assert outcome.record.error == "422: input too long"
     assert outcome.record.duration == pytest.approx(0.75)
     assert outcome.record.predict is None  # an error record carries no partial results
+
+
+@pytest.mark.parametrize("kind", TASK_KINDS)
+def test_a_running_replay_given_answers_one_by_one_agrees_with_replaying_from_the_start(kind: str) -> None:
+    """The gateway keeps a replay running from answer to answer (`Replay.give`); the scorer
+    replays the transcript from the start (`advance`). Every step of every task agrees."""
+    task = Task(kind, "sentiment")  # type: ignore[arg-type]
+    replies = ["negative", 'Here is the paragraph: "A cold, dull film."', "yes", "A, film", "positive"]
+    replay, answers = Replay(task, REVIEW), []
+    while isinstance(replay.outcome, Pending):
+        assert replay.outcome == advance(task, REVIEW, answers)
+        answers.append(Generation(replies[len(answers)], duration=0.25))
+        replay.give(answers[-1])
+    assert replay.outcome == advance(task, REVIEW, answers) and isinstance(replay.outcome, Finished)
+    assert replay.outcome.record.duration == pytest.approx(0.25 * len(answers))
+    with pytest.raises(TranscriptTooLong, match="one more given"):
+        replay.give(Generation("extra"))
+
+
+def test_a_running_replay_ends_at_a_generation_error() -> None:
+    task = Task("counterfactual", "sentiment")
+    answers = [Generation("positive", 0.5), Generation("", 0.25, error="422: input too long")]
+    replay = Replay(task, REVIEW)
+    replay.give(answers[0])
+    outcome = replay.give(answers[1])
+    assert outcome == advance(task, REVIEW, answers) and replay.ended_by_error
+    assert isinstance(outcome, Finished) and outcome.record.error == "422: input too long"
 
 
 def test_too_many_or_too_few_answers_are_refused() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import aiohttp
 from prometheus_client import REGISTRY
 
 from proto import Answer, GenerationRequest, ScoredResult, replace
@@ -165,3 +166,22 @@ async def test_a_template_over_its_limits_is_that_request_s_dead_letter(tmp_path
         assert isinstance(answer.message, ScoredResult)
     finally:
         await gateway.close()
+
+
+async def test_work_the_task_cannot_replay_is_refused_before_the_server_is_asked(
+    tmp_path: Path, standin_url: str
+) -> None:
+    gateway, bus = Gateway(tmp_path, backends=(standin_url,)), MemoryBus()
+    await gateway.start(bus)
+    try:
+        done = answered(_work(), Answer("positive", 0.5), None)  # classify's one question is answered
+        unknown_task = replace(_work(), task="summarise")
+        for bad in (done, unknown_task):
+            assert await bus.deliver(gateway, GenerationRequest("A question never asked.", bad)) == []
+        async with aiohttp.ClientSession() as session, session.get(f"{standin_url}/stand-in/stats") as response:
+            assert (await response.json()).get("requests", 0) == 0
+    finally:
+        await gateway.close()
+    assert [letter.category for letter in bus.dead_letters] == ["bad-work", "bad-work"]
+    assert "finished after 1 answers, 2 given" in bus.dead_letters[0].reason
+    assert "unknown task 'summarise'" in bus.dead_letters[1].reason

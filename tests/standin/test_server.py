@@ -176,9 +176,7 @@ async def test_the_stats_say_when_every_slot_was_last_taken() -> None:
     try:
         async with aiohttp.ClientSession() as session:
             body = {"inputs": "<s>[INST] a [/INST]", "parameters": {"max_new_tokens": 5}}
-            statuses = await asyncio.gather(
-                *(session.post(f"{_url(server)}/generate", json=body) for _ in range(2))
-            )
+            statuses = await asyncio.gather(*(session.post(f"{_url(server)}/generate", json=body) for _ in range(2)))
             assert [response.status for response in statuses] == [200, 200]
             stats = await _stats(session, server)
         assert stats["last_full_at"] >= stats["first_started_at"] > 0
