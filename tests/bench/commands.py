@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -167,7 +168,7 @@ def table(sizes: tuple[int, ...], rounds: int) -> list[str]:
         f"whole commands: stand-in {LATENCY * 1000:.0f} ms, {SLOTS} slots; counterfactual, synthetic sentiment; "
         f"median (range) of {rounds} rounds",
         f"  {'obs':>6} {'phase':5} {'run s':>24} {'evaluate s':>24} {'ratio':>24} {'goal':>8} "
-        f"{'saturation run':>30} {'saturation eval':>30}",
+        f"{'saturation run':>32} {'saturation eval':>32}",
     ]
     print("\n".join(lines), flush=True)
     with tempfile.TemporaryDirectory(prefix="introspect-commands-") as folder:
@@ -186,25 +187,27 @@ def table(sizes: tuple[int, ...], rounds: int) -> list[str]:
                 lines.append(
                     f"  {size:>6} {phase:5} {spread([r.seconds for r in run]):>24} "
                     f"{spread([e.seconds for e in ev]):>24} {spread(ratio):>24} {goal:>8} "
-                    f"{saturation_run:>30} {saturation_ev:>30}"
+                    f"{saturation_run:>32} {saturation_ev:>32}"
                 )
                 print(lines[-1], flush=True)
     ceiling = [bare_client(CEILING_REQUESTS) for _ in range(rounds)]
     waiting = spread([100 * w for w, _ in ceiling], "{:.0f}%")
+    span = statistics.median(100 * s for _, s in ceiling)
     lines.append(
         f"  the ceiling: {SLOTS} loops posting {CEILING_REQUESTS} generations back to back, nothing else: "
-        f"saturation {waiting} ({spread([100 * s for _, s in ceiling], '{:.0f}%')}); the goal for run: >= 95%"
+        f"saturation {waiting}, span {span:.0f}%; the goal for run: >= 95%"
     )
     print(lines[-1], flush=True)
     return lines
 
 
 def _saturation(timed: list[Timed]) -> str:
-    """While work waited (over the whole span), in percent; "-" where the server was never full."""
-    span = spread([100 * t.saturation_span for t in timed], "{:.0f}%")
+    """While work waited, in percent (median and range), then the median over the whole span;
+    only the span where the server was never full."""
+    span = f"span {statistics.median(100 * t.saturation_span for t in timed):.0f}%"
     if not any(t.saturation for t in timed):
-        return f"- ({span})"
-    return f"{spread([100 * t.saturation for t in timed], '{:.0f}%')} ({span})"
+        return span
+    return f"{spread([100 * t.saturation for t in timed], '{:.0f}%')}, {span}"
 
 
 def main() -> None:
