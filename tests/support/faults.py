@@ -173,14 +173,15 @@ def wait_received(pipeline: LocalPipeline, job_id: str, at_least: int, timeout: 
 def seconds_to_next_record(pipeline: LocalPipeline, job_id: str, since: float, timeout: float = 120.0) -> float | None:
     """Seconds from `since` (time.monotonic() when a fault ended) until the aggregator stores
     a record more than it held when first asked here, right after the fault's end; None if
-    the job was complete by then (the work in hand finished while the parts restarted)."""
+    the job had all its records by then (the work in hand finished while the parts
+    restarted): complete, or still writing its result files, when no record can follow."""
     deadline = time.monotonic() + timeout
     held = None
     while True:
         with contextlib.suppress(OSError):  # a restarted aggregator may not answer at once
             job = {j["job_id"]: j for j in get_json(f"{pipeline.aggregator_url}/jobs")}.get(job_id, {})
             count = int(job.get("received", 0))
-            if held is None and job.get("complete"):
+            if held is None and (job.get("complete") or count >= int(job.get("expected", count + 1))):
                 return None
             if held is None:
                 held = count
