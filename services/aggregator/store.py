@@ -16,7 +16,7 @@ import msgspec
 
 from proto import AnswerSource
 
-from ..runtime.storage import StoreDamaged, open_rocksdb, reopen_rocksdb
+from ..runtime.storage import RocksStore
 
 _MANIFEST = b"manifest\0"
 _RECORD = b"record\0"
@@ -29,16 +29,12 @@ def _record_key(job_id: str, idx: int) -> bytes:
     return _RECORD + job_id.encode() + b"\0" + idx.to_bytes(8, "big", signed=True)
 
 
-class ResultStore:
+class ResultStore(RocksStore):
     def __init__(self, path: Path) -> None:
-        self.path = path
-        try:
-            self.db = open_rocksdb(path, "refuse", "the aggregator's store")
-        except StoreDamaged as damaged:  # never set aside on its own: it holds every job's records
-            raise StoreDamaged(
-                f"{damaged}; it holds the jobs' records: restore it from a backup, or move it away "
-                "to start without them (finished jobs' result files stay where they are)"
-            ) from None
+        # Never set aside on its own: it holds every job's records.
+        advice = ("it holds the jobs' records: restore it from a backup, or move it away to start without them "
+                  "(finished jobs' result files stay where they are)")  # fmt: skip
+        super().__init__(path, "refuse", "the aggregator's store", advice)
 
     def put_manifest(self, job_id: str, manifest: bytes) -> None:
         self.db[_MANIFEST + job_id.encode()] = manifest
@@ -109,13 +105,3 @@ class ResultStore:
             if not isinstance(key, bytes) or not key.startswith(prefix):
                 break
             yield key, value
-
-    def reopen(self) -> None:
-        self.db = reopen_rocksdb(self.db, self.path)
-
-    def check_writable(self) -> None:
-        self.db[b"\0write-check"] = b""
-        del self.db[b"\0write-check"]
-
-    def close(self) -> None:
-        self.db.close()

@@ -88,6 +88,24 @@ class JsonEndpoint:
         )
 
 
+class HttpBackend:
+    """What a completion backend over HTTP holds: its server's base URL, the name it goes by
+    in metric labels, logs and errors (the URL with a password masked), the shared session,
+    and the endpoint it posts generations to, whose retries it counts."""
+
+    def __init__(
+        self, base_url: str, generate_path: str, session: aiohttp.ClientSession, retry: RetryPolicy, timeout: float
+    ) -> None:
+        self.base_url = base_url
+        self.url = redact_url(base_url)
+        self.session = session
+        self.endpoint = JsonEndpoint(base_url + generate_path, session, retry, timeout)
+
+    @property
+    def retries(self) -> int:
+        return self.endpoint.retries
+
+
 def header_int(headers: Mapping[str, str], name: str) -> int | None:
     """A whole-number response header, None where it is absent or malformed."""
     try:

@@ -16,9 +16,8 @@ from typing import Any, Literal
 import aiohttp
 
 from ..core.chat import GenerationParameters
-from ..runtime.settings import redact_url
 from .contract import GENERATION_TIMEOUT, BackendInfo, BackendUnavailable, Completion
-from .http import DEFAULT_RETRY, JsonEndpoint, RetryPolicy, get_json
+from .http import DEFAULT_RETRY, HttpBackend, RetryPolicy, get_json
 
 OpenAIEngine = Literal["vllm", "sglang", "openai"]
 
@@ -45,7 +44,7 @@ def openai_payload(
     return body
 
 
-class OpenAICompletionsBackend:
+class OpenAICompletionsBackend(HttpBackend):
     def __init__(
         self,
         base_url: str,
@@ -55,17 +54,9 @@ class OpenAICompletionsBackend:
         model: str | None = None,
         engine: OpenAIEngine = "openai",
     ) -> None:
-        self.base_url = base_url.rstrip("/").removesuffix("/v1")
+        super().__init__(base_url.rstrip("/").removesuffix("/v1"), "/v1/completions", session, retry, timeout)
         self.engine = engine
-        # The name in metric labels, logs and errors: a password in the URL is masked.
-        self.url = redact_url(self.base_url)
-        self.session = session
         self.model = model
-        self.endpoint = JsonEndpoint(self.base_url + "/v1/completions", session, retry, timeout)
-
-    @property
-    def retries(self) -> int:
-        return self.endpoint.retries
 
     async def describe(self) -> BackendInfo:
         """The served model from `/v1/models`; these servers do not say their concurrency."""

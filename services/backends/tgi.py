@@ -7,9 +7,8 @@ from typing import Any
 import aiohttp
 
 from ..core.chat import GenerationParameters
-from ..runtime.settings import redact_url
 from .contract import GENERATION_TIMEOUT, BackendInfo, BackendUnavailable, Completion
-from .http import DEFAULT_RETRY, JsonEndpoint, RetryPolicy, get_json, header_int
+from .http import DEFAULT_RETRY, HttpBackend, RetryPolicy, get_json, header_int
 
 __all__ = ["BackendUnavailable", "RetryPolicy", "TGIBackend", "tgi_payload"]
 
@@ -28,7 +27,7 @@ def tgi_payload(prompt: str, parameters: GenerationParameters) -> dict[str, Any]
     }
 
 
-class TGIBackend:
+class TGIBackend(HttpBackend):
     def __init__(
         self,
         base_url: str,
@@ -36,15 +35,7 @@ class TGIBackend:
         retry: RetryPolicy = DEFAULT_RETRY,
         timeout: float = GENERATION_TIMEOUT,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
-        # The name in metric labels, logs and errors: a password in the URL is masked.
-        self.url = redact_url(self.base_url)
-        self.session = session
-        self.endpoint = JsonEndpoint(self.base_url + "/generate", session, retry, timeout)
-
-    @property
-    def retries(self) -> int:
-        return self.endpoint.retries
+        super().__init__(base_url.rstrip("/"), "/generate", session, retry, timeout)
 
     async def describe(self) -> BackendInfo:
         """TGI's `/info`: the model id and `max_concurrent_requests`."""

@@ -21,7 +21,7 @@ import msgpack
 from ..backends.contract import Complete, Completion, GenerationRejected
 from ..core.chat import GenerationParameters
 from ..runtime.health import Health
-from ..runtime.storage import StoreDamaged, WriteRecovery, open_rocksdb, reopen_rocksdb
+from ..runtime.storage import RocksStore, WriteRecovery
 from .metrics import CACHE_UNREADABLE as UNREADABLE
 from .metrics import CACHE_WRITE_FAILURES as WRITE_FAILURES
 
@@ -37,20 +37,15 @@ def cache_key(model_id: str, prompt: str, parameters: GenerationParameters) -> b
     return hashlib.sha256(identity).digest()
 
 
-class GenerationCache:
+class GenerationCache(RocksStore):
     """Completions and rejections by key, on disk."""
 
     def __init__(self, path: Path, on_damage: str = "refuse") -> None:
         # A cache can be rebuilt (its answers asked for again): with on_damage="set-aside",
         # one RocksDB cannot open is kept aside and the gateway starts on an empty one.
-        self.path = path
-        try:
-            self.db = open_rocksdb(path, on_damage, "the gateway cache")
-        except StoreDamaged as damaged:
-            raise StoreDamaged(
-                f"{damaged}; start on an empty cache with INTROSPECT_CACHE_ON_DAMAGE=set-aside "
-                "(the damaged folder is kept beside it), or move the folder away"
-            ) from None
+        advice = ("start on an empty cache with INTROSPECT_CACHE_ON_DAMAGE=set-aside (the damaged folder is kept "
+                  "beside it), or move the folder away")  # fmt: skip
+        super().__init__(path, on_damage, "the gateway cache", advice)
 
     def get(self, key: bytes) -> Completion | None:
         """The stored completion, marked cached; a stored rejection raises it again. An entry
@@ -84,16 +79,6 @@ class GenerationCache:
     def _put(self, key: bytes, text: str, seconds: float, rejected: str | None) -> None:
         # Written to the write-ahead log before put returns: a killed process keeps it.
         self.db[key] = msgpack.packb([text, seconds, rejected], use_bin_type=True)
-
-    def reopen(self) -> None:
-        self.db = reopen_rocksdb(self.db, self.path)
-
-    def check_writable(self) -> None:
-        self.db[b"\0write-check"] = b""
-        del self.db[b"\0write-check"]
-
-    def close(self) -> None:
-        self.db.close()
 
 
 class CachedCompletions:

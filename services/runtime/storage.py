@@ -67,6 +67,29 @@ def reopen_rocksdb(db: Rdict, path: Path) -> Rdict:
     return open_rocksdb(path)
 
 
+class RocksStore:
+    """A RocksDB folder held open by one of our stores, with what each does alike: reopen it
+    after a failed write, check that it writes, close it. A folder that cannot be opened is
+    refused with `advice`: what to do about it for this store."""
+
+    def __init__(self, path: Path, on_damage: str, what: str, advice: str) -> None:
+        self.path = path
+        try:
+            self.db = open_rocksdb(path, on_damage, what)
+        except StoreDamaged as damaged:
+            raise StoreDamaged(f"{damaged}; {advice}") from None
+
+    def reopen(self) -> None:
+        self.db = reopen_rocksdb(self.db, self.path)
+
+    def check_writable(self) -> None:
+        self.db[b"\0write-check"] = b""
+        del self.db[b"\0write-check"]
+
+    def close(self) -> None:
+        self.db.close()
+
+
 class Reopenable(Protocol):
     def reopen(self) -> None:
         """Close the RocksDB and open it again."""
