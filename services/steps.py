@@ -44,15 +44,19 @@ class ReplayedWork:
         """`work` replayed, to answer the question it asks; work whose task has ended asks
         none, and is refused before anyone answers it."""
         replayed = cls(work)
-        if isinstance(replayed.replay.outcome, Finished):
-            kind, given = replayed.replay.task.kind, replayed.replay.answered
+        replay = replayed.replay
+        if replay.ended_by_error:
+            ended = ValueError(f"{replay.task.kind} ended at a generation error: it asks nothing more")
+            raise replayed._rejected(ended)
+        if isinstance(replay.outcome, Finished):
+            kind, given = replay.task.kind, replay.answered
             raise replayed._rejected(TranscriptTooLong(f"{kind} finished after {given} answers, {given + 1} given"))
         return replayed
 
     def answer(self, answer: Answer, source: AnswerSource | None) -> None:
         """One more answer, and where it came from among the item's sources."""
         self.work = answered(self.work, answer, source)
-        try:
+        try:  # the task and the observation were read when the replay began: only the count can be wrong
             self._give(answer)
         except TranscriptTooLong as error:
             raise self._rejected(error) from None
@@ -75,13 +79,7 @@ class ReplayedWork:
         return Outgoing(sub.RESULTS, result, sub.result_id(work.job_id, work.idx))
 
     def _give(self, answer: Answer) -> None:
-        replay = self.replay
-        if replay.ended_by_error:
-            return  # an error ended the observation: what follows it answers nothing (as `advance`)
-        if isinstance(replay.outcome, Finished):
-            given = len(self.work.answers)
-            raise TranscriptTooLong(f"{replay.task.kind} finished after {replay.answered} answers, {given} given")
-        replay.give(Generation(answer.text, answer.duration, answer.error))
+        self.replay.give(Generation(answer.text, answer.duration, answer.error), len(self.work.answers))
 
     def _rejected(self, error: Exception) -> Reject:
         return Reject(f"job {self.work.job_id}, observation {self.work.idx}: {error}", "bad-work")

@@ -64,10 +64,17 @@ class Replay:
         except StopIteration as done:
             self.outcome = Finished(with_duration(done.value, 0.0))
 
-    def give(self, generation: Generation) -> Pending | Finished:
-        """The answer to the pending question; what the task needs next, or its record."""
+    def give(self, generation: Generation, given: int | None = None) -> Pending | Finished:
+        """The answer to the pending question; what the task needs next, or its record.
+
+        An answer after a generation error is ignored (the error ended the task, nothing
+        was asked after it); one after the task's end is `TranscriptTooLong`, saying that
+        `given` answers were given in all (default: one more than it took)."""
+        if self.ended_by_error:
+            return self.outcome
         if isinstance(self.outcome, Finished):
-            raise TranscriptTooLong(f"{self.task.kind} finished after {self.answered} answers, one more given")
+            given = self.answered + 1 if given is None else given
+            raise TranscriptTooLong(f"{self.task.kind} finished after {self.answered} answers, {given} given")
         self.answered += 1
         self.duration += generation.duration
         if generation.error is not None:
@@ -89,11 +96,7 @@ class Replay:
 def advance(task: Task, observation: Observation, answers: Sequence[Generation]) -> Pending | Finished:
     replay = Replay(task, observation)
     for generation in answers:
-        if replay.ended_by_error:
-            break  # an error ends the observation: nothing after it was asked
-        if isinstance(replay.outcome, Finished):
-            raise TranscriptTooLong(f"{task.kind} finished after {replay.answered} answers, {len(answers)} given")
-        replay.give(generation)
+        replay.give(generation, len(answers))
     return replay.outcome
 
 

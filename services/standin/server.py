@@ -68,7 +68,11 @@ class Occupancy:
         self.in_flight += delta
 
     def stats(self) -> dict[str, float]:
-        return {"last_full_at": self.last_full_at, "busy_slot_seconds_until_full": self.busy_until_full}
+        return {
+            "busy_slot_seconds": self.busy,
+            "last_full_at": self.last_full_at,
+            "busy_slot_seconds_until_full": self.busy_until_full,
+        }
 
 
 def create_app(settings: StandInSettings = StandInSettings()) -> web.Application:

@@ -11,13 +11,13 @@ first in odd ones, each against a fresh stand-in so its window counts that comma
 alone; the table prints medians over rounds with their range.
 
 Saturation is the busy share of the server's slots while work waited for one: slot-seconds
-generating / (slots x window), the window from the server's first generation to the end of
-its last stretch with every slot taken. After that the job has fewer questions left than
-the server has slots (its last observations, each a chain of questions), and nothing
-waits. The share over the whole span, first generation to last, is printed beside it.
-Start-up and loading are outside both. The last line is the ceiling: what a bare client
-(50 loops posting generations back to back, nothing else) gets out of the same stand-in on
-the same machine.
+generating (as the stand-in measured them) / (slots x window), the window from the server's
+first generation to the end of its last stretch with every slot taken. After that the job
+has fewer questions left than the server has slots (its last observations, each a chain of
+questions), and nothing waits. The share over the whole span, first generation to last, is
+printed beside it. Start-up and loading are outside both. The last line is the ceiling:
+what a bare client (50 loops posting generations back to back, nothing else) gets out of
+the same stand-in on the same machine.
 
     python -m tests.bench.commands [--sizes 20,2000,10000] [--rounds 3]
 """
@@ -86,11 +86,16 @@ def standin() -> Iterator[str]:
 
 def saturations(stats: dict[str, Any]) -> tuple[float, float]:
     """The stand-in's busy share of its slots (0..1): while work waited for one, and over the
-    whole span from its first generation to its last (0, 0: it generated nothing)."""
+    whole span from its first generation to its last (0, 0: it generated nothing). Both
+    count the slot-seconds the stand-in measured a request held a slot (its 50 ms, and any
+    lateness of its own event loop in ending them), for every client alike. The first
+    window ends with the last stretch of full slots: a client that filled them only early
+    and briefly would get a short window; these jobs keep them full until their last
+    observations."""
     generated = int(stats.get("generated", 0))
     span = stats.get("last_finished_at", 0.0) - stats.get("first_started_at", 0.0)
     waiting = stats.get("last_full_at", 0.0) - stats.get("first_started_at", 0.0)
-    over_span = generated * LATENCY / (SLOTS * span) if generated and span > 0 else 0.0
+    over_span = stats["busy_slot_seconds"] / (SLOTS * span) if generated and span > 0 else 0.0
     while_waiting = stats["busy_slot_seconds_until_full"] / (SLOTS * waiting) if generated and waiting > 0 else 0.0
     return while_waiting, over_span
 

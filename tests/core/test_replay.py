@@ -54,7 +54,7 @@ def test_a_running_replay_given_answers_one_by_one_agrees_with_replaying_from_th
         replay.give(answers[-1])
     assert replay.outcome == advance(task, REVIEW, answers) and isinstance(replay.outcome, Finished)
     assert replay.outcome.record.duration == pytest.approx(0.25 * len(answers))
-    with pytest.raises(TranscriptTooLong, match="one more given"):
+    with pytest.raises(TranscriptTooLong, match=f"finished after {len(answers)} answers, {len(answers) + 1} given"):
         replay.give(Generation("extra"))
 
 
@@ -66,6 +66,8 @@ def test_a_running_replay_ends_at_a_generation_error() -> None:
     outcome = replay.give(answers[1])
     assert outcome == advance(task, REVIEW, answers) and replay.ended_by_error
     assert isinstance(outcome, Finished) and outcome.record.error == "422: input too long"
+    assert replay.give(Generation("after the error")) == outcome  # nothing was asked after it, as in advance
+    assert advance(task, REVIEW, [*answers, Generation("after the error")]) == outcome
 
 
 def test_too_many_or_too_few_answers_are_refused() -> None:

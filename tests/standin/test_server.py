@@ -166,8 +166,11 @@ def test_occupancy_counts_busy_slot_seconds_up_to_the_end_of_the_last_full_stret
     slots.change(+1, 14.0)  # full again
     slots.change(-1, 15.0)  # the last full stretch ends here
     slots.change(-1, 17.0)  # the tail, one slot busy for 2 s: after the last full stretch
-    assert slots.stats() == {"last_full_at": 15.0, "busy_slot_seconds_until_full": 1.0 + 4.0 + 1.0 + 2.0}
-    assert slots.busy == 1.0 + 4.0 + 1.0 + 2.0 + 2.0
+    assert slots.stats() == {
+        "busy_slot_seconds": 1.0 + 4.0 + 1.0 + 2.0 + 2.0,
+        "last_full_at": 15.0,
+        "busy_slot_seconds_until_full": 1.0 + 4.0 + 1.0 + 2.0,
+    }
     assert slots.in_flight == 0
 
 
