@@ -175,13 +175,15 @@ async def test_work_the_task_cannot_replay_is_refused_before_the_server_is_asked
     await gateway.start(bus)
     try:
         done = answered(_work(), Answer("positive", 0.5), None)  # classify's one question is answered
+        failed = answered(_work(task="counterfactual"), Answer("", 0.1, "422: input too long"), None)
         unknown_task = replace(_work(), task="summarise")
-        for bad in (done, unknown_task):
+        for bad in (done, failed, unknown_task):
             assert await bus.deliver(gateway, GenerationRequest("A question never asked.", bad)) == []
         async with aiohttp.ClientSession() as session, session.get(f"{standin_url}/stand-in/stats") as response:
             assert (await response.json()).get("requests", 0) == 0
     finally:
         await gateway.close()
-    assert [letter.category for letter in bus.dead_letters] == ["bad-work", "bad-work"]
+    assert [letter.category for letter in bus.dead_letters] == ["bad-work"] * 3
     assert "finished after 1 answers, 2 given" in bus.dead_letters[0].reason
-    assert "unknown task 'summarise'" in bus.dead_letters[1].reason
+    assert "ended at a generation error" in bus.dead_letters[1].reason
+    assert "unknown task 'summarise'" in bus.dead_letters[2].reason
