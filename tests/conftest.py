@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,16 @@ DATASET_MIRROR = FIXTURES / "datasets"
 
 def golden(name: str) -> Any:
     return json.loads((FIXTURES / f"golden_{name}.json").read_text(encoding="utf-8"))
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A loopback port where nothing listens, and nothing can start to while the test runs:
+    bound here and never listening, so a connection is refused. (A port found free and let
+    go could be taken by any process before the test connects to it: it once answered 404.)"""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        yield held.getsockname()[1]
 
 
 @pytest.fixture

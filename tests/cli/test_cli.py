@@ -13,7 +13,6 @@ import pandas as pd
 import pytest
 
 from services.cli import main
-from services.local import free_port
 from tests.conftest import DATASET_MIRROR
 
 
@@ -157,8 +156,8 @@ def test_an_aggregator_error_is_one_line(refusing_server: str, capsys, argv: lis
     assert err.startswith("introspect: error: ") and "no job 'nope'" in err
 
 
-def test_no_nats_at_the_url_names_the_url(capsys) -> None:
-    url = f"nats://127.0.0.1:{free_port()}"
+def test_no_nats_at_the_url_names_the_url(capsys, closed_port: int) -> None:
+    url = f"nats://127.0.0.1:{closed_port}"
     assert main(["submit", "--dataset", "IMDB", "--task", "classify", "--nats", url]) == 1
     assert capsys.readouterr().err.splitlines()[-1] == (
         f"introspect: error: cannot reach NATS at {url} (is it running? --nats or INTROSPECT_NATS_URL)"

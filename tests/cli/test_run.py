@@ -162,8 +162,8 @@ def test_service_and_submit_mistakes_are_one_line(argv: list[str], message: str,
     assert err.startswith("introspect: error: ") and message in err and err.count("\n") == 1
 
 
-def test_submit_without_a_server_is_one_line(capsys) -> None:
-    argv = ["submit", "--dataset", "IMDB", "--task", "classify", "--nats", f"nats://127.0.0.1:{free_port()}"]
+def test_submit_without_a_server_is_one_line(capsys, closed_port: int) -> None:
+    argv = ["submit", "--dataset", "IMDB", "--task", "classify", "--nats", f"nats://127.0.0.1:{closed_port}"]
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert err.startswith("introspect: error: cannot reach") and err.count("\n") == 1
@@ -180,8 +180,8 @@ def test_local_paths_travel_absolute(tmp_path, monkeypatch) -> None:
     assert Path(job.dataset).is_absolute()
 
 
-def test_run_with_an_unreachable_endpoint_names_the_cause_in_one_line(tmp_path, capsys) -> None:
-    argv = ["run", *COMMON, "--endpoint", f"http://127.0.0.1:{free_port()}", "--data-dir", str(tmp_path)]
+def test_run_with_an_unreachable_endpoint_names_the_cause_in_one_line(tmp_path, capsys, closed_port: int) -> None:
+    argv = ["run", *COMMON, "--endpoint", f"http://127.0.0.1:{closed_port}", "--data-dir", str(tmp_path)]
     assert main(argv) == 1
     err = capsys.readouterr().err.splitlines()[-1]  # at once, before the pipeline starts
     assert err.startswith("introspect: error: nothing answers at http://127.0.0.1:") and "Cannot connect" in err

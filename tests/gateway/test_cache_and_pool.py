@@ -512,12 +512,10 @@ async def test_a_server_that_answers_but_refuses_a_call_hands_it_back(quick_prob
     await pool.close()
 
 
-async def test_a_password_in_a_backend_url_is_in_no_label_log_or_error(session, caplog) -> None:
+async def test_a_password_in_a_backend_url_is_in_no_label_log_or_error(session, caplog, closed_port: int) -> None:
     """A model server behind basic auth, named with its password in the URL: the requests
     carry it, and nothing shown (metric labels, log lines, errors) does."""
     from prometheus_client import generate_latest
-
-    from services.local import free_port
 
     server = await _serve()
     try:
@@ -530,7 +528,7 @@ async def test_a_password_in_a_backend_url_is_in_no_label_log_or_error(session, 
         assert 'backend="http://researcher:***@127.0.0.1' in page and "hunter2" not in page
     finally:
         await server.close()
-    gone = TGIBackend(f"http://researcher:hunter2@127.0.0.1:{free_port()}", session,
+    gone = TGIBackend(f"http://researcher:hunter2@127.0.0.1:{closed_port}", session,
                       retry=RetryPolicy(max_attempts=2, first_delay=0.01))  # fmt: skip
     for call in (gone.describe(), gone.complete(PROMPTS[0], PARAMETERS)):
         with pytest.raises(BackendUnavailable) as failed:

@@ -15,7 +15,6 @@ from nats.js import JetStreamContext
 from proto import Chat, JobEvent, Sampling, WorkItem
 from proto import subjects as sub
 from services.errors import NatsRefused, NatsUnreachable
-from services.local import free_port
 from services.runtime.bus import Bus, connect
 from services.runtime.handlers import Outgoing
 from services.runtime.settings import Settings
@@ -43,8 +42,8 @@ async def test_credentials_are_used_and_wrong_ones_refused(nats_with_password: N
         await connect(Settings(nats_url=url, nats_user="introspect", nats_password="wrong"), "test")
 
 
-async def test_a_server_that_is_not_there_is_named_without_its_secrets(tmp_path) -> None:
-    url = f"nats://introspect:s3cret@127.0.0.1:{free_port()}"
+async def test_a_server_that_is_not_there_is_named_without_its_secrets(closed_port: int) -> None:
+    url = f"nats://introspect:s3cret@127.0.0.1:{closed_port}"
     with pytest.raises(NatsUnreachable) as raised:
         await connect(Settings(nats_url=url), "test")
     assert "s3cret" not in str(raised.value) and "introspect:***@127.0.0.1" in str(raised.value)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -133,12 +132,9 @@ async def test_a_rejected_request_is_a_result_not_a_retry() -> None:
         await server.close()
 
 
-async def test_an_unreachable_server_ends_in_a_clear_error() -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]  # nothing listens here once the socket closes
+async def test_an_unreachable_server_ends_in_a_clear_error(closed_port: int) -> None:
     async with aiohttp.ClientSession() as session:
-        backend = TGIBackend(f"http://127.0.0.1:{port}", session, RetryPolicy(max_attempts=3, first_delay=0.001))
+        backend = TGIBackend(f"http://127.0.0.1:{closed_port}", session, RetryPolicy(max_attempts=3, first_delay=0.001))
         with pytest.raises(BackendUnavailable, match="after 3 attempts"):
             await backend.complete("x", PARAMETERS)
 
