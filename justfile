@@ -48,7 +48,7 @@ real-model task="counterfactual" limit="20" port="8090":
         --endpoint openai+http://127.0.0.1:{{port}} --dataset IMDB --task {{task}} --limit {{limit}} \
         --mirror tests/fixtures/datasets --data-dir .introspect/real-model --out results/real-model
 
-# measure the pipeline: overhead, throughput, baselines, saturation, memory, scaling, whole commands against evaluate (~10 min; --quick for a check)
+# measure the pipeline: overhead, throughput, baselines, saturation, memory, scaling, whole commands against evaluate (~6 min; --quick for a check)
 bench *ARGS:
     {{python}} -m tests.bench.run {{ARGS}}
 

@@ -15,12 +15,12 @@ from proto import subjects as sub
 
 from .core.config import InvalidTaskConfig
 from .core.observations import InvalidObservation
-from .core.replay import Finished, Generation, Pending, Replay, TranscriptTooLong
+from .core.replay import Finished, Pending, Replay, TranscriptTooLong
 from .core.tasks import UnknownTask
 from .provenance import merge_sources
 from .runtime.handlers import Outgoing, Reject
 from .runtime.metrics import QUESTIONS, SCORED, child
-from .wire import observation_of, scored_result, task_of
+from .wire import generation_of, observation_of, scored_result, task_of
 
 _BAD_WORK = (UnknownTask, InvalidTaskConfig, InvalidObservation, TranscriptTooLong)
 
@@ -79,7 +79,7 @@ class ReplayedWork:
         return Outgoing(sub.RESULTS, result, sub.result_id(work.job_id, work.idx))
 
     def _give(self, answer: Answer) -> None:
-        self.replay.give(Generation(answer.text, answer.duration, answer.error), len(self.work.answers))
+        self.replay.give(generation_of(answer), len(self.work.answers))
 
     def _rejected(self, error: Exception) -> Reject:
         return Reject(f"job {self.work.job_id}, observation {self.work.idx}: {error}", "bad-work")

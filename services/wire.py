@@ -85,8 +85,9 @@ def observation_of(work: WorkItem) -> Observation:
     return observation_from_dict(work.category, work.observation)
 
 
-def generations_of(work: WorkItem) -> list[Generation]:
-    return [Generation(answer.text, answer.duration, answer.error) for answer in work.answers]
+def generation_of(answer: Answer) -> Generation:
+    """An answer in a work item, as the task reads it."""
+    return Generation(answer.text, answer.duration, answer.error)
 
 
 def answer_of(generation: Generation) -> Answer:
